@@ -1,0 +1,66 @@
+//! The `ringkv` command line: `serve` runs a node; the other commands are clients.
+
+mod commands;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+pub use commands::run_client;
+pub use serve::{run_serve, ServeArgs};
+
+#[derive(Parser, Debug)]
+#[command(name = "ringkv", version, about = "A leaderless, Dynamo-style key-value store")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where client commands send their requests.
+#[derive(clap::Args, Debug, Clone)]
+pub struct NodeArg {
+    /// The node to talk to.
+    #[arg(long, env = "RINGKV_NODE", default_value = "http://127.0.0.1:7070")]
+    pub node: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a node.
+    Serve(Box<ServeArgs>),
+    /// Write a value. VALUE `-` reads it from stdin. Prints the new token on stderr.
+    Put {
+        key: String,
+        value: String,
+        /// The causality token of what this write replaces (from `get`).
+        #[arg(long)]
+        token: Option<String>,
+        #[arg(long)]
+        content_type: Option<String>,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// Read a value to stdout (siblings as JSON). Prints the token on stderr.
+    Get {
+        key: String,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// Delete a key.
+    Delete {
+        key: String,
+        #[arg(long)]
+        token: Option<String>,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// List keys and values, one per line, in key order.
+    List {
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Stop after this many keys.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+}

@@ -1,0 +1,224 @@
+//! `POST /batch`: many operations in one request. Not atomic: each op stands alone.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::Json;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use crate::coordinator::RequestOpts;
+use crate::key::Key;
+use crate::version::{Payload, VersionVector};
+
+use super::error::ApiError;
+use super::kv::{body_error, parse_token, value_too_large, DEFAULT_CONTENT_TYPE};
+use super::params::Query;
+use super::render::{self, SiblingJson};
+use super::AppState;
+
+#[derive(Deserialize)]
+struct BatchRequest {
+    ops: Vec<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOp {
+    op: String,
+    key: String,
+    value: Option<String>,
+    encoding: Option<String>,
+    content_type: Option<String>,
+    token: Option<String>,
+}
+
+enum Op {
+    Get(Key),
+    Put(Key, Option<VersionVector>, Payload),
+    Delete(Key, Option<VersionVector>),
+}
+
+impl Op {
+    fn key(&self) -> &Key {
+        match self {
+            Op::Get(k) | Op::Put(k, _, _) | Op::Delete(k, _) => k,
+        }
+    }
+}
+
+#[derive(Serialize, Default)]
+pub struct OpResult {
+    status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    siblings: Option<Vec<SiblingJson>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    causality_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+}
+
+impl From<ApiError> for OpResult {
+    fn from(e: ApiError) -> Self {
+        OpResult {
+            status: e.status.as_u16(),
+            error: Some(e.code),
+            message: Some(e.message),
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct BatchBody {
+    results: Vec<OpResult>,
+}
+
+fn parse_op(raw: serde_json::Value, max_value: usize) -> Result<Op, ApiError> {
+    let raw: RawOp = serde_json::from_value(raw)
+        .map_err(|e| ApiError::bad_request(format!("op: {e}")))?;
+    let key = Key::new(raw.key)?;
+    let token = parse_token(raw.token.as_deref())?;
+    match raw.op.as_str() {
+        "get" => Ok(Op::Get(key)),
+        "delete" => Ok(Op::Delete(key, token)),
+        "put" => {
+            let value = raw
+                .value
+                .ok_or_else(|| ApiError::bad_request("put needs a \"value\""))?;
+            let data = match raw.encoding.as_deref() {
+                None | Some("utf8") => Bytes::from(value),
+                Some("base64") => Bytes::from(
+                    STANDARD
+                        .decode(value)
+                        .map_err(|e| ApiError::bad_request(format!("value is not base64: {e}")))?,
+                ),
+                Some(other) => {
+                    return Err(ApiError::bad_request(format!(
+                        "encoding must be utf8 or base64, not {other:?}"
+                    )))
+                }
+            };
+            if data.len() > max_value {
+                return Err(value_too_large(data.len(), max_value));
+            }
+            let content_type = raw
+                .content_type
+                .unwrap_or_else(|| DEFAULT_CONTENT_TYPE.to_owned());
+            Ok(Op::Put(key, token, Payload::Value { data, content_type }))
+        }
+        other => Err(ApiError::bad_request(format!(
+            "op must be put, get or delete, not {other:?}"
+        ))),
+    }
+}
+
+async fn run_op(state: &AppState, op: Op, opts: &RequestOpts) -> OpResult {
+    let result = match op {
+        Op::Get(key) => state.coord.get(&key, opts).await.map(|set| match set {
+            Some(set) if set.has_live() => OpResult {
+                status: if set.live().count() > 1 { 300 } else { 200 },
+                siblings: Some(render::live_siblings(&set)),
+                causality_token: Some(render::token(&set)),
+                ..Default::default()
+            },
+            other => OpResult {
+                causality_token: other.filter(|s| !s.is_empty()).map(|s| render::token(&s)),
+                ..ApiError::not_found(format!("key {key:?} not found")).into()
+            },
+        }),
+        Op::Put(key, seen, payload) => state.coord.put(key, seen, payload, opts).await.map(|set| OpResult {
+            status: 204,
+            causality_token: Some(render::token(&set)),
+            ..Default::default()
+        }),
+        Op::Delete(key, seen) => state.coord.delete(key.clone(), seen, opts).await.map(|d| {
+            if d.found {
+                OpResult {
+                    status: 204,
+                    causality_token: Some(render::token(&d.set)),
+                    ..Default::default()
+                }
+            } else {
+                ApiError::not_found(format!("key {key:?} not found")).into()
+            }
+        }),
+    };
+    result.unwrap_or_else(|e| ApiError::from(e).into())
+}
+
+pub async fn batch(
+    State(state): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<BatchBody>, ApiError> {
+    let limits = &state.config.limits;
+    let opts = Query::parse(query.as_deref(), &["r", "w", "timeout_ms"])?
+        .request_opts(state.config.replication.n, state.config.request_timeout)?;
+    let body = body.map_err(|e| body_error(e, limits.max_batch_bytes))?;
+    let request: BatchRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("batch body is not {{\"ops\":[…]}}: {e}")))?;
+    if request.ops.len() > limits.max_batch_ops {
+        return Err(ApiError::too_large(format!(
+            "batch has {} ops; the limit is {} (--max-batch-ops)",
+            request.ops.len(),
+            limits.max_batch_ops
+        )));
+    }
+    let mut results: Vec<Option<OpResult>> = Vec::with_capacity(request.ops.len());
+    let mut wave: Vec<(usize, Op)> = Vec::new();
+    let mut wave_keys: HashSet<Key> = HashSet::new();
+    for raw in request.ops {
+        let index = results.len();
+        results.push(None);
+        match parse_op(raw, limits.max_value_bytes) {
+            Err(e) => results[index] = Some(e.into()),
+            Ok(op) => {
+                // Ops on one key must run in the order given; ops on different keys can run
+                // together and share one commit. So a wave ends where a key repeats.
+                if !wave_keys.insert(op.key().clone()) {
+                    run_wave(&state, std::mem::take(&mut wave), &opts, &mut results).await;
+                    wave_keys.clear();
+                    wave_keys.insert(op.key().clone());
+                }
+                wave.push((index, op));
+            }
+        }
+    }
+    run_wave(&state, wave, &opts, &mut results).await;
+    let results = results
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| OpResult {
+                status: StatusCode::INTERNAL_SERVER_ERROR.as_u16(),
+                error: Some("internal"),
+                message: Some("op was not run".into()),
+                ..Default::default()
+            })
+        })
+        .collect();
+    Ok(Json(BatchBody { results }))
+}
+
+async fn run_wave(
+    state: &AppState,
+    wave: Vec<(usize, Op)>,
+    opts: &RequestOpts,
+    results: &mut [Option<OpResult>],
+) {
+    let done = futures::future::join_all(
+        wave.into_iter()
+            .map(|(index, op)| async move { (index, run_op(state, op, opts).await) }),
+    )
+    .await;
+    for (index, result) in done {
+        results[index] = Some(result);
+    }
+}

@@ -1,0 +1,90 @@
+//! The API's one error shape: `{"error": code, "message": text}` with the right status.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+use crate::coordinator::CoordError;
+use crate::key::KeyError;
+use crate::kv::KvError;
+use crate::version::TokenError;
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+#[derive(Serialize)]
+pub struct ErrorBody<'a> {
+    pub error: &'a str,
+    pub message: &'a str,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_param(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_param", message)
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn body(&self) -> ErrorBody<'_> {
+        ErrorBody {
+            error: self.code,
+            message: &self.message,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body())).into_response()
+    }
+}
+
+impl From<KeyError> for ApiError {
+    fn from(e: KeyError) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_key", e.to_string())
+    }
+}
+
+impl From<TokenError> for ApiError {
+    fn from(e: TokenError) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_token", e.to_string())
+    }
+}
+
+impl From<CoordError> for ApiError {
+    fn from(e: CoordError) -> Self {
+        let message = e.to_string();
+        match e {
+            CoordError::Kv(KvError::SiblingLimit { .. }) => {
+                Self::new(StatusCode::CONFLICT, "sibling_limit", message)
+            }
+            CoordError::Kv(KvError::ShuttingDown) | CoordError::Timeout { .. } => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            }
+            CoordError::Kv(_) => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message),
+        }
+    }
+}

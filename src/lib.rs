@@ -1,0 +1,32 @@
+//! ringkv: a leaderless, Dynamo-style key-value store.
+//!
+//! The crate, bottom to top:
+//! - [`version`]: dotted version vectors, sibling sets, causality tokens (pure logic).
+//! - [`quorum`]: N, R and W, and how they clamp to the member count (pure logic).
+//! - [`key`]: key validation and strict percent-decoding.
+//! - [`store`]: the [`store::Store`] trait with redb and in-memory implementations.
+//! - [`identity`]: the node id kept in the data dir, and the epoch of its actor.
+//! - [`kv`]: this node's replica: reads, and the group-commit writer that applies every
+//!   mutation inside one transaction.
+//! - [`coordinator`]: what a request does beneath HTTP (one node for now).
+//! - [`net`]: the network seam: listeners and the clock come in through
+//!   [`net::Network`], so the same node runs on tokio sockets and inside turmoil.
+//! - [`http`]: the axum API, its error shape and limits.
+//! - [`node`]: starts and stops a whole node.
+//! - [`client`]: an HTTP client for the API, used by the CLI.
+//! - [`cli`] and [`telemetry`]: the `ringkv` command line and its logging.
+
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod coordinator;
+pub mod http;
+pub mod identity;
+pub mod key;
+pub mod kv;
+pub mod net;
+pub mod node;
+pub mod quorum;
+pub mod store;
+pub mod telemetry;
+pub mod version;

@@ -1,0 +1,151 @@
+//! Storage: an ordered byte-key store with tables and all-or-nothing write transactions.
+//!
+//! The node never talks to redb directly; it talks to [`Store`]. There are two
+//! implementations: [`RedbStore`] (the default, on disk) and [`MemoryStore`] (for tests and
+//! for fast simulations). Writes go through one transaction at a time — the group-commit
+//! writer in `kv::writer` is the only writer — so an implementation needs no write-write
+//! conflict handling.
+
+mod memory;
+mod redb;
+
+use std::ops::Bound;
+
+pub use self::memory::MemoryStore;
+pub use self::redb::RedbStore;
+
+/// The tables a node keeps. Each is an ordered map from bytes to bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Table {
+    /// key → encoded sibling set.
+    Data,
+    /// node identity and bookkeeping (`crate::identity`).
+    Meta,
+    /// hints held for down replicas, keyed by target then key (hinted handoff).
+    Hints,
+}
+
+impl Table {
+    pub const ALL: [Table; 3] = [Table::Data, Table::Meta, Table::Hints];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Data => "data",
+            Table::Meta => "meta",
+            Table::Hints => "hints",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("storage I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("storage engine: {0}")]
+    Engine(String),
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl From<::redb::Error> for StoreError {
+    fn from(e: ::redb::Error) -> Self {
+        StoreError::Engine(e.to_string())
+    }
+}
+
+/// One key-value pair as read from a table.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// The view of a table inside a write transaction: reads see the transaction's own writes.
+pub trait WriteTxn {
+    fn get(&mut self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
+    fn delete(&mut self, table: Table, key: &[u8]) -> Result<(), StoreError>;
+}
+
+/// The body of a write transaction. An error aborts the whole transaction.
+pub type TxnBody<'a> = &'a mut dyn FnMut(&mut dyn WriteTxn) -> Result<(), StoreError>;
+
+pub trait Store: Send + Sync + 'static {
+    /// Reads the latest committed value. Never blocks on the writer.
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Up to `limit` entries with keys in the range, in key order.
+    fn scan(
+        &self,
+        table: Table,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError>;
+
+    /// Runs `body` in one transaction and commits it. When `durable`, the commit (and every
+    /// commit before it) is on stable storage when this returns.
+    fn write(&self, durable: bool, body: TxnBody<'_>) -> Result<(), StoreError>;
+
+    /// Makes every earlier commit durable.
+    fn sync(&self) -> Result<(), StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    //! One suite, run against both implementations.
+    use super::*;
+
+    fn suite(store: &dyn Store) {
+        store
+            .write(true, &mut |txn| {
+                txn.put(Table::Data, b"b", b"2")?;
+                txn.put(Table::Data, b"a", b"1")?;
+                txn.put(Table::Meta, b"a", b"meta")?;
+                // A transaction reads its own writes.
+                assert_eq!(txn.get(Table::Data, b"a")?, Some(b"1".to_vec()));
+                txn.delete(Table::Data, b"b")?;
+                assert_eq!(txn.get(Table::Data, b"b")?, None);
+                txn.put(Table::Data, b"c", b"3")
+            })
+            .unwrap();
+        assert_eq!(store.get(Table::Data, b"a").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(store.get(Table::Meta, b"a").unwrap(), Some(b"meta".to_vec()));
+        assert_eq!(store.get(Table::Data, b"b").unwrap(), None);
+
+        // A failing body commits nothing.
+        let failed = store.write(true, &mut |txn| {
+            txn.put(Table::Data, b"z", b"26")?;
+            Err(StoreError::Corrupt("boom".into()))
+        });
+        assert!(failed.is_err());
+        assert_eq!(store.get(Table::Data, b"z").unwrap(), None);
+
+        let all = store
+            .scan(Table::Data, Bound::Unbounded, Bound::Unbounded, 10)
+            .unwrap();
+        assert_eq!(all, vec![(b"a".to_vec(), b"1".to_vec()), (b"c".to_vec(), b"3".to_vec())]);
+        let after_a = store
+            .scan(Table::Data, Bound::Excluded(b"a"), Bound::Unbounded, 10)
+            .unwrap();
+        assert_eq!(after_a.len(), 1);
+        let limited = store
+            .scan(Table::Data, Bound::Unbounded, Bound::Excluded(b"c"), 10)
+            .unwrap();
+        assert_eq!(limited.len(), 1);
+        store.sync().unwrap();
+    }
+
+    #[test]
+    fn memory_store_suite() {
+        suite(&MemoryStore::new());
+    }
+
+    #[test]
+    fn redb_store_suite_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = RedbStore::open(dir.path()).unwrap();
+            suite(&store);
+        }
+        let store = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(store.get(Table::Data, b"c").unwrap(), Some(b"3".to_vec()));
+    }
+}

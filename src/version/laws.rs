@@ -1,0 +1,1 @@
+//! Property tests of the sibling set's laws (written next).

@@ -1,0 +1,222 @@
+//! The sibling set: every version a key holds, and the causal context they were seen in.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::vv::{Actor, Dot, VersionVector};
+
+/// What a version holds: a value, or the mark that the key was deleted.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Payload {
+    Value { data: Bytes, content_type: String },
+    Tombstone,
+}
+
+impl Payload {
+    pub fn is_tombstone(&self) -> bool {
+        matches!(self, Payload::Tombstone)
+    }
+
+    /// Bytes of user data this payload carries (for size accounting).
+    pub fn data_len(&self) -> usize {
+        match self {
+            Payload::Value { data, content_type } => data.len() + content_type.len(),
+            Payload::Tombstone => 0,
+        }
+    }
+}
+
+/// One version of a key: the event that made it, and what it holds.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Version {
+    pub dot: Dot,
+    pub payload: Payload,
+    /// Wall-clock time of the write at its coordinator. Informational, and the clock that
+    /// tombstone GC's grace period is measured with; never used to order versions.
+    pub written_at_ms: u64,
+}
+
+/// All versions a replica holds for one key, plus everything it has seen.
+///
+/// Invariants: `versions` is sorted by dot with no dot twice, and `context` contains
+/// every version's dot.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SiblingSet {
+    versions: Vec<Version>,
+    context: VersionVector,
+}
+
+impl SiblingSet {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn versions(&self) -> &[Version] {
+        &self.versions
+    }
+
+    pub fn context(&self) -> &VersionVector {
+        &self.context
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.versions.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.versions.len()
+    }
+
+    /// The versions that hold values, in dot order.
+    pub fn live(&self) -> impl Iterator<Item = &Version> {
+        self.versions.iter().filter(|v| !v.payload.is_tombstone())
+    }
+
+    pub fn has_live(&self) -> bool {
+        self.live().next().is_some()
+    }
+
+    fn holds(&self, dot: &Dot) -> bool {
+        self.versions
+            .binary_search_by(|v| v.dot.cmp(dot))
+            .is_ok()
+    }
+
+    /// A new write by `actor` that has seen `seen` (the client's token), or, for a blind
+    /// write (`seen == None`), everything this replica holds.
+    ///
+    /// The new version replaces exactly the versions whose dots `seen` covers; the rest stay
+    /// as siblings. Returns the new set and the new version's dot.
+    pub fn update(
+        &self,
+        seen: Option<&VersionVector>,
+        actor: Actor,
+        payload: Payload,
+        written_at_ms: u64,
+    ) -> (SiblingSet, Dot) {
+        let seen = seen.unwrap_or(&self.context);
+        // The counter must be above anything either history has for this actor: a token
+        // may carry a counter this replica has not stored (it came from another replica),
+        // and a dot that the token already covers would be dropped as "seen" elsewhere.
+        let counter = self.context.get(&actor).max(seen.get(&actor)) + 1;
+        let dot = Dot { actor, counter };
+        let mut versions: Vec<Version> = self
+            .versions
+            .iter()
+            .filter(|v| !seen.contains(&v.dot))
+            .cloned()
+            .collect();
+        versions.push(Version {
+            dot,
+            payload,
+            written_at_ms,
+        });
+        versions.sort_by(|a, b| a.dot.cmp(&b.dot));
+        let mut context = self.context.clone();
+        context.merge(seen);
+        context.add(dot);
+        (SiblingSet { versions, context }, dot)
+    }
+
+    /// Merge what two replicas hold for one key. Commutative, associative and idempotent.
+    ///
+    /// A version survives unless the other side has seen its dot and does not hold it: then
+    /// the other side replaced it with something that descends from it.
+    pub fn sync(&self, other: &SiblingSet) -> SiblingSet {
+        let mut versions: Vec<Version> = Vec::with_capacity(self.len().max(other.len()));
+        let (mut a, mut b) = (self.versions.iter().peekable(), other.versions.iter().peekable());
+        loop {
+            let next = match (a.peek().copied(), b.peek().copied()) {
+                (None, None) => break,
+                (Some(x), None) => keep_if(a.next(), !other.context.contains(&x.dot)),
+                (None, Some(y)) => keep_if(b.next(), !self.context.contains(&y.dot)),
+                (Some(x), Some(y)) => match x.dot.cmp(&y.dot) {
+                    std::cmp::Ordering::Less => {
+                        keep_if(a.next(), !other.context.contains(&x.dot))
+                    }
+                    std::cmp::Ordering::Greater => {
+                        keep_if(b.next(), !self.context.contains(&y.dot))
+                    }
+                    // One dot is one event, so both sides hold the same version. Should
+                    // they ever differ (a bug, or a dot reissued after data loss), pick the
+                    // same one on every replica so that they still converge.
+                    std::cmp::Ordering::Equal => {
+                        let (x, y) = (a.next(), b.next());
+                        x.max(y)
+                    }
+                },
+            };
+            if let Some(v) = next {
+                versions.push(v.clone());
+            }
+        }
+        let mut context = self.context.clone();
+        context.merge(&other.context);
+        SiblingSet { versions, context }
+    }
+
+    /// `self` has seen everything `other` holds: merging `other` into it changes nothing.
+    pub fn descends(&self, other: &SiblingSet) -> bool {
+        self.context.descends(&other.context)
+            && self
+                .versions
+                .iter()
+                .all(|v| other.holds(&v.dot) || !other.context.contains(&v.dot))
+    }
+
+    /// `self` descends from `other` and holds something `other` lacks.
+    pub fn dominates(&self, other: &SiblingSet) -> bool {
+        self.descends(other) && !other.descends(self)
+    }
+}
+
+fn keep_if(v: Option<&Version>, keep: bool) -> Option<&Version> {
+    v.filter(|_| keep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn actor(n: u64) -> Actor {
+        Actor { node: n, epoch: 0 }
+    }
+
+    fn val(s: &str) -> Payload {
+        Payload::Value {
+            data: Bytes::copy_from_slice(s.as_bytes()),
+            content_type: "text/plain".into(),
+        }
+    }
+
+    #[test]
+    fn blind_write_replaces_what_the_replica_holds() {
+        let (s1, _) = SiblingSet::new().update(None, actor(1), val("v1"), 0);
+        let (s2, _) = s1.update(None, actor(1), val("v2"), 0);
+        assert_eq!(s2.len(), 1);
+        assert_eq!(s2.versions()[0].payload, val("v2"));
+    }
+
+    #[test]
+    fn stale_token_makes_siblings_and_a_covering_token_resolves_them() {
+        let (s1, _) = SiblingSet::new().update(None, actor(1), val("v1"), 0);
+        let token = s1.context().clone();
+        let (s2, _) = s1.update(Some(&token), actor(1), val("a"), 0);
+        let (s3, _) = s2.update(Some(&token), actor(1), val("b"), 0);
+        assert_eq!(s3.len(), 2);
+        let (s4, _) = s3.update(Some(&s3.context().clone()), actor(1), val("c"), 0);
+        assert_eq!(s4.len(), 1);
+    }
+
+    #[test]
+    fn a_write_unseen_by_the_other_side_survives_sync() {
+        let (base, _) = SiblingSet::new().update(None, actor(1), val("v1"), 0);
+        // Each side of a partition overwrites blindly.
+        let (left, _) = base.update(None, actor(1), val("left"), 0);
+        let (right, _) = base.update(None, actor(2), val("right"), 0);
+        let merged = left.sync(&right);
+        assert_eq!(merged.len(), 2);
+        assert!(merged.descends(&left) && merged.descends(&right));
+        assert!(merged.dominates(&base));
+    }
+}
