@@ -10,7 +10,11 @@ use serde::Deserialize;
 const TOKEN_HEADER: &str = "x-causality-token";
 /// Everything but RFC 3986's unreserved characters is escaped, `/` included, so a key
 /// always travels as one path segment.
-const KEY_ESCAPES: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+const KEY_ESCAPES: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -112,12 +116,11 @@ impl Client {
             }
             StatusCode::MULTIPLE_CHOICES => {
                 let raw = resp.text().await?;
-                let body: SiblingsBody = serde_json::from_str(&raw).map_err(|e| {
-                    ClientError::Unexpected {
+                let body: SiblingsBody =
+                    serde_json::from_str(&raw).map_err(|e| ClientError::Unexpected {
                         status: 300,
                         body: e.to_string(),
-                    }
-                })?;
+                    })?;
                 Ok(Some(ReadResult::Siblings {
                     siblings: body.siblings,
                     token,

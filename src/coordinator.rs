@@ -78,7 +78,11 @@ impl Coordinator {
         &self.kv
     }
 
-    pub async fn get(&self, key: &Key, opts: &RequestOpts) -> Result<Option<SiblingSet>, CoordError> {
+    pub async fn get(
+        &self,
+        key: &Key,
+        opts: &RequestOpts,
+    ) -> Result<Option<SiblingSet>, CoordError> {
         let _r = self.needed(opts.r, self.replication().r);
         Ok(self.kv.read(key)?)
     }

@@ -18,7 +18,7 @@ pub enum KeyError {
 }
 
 /// A key that passed validation.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Key(String);
 
 impl Key {
@@ -67,6 +67,12 @@ fn hex_val(b: u8) -> Option<u8> {
     (b as char).to_digit(16).map(|d| d as u8)
 }
 
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
 impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -80,9 +86,18 @@ mod tests {
     #[test]
     fn decodes_strictly() {
         assert_eq!(Key::from_percent_encoded("a%2Fb").unwrap().as_str(), "a/b");
-        assert_eq!(Key::from_percent_encoded("caf%C3%A9").unwrap().as_str(), "café");
-        assert_eq!(Key::from_percent_encoded("%zz"), Err(KeyError::BadEscape(0)));
-        assert_eq!(Key::from_percent_encoded("ab%4"), Err(KeyError::BadEscape(2)));
+        assert_eq!(
+            Key::from_percent_encoded("caf%C3%A9").unwrap().as_str(),
+            "café"
+        );
+        assert_eq!(
+            Key::from_percent_encoded("%zz"),
+            Err(KeyError::BadEscape(0))
+        );
+        assert_eq!(
+            Key::from_percent_encoded("ab%4"),
+            Err(KeyError::BadEscape(2))
+        );
         assert_eq!(Key::from_percent_encoded("%C3%28"), Err(KeyError::NotUtf8));
         assert_eq!(Key::from_percent_encoded(""), Err(KeyError::Empty));
         assert!(Key::new("k".repeat(MAX_KEY_BYTES)).is_ok());

@@ -31,21 +31,30 @@ fn value_for(key: &str, rng: &mut XorShift) -> Vec<u8> {
     v
 }
 
+/// What the writers of one cycle share with the test.
+#[derive(Clone, Default)]
+struct Shared {
+    /// Acknowledged writes of this cycle.
+    acked: Acked,
+    /// `acked.len()`, readable without the lock.
+    acks: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    /// Non-204 answers from the live node (each one is a failure).
+    unexpected: Arc<Mutex<Vec<String>>>,
+}
+
 /// One writer: PUTs unique keys until the node stops answering, `stop` is set, the deadline
 /// passes or it has written `MAX_WRITES_PER_WRITER` keys. Records each 204 in `acked`, and any
 /// other HTTP status in `unexpected` (a live node must acknowledge every write).
-async fn writer(
-    node_url: String,
-    cycle: usize,
-    id: usize,
-    seed: u64,
-    acked: Acked,
-    acks: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-    unexpected: Arc<Mutex<Vec<String>>>,
-) {
+async fn writer(node_url: String, cycle: usize, id: usize, seed: u64, shared: Shared) {
+    let Shared {
+        acked,
+        acks,
+        stop,
+        unexpected,
+    } = shared;
     let client = http_client();
-    let mut rng = XorShift::new(seed ^ ((cycle as u64) << 32) ^ (id as u64 + 1) * 0x9E37_79B9);
+    let mut rng = XorShift::new(seed ^ ((cycle as u64) << 32) ^ ((id as u64 + 1) * 0x9E37_79B9));
     let deadline = Instant::now() + CYCLE_DEADLINE;
     for i in 0..MAX_WRITES_PER_WRITER {
         if stop.load(Ordering::Relaxed) || Instant::now() >= deadline {
@@ -120,22 +129,16 @@ async fn acknowledged_writes_survive_sigkill() {
     let mut all_acked: Vec<(String, Vec<u8>)> = Vec::new();
 
     for cycle in 0..CYCLES {
-        let acked: Acked = Arc::default();
-        let acks = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let unexpected: Arc<Mutex<Vec<String>>> = Arc::default();
+        let shared = Shared::default();
+        let Shared {
+            acked,
+            acks,
+            stop,
+            unexpected,
+        } = shared.clone();
         let mut writers = tokio::task::JoinSet::new();
         for id in 0..WRITERS {
-            writers.spawn(writer(
-                node.base_url(),
-                cycle,
-                id,
-                seed,
-                acked.clone(),
-                acks.clone(),
-                stop.clone(),
-                unexpected.clone(),
-            ));
+            writers.spawn(writer(node.base_url(), cycle, id, seed, shared.clone()));
         }
 
         // Wait (bounded) until the node is taking writes, then kill it after a random delay.

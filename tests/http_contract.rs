@@ -345,6 +345,21 @@ async fn delete_leaves_a_tombstone_that_get_reports_as_404_with_token() -> TestR
     assert_eq!(resp.status(), StatusCode::NOT_FOUND, "HEAD deleted key");
     assert!(resp.bytes().await?.is_empty(), "HEAD has no body");
 
+    // Writing with the 404's token supersedes the tombstone.
+    node.put_ok("gone", "back", Some(&tomb_tok)).await;
+    assert_eq!(node.get_single("gone").await.0, b"back");
+    let versions = &node.debug_local("gone").await["versions"];
+    assert_eq!(versions.as_array().map(Vec::len), Some(1), "{versions}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn delete_of_a_deleted_key_is_404_and_writes_nothing() -> TestResult {
+    let node = TestNode::start().await;
+    node.put_ok("gone", "soon", None).await;
+    expect_204_token(node.delete("gone", None).await, "first DELETE").await;
+    let before = node.debug_local("gone").await["versions"].clone();
+
     let resp = node.delete("gone", None).await;
     assert_error(
         resp,
@@ -353,12 +368,11 @@ async fn delete_leaves_a_tombstone_that_get_reports_as_404_with_token() -> TestR
         "DELETE deleted key",
     )
     .await;
-
-    // Writing with the 404's token supersedes the tombstone.
-    node.put_ok("gone", "back", Some(&tomb_tok)).await;
-    assert_eq!(node.get_single("gone").await.0, b"back");
-    let versions = &node.debug_local("gone").await["versions"];
-    assert_eq!(versions.as_array().map(Vec::len), Some(1), "{versions}");
+    let after = node.debug_local("gone").await["versions"].clone();
+    assert_eq!(
+        after, before,
+        "a DELETE answered 404 (no token returned) must not write another tombstone"
+    );
     Ok(())
 }
 

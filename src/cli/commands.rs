@@ -78,11 +78,17 @@ pub async fn run_client(command: Command) -> Result<(), CommandError> {
             let mut printed = 0;
             while printed < limit {
                 let page = client
-                    .list(prefix.as_deref(), (limit - printed).min(1000), cursor.as_deref())
+                    .list(
+                        prefix.as_deref(),
+                        (limit - printed).min(1000),
+                        cursor.as_deref(),
+                    )
                     .await?;
                 for item in &page.items {
-                    let values: Vec<&str> = item.siblings.iter().map(|s| s.value.as_str()).collect();
-                    writeln!(out, "{}\t{}", item.key, values.join("\t")).map_err(CommandError::Stdout)?;
+                    let values: Vec<&str> =
+                        item.siblings.iter().map(|s| s.value.as_str()).collect();
+                    writeln!(out, "{}\t{}", item.key, values.join("\t"))
+                        .map_err(CommandError::Stdout)?;
                 }
                 printed += page.items.len();
                 match page.next_cursor {

@@ -9,7 +9,11 @@ pub use commands::run_client;
 pub use serve::{run_serve, ServeArgs};
 
 #[derive(Parser, Debug)]
-#[command(name = "ringkv", version, about = "A leaderless, Dynamo-style key-value store")]
+#[command(
+    name = "ringkv",
+    version,
+    about = "A leaderless, Dynamo-style key-value store"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

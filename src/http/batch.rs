@@ -82,8 +82,8 @@ pub struct BatchBody {
 }
 
 fn parse_op(raw: serde_json::Value, max_value: usize) -> Result<Op, ApiError> {
-    let raw: RawOp = serde_json::from_value(raw)
-        .map_err(|e| ApiError::bad_request(format!("op: {e}")))?;
+    let raw: RawOp =
+        serde_json::from_value(raw).map_err(|e| ApiError::bad_request(format!("op: {e}")))?;
     let key = Key::new(raw.key)?;
     let token = parse_token(raw.token.as_deref())?;
     match raw.op.as_str() {
@@ -134,11 +134,17 @@ async fn run_op(state: &AppState, op: Op, opts: &RequestOpts) -> OpResult {
                 ..ApiError::not_found(format!("key {key:?} not found")).into()
             },
         }),
-        Op::Put(key, seen, payload) => state.coord.put(key, seen, payload, opts).await.map(|set| OpResult {
-            status: 204,
-            causality_token: Some(render::token(&set)),
-            ..Default::default()
-        }),
+        Op::Put(key, seen, payload) => {
+            state
+                .coord
+                .put(key, seen, payload, opts)
+                .await
+                .map(|set| OpResult {
+                    status: 204,
+                    causality_token: Some(render::token(&set)),
+                    ..Default::default()
+                })
+        }
         Op::Delete(key, seen) => state.coord.delete(key.clone(), seen, opts).await.map(|d| {
             if d.found {
                 OpResult {

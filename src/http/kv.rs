@@ -54,8 +54,8 @@ struct SiblingsBody {
 }
 
 fn token_header(set: &SiblingSet) -> (header::HeaderName, HeaderValue) {
-    let value = HeaderValue::from_str(&render::token(set))
-        .unwrap_or_else(|_| HeaderValue::from_static(""));
+    let value =
+        HeaderValue::from_str(&render::token(set)).unwrap_or_else(|_| HeaderValue::from_static(""));
     (header::HeaderName::from_static(TOKEN_HEADER), value)
 }
 
@@ -119,8 +119,16 @@ pub async fn head_key(
     match set {
         Some(set) if set.has_live() => {
             let siblings = set.live().count().to_string();
-            let siblings = HeaderValue::from_str(&siblings).unwrap_or(HeaderValue::from_static("1"));
-            Ok((StatusCode::OK, [token_header(&set), (header::HeaderName::from_static("x-siblings"), siblings)]).into_response())
+            let siblings =
+                HeaderValue::from_str(&siblings).unwrap_or(HeaderValue::from_static("1"));
+            Ok((
+                StatusCode::OK,
+                [
+                    token_header(&set),
+                    (header::HeaderName::from_static("x-siblings"), siblings),
+                ],
+            )
+                .into_response())
         }
         _ => Ok(StatusCode::NOT_FOUND.into_response()),
     }
@@ -152,7 +160,12 @@ pub async fn put_key(
     };
     let set = state
         .coord
-        .put(key.clone(), seen, Payload::Value { data, content_type }, &opts)
+        .put(
+            key.clone(),
+            seen,
+            Payload::Value { data, content_type },
+            &opts,
+        )
         .await?;
     if return_body {
         return Ok(read_response(&key, Some(set)));
@@ -178,7 +191,9 @@ pub async fn delete_key(
 }
 
 pub fn value_too_large(len: usize, max: usize) -> ApiError {
-    ApiError::too_large(format!("value is {len} bytes; the limit is {max} (--max-value-bytes)"))
+    ApiError::too_large(format!(
+        "value is {len} bytes; the limit is {max} (--max-value-bytes)"
+    ))
 }
 
 /// Maps axum's body rejection to our error shape.

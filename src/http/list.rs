@@ -51,7 +51,7 @@ impl Range {
     }
 
     fn cap(&mut self, key: Vec<u8>) {
-        if self.upper.as_ref().is_none_or(|u| key < *u) {
+        if self.upper.as_ref().map_or(true, |u| key < *u) {
             self.upper = Some(key);
         }
     }
@@ -75,7 +75,15 @@ pub async fn list(
 ) -> Result<Json<ListBody>, ApiError> {
     let q = Query::parse(
         query.as_deref(),
-        &["prefix", "start", "end", "limit", "cursor", "r", "timeout_ms"],
+        &[
+            "prefix",
+            "start",
+            "end",
+            "limit",
+            "cursor",
+            "r",
+            "timeout_ms",
+        ],
     )?;
     q.request_opts(state.config.replication.n, state.config.request_timeout)?;
     let limit = q.number("limit", 1..=MAX_LIMIT)?.unwrap_or(DEFAULT_LIMIT) as usize;
@@ -124,7 +132,9 @@ pub async fn list(
         .collect();
     Ok(Json(ListBody {
         items,
-        next_cursor: page.resume_after.map(|k| URL_SAFE_NO_PAD.encode(k.as_bytes())),
+        next_cursor: page
+            .resume_after
+            .map(|k| URL_SAFE_NO_PAD.encode(k.as_bytes())),
     }))
 }
 

@@ -82,15 +82,27 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
     if state.ready.load(Ordering::Acquire) {
         Json(json!({"status": "ready"})).into_response()
     } else {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the node is starting").into_response()
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the node is starting",
+        )
+        .into_response()
     }
 }
 
 async fn debug_local(State(state): State<Arc<AppState>>, uri: Uri) -> Result<Response, ApiError> {
     let key = kv::key_from_uri(&uri, "/debug/local/")?;
-    match state.coord.local().read(&key).map_err(crate::coordinator::CoordError::from)? {
+    match state
+        .coord
+        .local()
+        .read(&key)
+        .map_err(crate::coordinator::CoordError::from)?
+    {
         Some(set) => Ok(Json(render::stored_set(key.as_str(), &set)).into_response()),
-        None => Err(ApiError::not_found(format!("key {key:?} is not stored on this node"))),
+        None => Err(ApiError::not_found(format!(
+            "key {key:?} is not stored on this node"
+        ))),
     }
 }
 

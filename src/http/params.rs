@@ -46,11 +46,17 @@ impl Query {
         match self.get(name) {
             None | Some("false") | Some("0") => Ok(false),
             Some("true") | Some("1") | Some("") => Ok(true),
-            Some(v) => Err(ApiError::bad_param(format!("{name}: expected true or false, got {v:?}"))),
+            Some(v) => Err(ApiError::bad_param(format!(
+                "{name}: expected true or false, got {v:?}"
+            ))),
         }
     }
 
-    pub fn number(&self, name: &str, range: std::ops::RangeInclusive<u64>) -> Result<Option<u64>, ApiError> {
+    pub fn number(
+        &self,
+        name: &str,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Result<Option<u64>, ApiError> {
         match self.get(name) {
             None => Ok(None),
             Some(v) => match v.parse::<u64>() {
@@ -65,7 +71,11 @@ impl Query {
     }
 
     /// `r`, `w` and `timeout_ms`, validated against the configured N.
-    pub fn request_opts(&self, n: usize, default_timeout: Duration) -> Result<RequestOpts, ApiError> {
+    pub fn request_opts(
+        &self,
+        n: usize,
+        default_timeout: Duration,
+    ) -> Result<RequestOpts, ApiError> {
         let timeout = self
             .number("timeout_ms", 1..=MAX_TIMEOUT_MS)?
             .map_or(default_timeout, Duration::from_millis);

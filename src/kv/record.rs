@@ -19,7 +19,9 @@ pub fn decode(raw: &[u8]) -> Result<SiblingSet, StoreError> {
         Some((&RECORD_FORMAT, body)) => {
             rmp_serde::from_slice(body).map_err(|e| StoreError::Corrupt(e.to_string()))
         }
-        Some((other, _)) => Err(StoreError::Corrupt(format!("unknown record format {other}"))),
+        Some((other, _)) => Err(StoreError::Corrupt(format!(
+            "unknown record format {other}"
+        ))),
         None => Err(StoreError::Corrupt("empty record".into())),
     }
 }

@@ -27,7 +27,7 @@ pub enum Mutation {
         payload: Payload,
         written_at_ms: u64,
     },
-    /// A tombstone, written only if the key holds anything at all.
+    /// A tombstone, written only if the key holds a live value.
     Delete {
         key: Key,
         seen: Option<VersionVector>,
@@ -176,7 +176,9 @@ fn apply(
     mutation: &Mutation,
 ) -> Result<Result<Applied, KvError>, StoreError> {
     let key = match mutation {
-        Mutation::Update { key, .. } | Mutation::Delete { key, .. } | Mutation::Merge { key, .. } => key,
+        Mutation::Update { key, .. }
+        | Mutation::Delete { key, .. }
+        | Mutation::Merge { key, .. } => key,
     };
     let current = match txn.get(Table::Data, key.as_bytes())? {
         Some(raw) => record::decode(&raw)?,
@@ -190,7 +192,12 @@ fn apply(
             written_at_ms,
             ..
         } => {
-            let (next, _) = current.update(seen.as_ref(), settings.actor, payload.clone(), *written_at_ms);
+            let (next, _) = current.update(
+                seen.as_ref(),
+                settings.actor,
+                payload.clone(),
+                *written_at_ms,
+            );
             if next.len() > settings.max_siblings {
                 return Ok(Err(KvError::SiblingLimit {
                     limit: settings.max_siblings,
@@ -203,14 +210,21 @@ fn apply(
             written_at_ms,
             ..
         } => {
-            if current.is_empty() {
+            // Nothing live to delete: answer 404 and write nothing, so that a token the
+            // client holds still covers everything stored.
+            if !had_live {
                 return Ok(Ok(Applied {
                     set: current,
                     had_live,
                     changed: false,
                 }));
             }
-            let (next, _) = current.update(seen.as_ref(), settings.actor, Payload::Tombstone, *written_at_ms);
+            let (next, _) = current.update(
+                seen.as_ref(),
+                settings.actor,
+                Payload::Tombstone,
+                *written_at_ms,
+            );
             if next.len() > settings.max_siblings {
                 return Ok(Err(KvError::SiblingLimit {
                     limit: settings.max_siblings,

@@ -37,7 +37,8 @@ impl WriteTxn for Staged<'_> {
     }
 
     fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.changes.insert((table, key.to_vec()), Some(value.to_vec()));
+        self.changes
+            .insert((table, key.to_vec()), Some(value.to_vec()));
         Ok(())
     }
 

@@ -107,7 +107,10 @@ mod tests {
             })
             .unwrap();
         assert_eq!(store.get(Table::Data, b"a").unwrap(), Some(b"1".to_vec()));
-        assert_eq!(store.get(Table::Meta, b"a").unwrap(), Some(b"meta".to_vec()));
+        assert_eq!(
+            store.get(Table::Meta, b"a").unwrap(),
+            Some(b"meta".to_vec())
+        );
         assert_eq!(store.get(Table::Data, b"b").unwrap(), None);
 
         // A failing body commits nothing.
@@ -121,7 +124,13 @@ mod tests {
         let all = store
             .scan(Table::Data, Bound::Unbounded, Bound::Unbounded, 10)
             .unwrap();
-        assert_eq!(all, vec![(b"a".to_vec(), b"1".to_vec()), (b"c".to_vec(), b"3".to_vec())]);
+        assert_eq!(
+            all,
+            vec![
+                (b"a".to_vec(), b"1".to_vec()),
+                (b"c".to_vec(), b"3".to_vec())
+            ]
+        );
         let after_a = store
             .scan(Table::Data, Bound::Excluded(b"a"), Bound::Unbounded, 10)
             .unwrap();

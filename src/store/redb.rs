@@ -55,15 +55,14 @@ pub(crate) fn empty_range(start: Bound<&[u8]>, end: Bound<&[u8]>) -> bool {
     }
 }
 
+type RedbTable<'t> = redb::Table<'t, &'static [u8], &'static [u8]>;
+
 struct Txn<'t> {
-    tables: Vec<(Table, redb::Table<'t, &'static [u8], &'static [u8]>)>,
+    tables: Vec<(Table, RedbTable<'t>)>,
 }
 
 impl<'t> Txn<'t> {
-    fn table(
-        &mut self,
-        table: Table,
-    ) -> Result<&mut redb::Table<'t, &'static [u8], &'static [u8]>, StoreError> {
+    fn table(&mut self, table: Table) -> Result<&mut RedbTable<'t>, StoreError> {
         self.tables
             .iter_mut()
             .find(|(t, _)| *t == table)
@@ -87,9 +86,7 @@ impl WriteTxn for Txn<'_> {
     }
 
     fn delete(&mut self, table: Table, key: &[u8]) -> Result<(), StoreError> {
-        self.table(table)?
-            .remove(key)
-            .map_err(redb::Error::from)?;
+        self.table(table)?.remove(key).map_err(redb::Error::from)?;
         Ok(())
     }
 }
@@ -97,7 +94,9 @@ impl WriteTxn for Txn<'_> {
 impl Store for RedbStore {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.db.begin_read().map_err(redb::Error::from)?;
-        let t = txn.open_table(definition(table)).map_err(redb::Error::from)?;
+        let t = txn
+            .open_table(definition(table))
+            .map_err(redb::Error::from)?;
         let value = t.get(key).map_err(redb::Error::from)?;
         Ok(value.map(|v| v.value().to_vec()))
     }
@@ -113,7 +112,9 @@ impl Store for RedbStore {
             return Ok(Vec::new());
         }
         let txn = self.db.begin_read().map_err(redb::Error::from)?;
-        let t = txn.open_table(definition(table)).map_err(redb::Error::from)?;
+        let t = txn
+            .open_table(definition(table))
+            .map_err(redb::Error::from)?;
         let mut out = Vec::new();
         for item in t.range::<&[u8]>((start, end)).map_err(redb::Error::from)? {
             if out.len() >= limit {

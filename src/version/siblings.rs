@@ -77,9 +77,7 @@ impl SiblingSet {
     }
 
     fn holds(&self, dot: &Dot) -> bool {
-        self.versions
-            .binary_search_by(|v| v.dot.cmp(dot))
-            .is_ok()
+        self.versions.binary_search_by(|v| v.dot.cmp(dot)).is_ok()
     }
 
     /// A new write by `actor` that has seen `seen` (the client's token), or, for a blind
@@ -111,7 +109,7 @@ impl SiblingSet {
             payload,
             written_at_ms,
         });
-        versions.sort_by(|a, b| a.dot.cmp(&b.dot));
+        versions.sort_by_key(|v| v.dot);
         let mut context = self.context.clone();
         context.merge(seen);
         context.add(dot);
@@ -124,16 +122,17 @@ impl SiblingSet {
     /// the other side replaced it with something that descends from it.
     pub fn sync(&self, other: &SiblingSet) -> SiblingSet {
         let mut versions: Vec<Version> = Vec::with_capacity(self.len().max(other.len()));
-        let (mut a, mut b) = (self.versions.iter().peekable(), other.versions.iter().peekable());
+        let (mut a, mut b) = (
+            self.versions.iter().peekable(),
+            other.versions.iter().peekable(),
+        );
         loop {
             let next = match (a.peek().copied(), b.peek().copied()) {
                 (None, None) => break,
                 (Some(x), None) => keep_if(a.next(), !other.context.contains(&x.dot)),
                 (None, Some(y)) => keep_if(b.next(), !self.context.contains(&y.dot)),
                 (Some(x), Some(y)) => match x.dot.cmp(&y.dot) {
-                    std::cmp::Ordering::Less => {
-                        keep_if(a.next(), !other.context.contains(&x.dot))
-                    }
+                    std::cmp::Ordering::Less => keep_if(a.next(), !other.context.contains(&x.dot)),
                     std::cmp::Ordering::Greater => {
                         keep_if(b.next(), !self.context.contains(&y.dot))
                     }

@@ -68,10 +68,22 @@ mod tests {
         .into_iter()
         .collect();
         let t = CausalityToken(vv).encode();
-        assert_eq!(CausalityToken::decode(&t).unwrap().0.get(&Actor { node: 7, epoch: 1 }), 42);
+        assert_eq!(
+            CausalityToken::decode(&t)
+                .unwrap()
+                .0
+                .get(&Actor { node: 7, epoch: 1 }),
+            42
+        );
         assert_eq!(CausalityToken::decode("!!!"), Err(TokenError::NotBase64));
         assert_eq!(CausalityToken::decode(""), Err(TokenError::Empty));
-        assert!(matches!(CausalityToken::decode("AgAA"), Err(TokenError::UnknownFormat(2))));
-        assert!(matches!(CausalityToken::decode("AZmZmQ"), Err(TokenError::Corrupt(_))));
+        assert!(matches!(
+            CausalityToken::decode("AgAA"),
+            Err(TokenError::UnknownFormat(2))
+        ));
+        assert!(matches!(
+            CausalityToken::decode("AZmZmQ"),
+            Err(TokenError::Corrupt(_))
+        ));
     }
 }
