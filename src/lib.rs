@@ -18,6 +18,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod coordinator;
 pub mod http;
@@ -27,6 +28,7 @@ pub mod kv;
 pub mod net;
 pub mod node;
 pub mod quorum;
+pub mod rpc;
 pub mod store;
 pub mod telemetry;
 pub mod version;

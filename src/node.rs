@@ -95,7 +95,7 @@ pub async fn run<N: Network>(
     });
 
     let listener = net
-        .bind_http(http_addr)
+        .bind(http_addr)
         .await
         .map_err(|source| NodeError::Bind {
             what: "HTTP",

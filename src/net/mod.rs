@@ -1,6 +1,7 @@
-//! The network seam: everything a node needs from the outside world — listeners, and the
-//! clock — comes through [`Network`]. Production uses [`TokioNetwork`]; the simulation
-//! (`sim/`) implements the same trait over turmoil, so the same node code runs in both.
+//! The network seam: everything a node needs from the outside world — listeners, outbound
+//! connections, the gossip transport and the clock — comes through [`Network`]. Production
+//! uses [`TokioNetwork`]; the simulation (`sim/`) implements the same trait over turmoil, so
+//! the same node code runs in both. Node code never names `tokio::net`.
 
 mod limit;
 mod tokio_net;
@@ -9,6 +10,8 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use limit::{LimitedIo, LimitedListener};
 pub use tokio_net::TokioNetwork;
@@ -31,13 +34,23 @@ impl Clock for SystemClock {
     }
 }
 
-pub trait Network: Send + Sync + 'static {
-    type HttpListener: axum::serve::Listener<Addr = SocketAddr>;
+/// A byte stream between two nodes.
+pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
 
-    fn bind_http(
-        &self,
-        addr: SocketAddr,
-    ) -> impl Future<Output = io::Result<Self::HttpListener>> + Send;
+pub trait Network: Send + Sync + 'static {
+    /// A TCP-like listener. axum's `Listener` trait serves for the HTTP API and for the
+    /// internode RPC alike: accept, and the bound address.
+    type Listener: axum::serve::Listener<Addr = SocketAddr>;
+    /// An outbound connection.
+    type Stream: Stream;
+
+    fn bind(&self, addr: SocketAddr) -> impl Future<Output = io::Result<Self::Listener>> + Send;
+
+    fn connect(&self, addr: SocketAddr) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+
+    /// The datagram transport chitchat gossips over.
+    fn gossip_transport(&self) -> Box<dyn chitchat::transport::Transport>;
 
     fn clock(&self) -> Arc<dyn Clock>;
 }

@@ -1,4 +1,4 @@
-//! The production [`Network`]: tokio sockets and the system clock.
+//! The production [`Network`]: tokio sockets, chitchat's UDP transport, the system clock.
 
 use std::io;
 use std::net::SocketAddr;
@@ -10,10 +10,22 @@ use super::{Clock, Network, SystemClock};
 pub struct TokioNetwork;
 
 impl Network for TokioNetwork {
-    type HttpListener = tokio::net::TcpListener;
+    type Listener = tokio::net::TcpListener;
+    type Stream = tokio::net::TcpStream;
 
-    async fn bind_http(&self, addr: SocketAddr) -> io::Result<Self::HttpListener> {
+    async fn bind(&self, addr: SocketAddr) -> io::Result<Self::Listener> {
         tokio::net::TcpListener::bind(addr).await
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> io::Result<Self::Stream> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        // Internode calls are small request/response frames: Nagle only adds latency.
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+
+    fn gossip_transport(&self) -> Box<dyn chitchat::transport::Transport> {
+        Box::new(chitchat::transport::UdpTransport)
     }
 
     fn clock(&self) -> Arc<dyn Clock> {

@@ -1,0 +1,73 @@
+//! The internode protocol: one request enum, one response enum, carried in frames of
+//! `[u32 length][u8 PROTOCOL_VERSION][msgpack Envelope]` (see `rpc::frame`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::quorum::Quorum;
+use crate::version::{Payload, SiblingSet, VersionVector};
+
+/// Bumped on any incompatible change; a peer speaking another version is disconnected.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// A request or a response, with the id that pairs them on a multiplexed connection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    pub id: u64,
+    pub body: T,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    /// Liveness and identity check.
+    Ping,
+    /// This node's stored copy of a key.
+    Read { key: String },
+    /// Merge these sets into this node's copies (replication, read repair, hint delivery).
+    /// Answered once durable under the node's fsync policy.
+    Merge { entries: Vec<(String, SiblingSet)> },
+    /// Keep a hint for `target`, a replica that is down, until it can be handed back.
+    Hint {
+        target: u64,
+        key: String,
+        set: SiblingSet,
+    },
+    /// Coordinate a write for a node that is not in the key's preference list.
+    Forward(ForwardedWrite),
+}
+
+/// A client write, forwarded to a replica that can coordinate it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForwardedWrite {
+    pub key: String,
+    pub seen: Option<VersionVector>,
+    /// `Payload::Tombstone` for a delete.
+    pub payload: Payload,
+    pub w: Option<Quorum>,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Response {
+    Pong { node_id: u64 },
+    Read(Option<SiblingSet>),
+    Merged,
+    HintStored,
+    /// The stand-in would not keep the hint (its bound for the target is full); the write
+    /// does not count toward W there.
+    HintRefused { reason: String },
+    /// A forwarded write's outcome.
+    Written { found: bool, set: SiblingSet },
+    Error(RemoteError),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, thiserror::Error)]
+pub enum RemoteError {
+    #[error("the write would leave more than {limit} siblings")]
+    SiblingLimit { limit: usize },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
