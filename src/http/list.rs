@@ -51,7 +51,7 @@ impl Range {
     }
 
     fn cap(&mut self, key: Vec<u8>) {
-        if self.upper.as_ref().map_or(true, |u| key < *u) {
+        if self.upper.as_ref().is_none_or(|u| key < *u) {
             self.upper = Some(key);
         }
     }

@@ -49,8 +49,12 @@ pub trait Network: Send + Sync + 'static {
 
     fn connect(&self, addr: SocketAddr) -> impl Future<Output = io::Result<Self::Stream>> + Send;
 
-    /// The datagram transport chitchat gossips over.
-    fn gossip_transport(&self) -> Box<dyn chitchat::transport::Transport>;
+    /// A bound datagram socket for chitchat's gossip. Binding here, before chitchat starts,
+    /// lets a node bind port 0 and advertise the port it got.
+    fn bind_gossip(
+        &self,
+        addr: SocketAddr,
+    ) -> impl Future<Output = io::Result<Box<dyn chitchat::transport::Socket>>> + Send;
 
     fn clock(&self) -> Arc<dyn Clock>;
 }

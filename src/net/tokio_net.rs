@@ -24,8 +24,11 @@ impl Network for TokioNetwork {
         Ok(stream)
     }
 
-    fn gossip_transport(&self) -> Box<dyn chitchat::transport::Transport> {
-        Box::new(chitchat::transport::UdpTransport)
+    async fn bind_gossip(&self, addr: SocketAddr) -> io::Result<Box<dyn chitchat::transport::Socket>> {
+        let socket = chitchat::transport::UdpSocket::open(addr)
+            .await
+            .map_err(|e| io::Error::new(io::ErrorKind::AddrNotAvailable, format!("{e:#}")))?;
+        Ok(Box::new(socket))
     }
 
     fn clock(&self) -> Arc<dyn Clock> {
