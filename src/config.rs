@@ -1,5 +1,6 @@
 //! The node's configuration, independent of how it was given (CLI flags, env, tests).
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -56,8 +57,61 @@ impl Default for Limits {
     }
 }
 
+/// Gossip, ring and replication settings.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// Nodes only gossip with nodes of the same cluster id, so two clusters on one
+    /// network never merge.
+    pub cluster_id: String,
+    /// `host:port` gossip addresses to join through; hostnames are resolved (and
+    /// re-resolved) by chitchat.
+    pub seeds: Vec<String>,
+    pub vnodes: u16,
+    pub gossip_interval: Duration,
+    pub phi_threshold: f64,
+    /// How long a dead member keeps its place in the ring before it is removed.
+    pub dead_node_grace: Duration,
+    pub rpc_timeout: Duration,
+    /// How long a read waits, after answering, for slower replicas to repair.
+    pub repair_wait: Duration,
+    /// Bytes of hints kept per target; past it, hints are refused and counted.
+    pub max_hint_bytes: u64,
+    pub max_hint_age: Duration,
+    pub handoff_interval: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            cluster_id: "ringkv".into(),
+            seeds: Vec::new(),
+            vnodes: 128,
+            gossip_interval: Duration::from_millis(500),
+            phi_threshold: 8.0,
+            dead_node_grace: Duration::from_secs(3600),
+            rpc_timeout: Duration::from_secs(2),
+            repair_wait: Duration::from_secs(1),
+            max_hint_bytes: 256 * 1024 * 1024,
+            max_hint_age: Duration::from_secs(3 * 3600),
+            handoff_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Where the node listens, and what it tells peers.
+#[derive(Clone, Debug)]
+pub struct Addrs {
+    pub http: SocketAddr,
+    pub rpc: SocketAddr,
+    pub gossip: SocketAddr,
+    /// The host peers reach this node at, when it listens on a wildcard address.
+    pub advertise_host: Option<IpAddr>,
+}
+
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
+    pub addrs: Addrs,
+    pub cluster: ClusterConfig,
     pub data_dir: PathBuf,
     pub storage: StorageKind,
     pub fsync: FsyncMode,
@@ -72,7 +126,15 @@ pub struct NodeConfig {
 impl NodeConfig {
     /// A config for tests: in-memory, default limits.
     pub fn for_test() -> Self {
+        let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
         NodeConfig {
+            addrs: Addrs {
+                http: local(0),
+                rpc: local(0),
+                gossip: local(0),
+                advertise_host: None,
+            },
+            cluster: ClusterConfig::default(),
             data_dir: PathBuf::from("./data"),
             storage: StorageKind::Memory,
             fsync: FsyncMode::Always,

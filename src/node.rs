@@ -1,24 +1,35 @@
-//! A running node: opens the store, starts the writer, serves HTTP until shutdown, then
-//! drains and closes in order.
+//! A running node: opens the store, joins the cluster, serves HTTP and RPC until
+//! shutdown, then stops every task in order.
 
 use std::future::IntoFuture;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::membership::{
+    Member, MemberState, Membership, MembershipConfig, MembershipError,
+};
+use crate::cluster::NodeId;
 use crate::config::{NodeConfig, StorageKind};
-use crate::coordinator::Coordinator;
+use crate::coordinator::{Coordinator, CoordinatorConfig};
+use crate::handoff::{Handoff, HandoffConfig};
 use crate::http::{self, AppState};
 use crate::identity::Identity;
-use crate::kv::{self, LocalKv, WriterSettings};
+use crate::kv::{self, HintLedger, LocalKv, WriterSettings};
 use crate::net::{LimitedListener, Network};
+use crate::replica::ReplicaService;
+use crate::rpc::client::{connector_for, RpcClient};
+use crate::rpc::frame::{RpcConfig, RpcStats};
+use crate::stats::ReplicationStats;
 use crate::store::{MemoryStore, RedbStore, Store, StoreError};
 
 /// How long in-flight requests get to finish once shutdown starts.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+/// Rows one internode scan returns at most.
+const MAX_SCAN_ROWS: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -36,6 +47,15 @@ pub enum NodeError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "{what} listens on {addr}, a wildcard address: give --advertise-host so peers can reach it"
+    )]
+    NoAdvertise {
+        what: &'static str,
+        addr: SocketAddr,
+    },
+    #[error(transparent)]
+    Gossip(#[from] MembershipError),
     #[error("serving HTTP: {0}")]
     Serve(#[source] std::io::Error),
 }
@@ -44,18 +64,34 @@ pub enum NodeError {
 #[derive(Clone, Debug)]
 pub struct Started {
     pub http_addr: SocketAddr,
+    pub rpc_addr: SocketAddr,
+    pub gossip_addr: SocketAddr,
     pub node_id: u64,
 }
 
-/// Runs a node until `shutdown` is cancelled. `on_ready` is called once the listener is
-/// bound and the node serves.
+/// The address peers use: the bound one, with the advertised host when bound to a
+/// wildcard.
+fn advertised(
+    what: &'static str,
+    bound: SocketAddr,
+    host: Option<IpAddr>,
+) -> Result<SocketAddr, NodeError> {
+    match host {
+        Some(ip) => Ok(SocketAddr::new(ip, bound.port())),
+        None if bound.ip().is_unspecified() => Err(NodeError::NoAdvertise { what, addr: bound }),
+        None => Ok(bound),
+    }
+}
+
+/// Runs a node until `shutdown` is cancelled. `on_ready` is called once every listener
+/// is bound and the node serves.
 pub async fn run<N: Network>(
     config: NodeConfig,
-    http_addr: SocketAddr,
     net: N,
     shutdown: CancellationToken,
     on_ready: impl FnOnce(&Started),
 ) -> Result<(), NodeError> {
+    let net = Arc::new(net);
     let store_err = |source| NodeError::Store {
         dir: config.data_dir.display().to_string(),
         source,
@@ -68,7 +104,12 @@ pub async fn run<N: Network>(
     if identity.recovered_from_crash {
         tracing::warn!(actor = %identity.actor, "previous run did not shut down cleanly; new epoch");
     }
+    let node_id = NodeId(identity.node_id());
+    let hints = Arc::new(HintLedger::load(store.as_ref()).map_err(store_err)?);
 
+    // Background tasks stop in two steps: `tasks` (gossip, handoff, RPC) when HTTP has
+    // drained, and the writer last, after everything that could still write.
+    let tasks = CancellationToken::new();
     let writer_stop = CancellationToken::new();
     let (writer, writer_task) = kv::writer::spawn(
         store.clone(),
@@ -80,43 +121,143 @@ pub async fn run<N: Network>(
             queue: config.limits.write_queue,
             max_batch: config.limits.max_commit_batch,
             max_siblings: config.limits.max_siblings,
+            max_hint_bytes: config.cluster.max_hint_bytes,
+            hints: hints.clone(),
         },
         writer_stop.clone(),
     );
+    let local = LocalKv::new(store.clone(), writer, hints);
+
+    let bind_err = |what, addr| move |source| NodeError::Bind { what, addr, source };
+    let addrs = &config.addrs;
+    let http_listener = net
+        .bind(addrs.http)
+        .await
+        .map_err(bind_err("HTTP", addrs.http))?;
+    let rpc_listener = net
+        .bind(addrs.rpc)
+        .await
+        .map_err(bind_err("RPC", addrs.rpc))?;
+    let gossip_socket = net
+        .bind_gossip(addrs.gossip)
+        .await
+        .map_err(bind_err("gossip", addrs.gossip))?;
+    let local_addr =
+        |l: &N::Listener| axum::serve::Listener::local_addr(l).map_err(NodeError::Serve);
+    let http_bound = local_addr(&http_listener)?;
+    let rpc_bound = local_addr(&rpc_listener)?;
+    let gossip_bound = gossip_socket
+        .local_addr()
+        .map_err(|e| NodeError::Serve(std::io::Error::other(e.to_string())))?;
+    let host = addrs.advertise_host;
+    let me = Member {
+        id: node_id,
+        http_addr: advertised("HTTP", http_bound, host)?,
+        rpc_addr: advertised("RPC", rpc_bound, host)?,
+        gossip_addr: advertised("gossip", gossip_bound, host)?,
+        state: MemberState::Normal,
+        live: true,
+        vnodes: config.cluster.vnodes,
+    };
+    let cluster = &config.cluster;
+    let membership = Membership::start(
+        MembershipConfig {
+            cluster_id: cluster.cluster_id.clone(),
+            me: me.clone(),
+            gossip_listen: gossip_bound,
+            seeds: cluster.seeds.clone(),
+            gossip_interval: cluster.gossip_interval,
+            dead_node_grace: cluster.dead_node_grace,
+            phi_threshold: cluster.phi_threshold,
+            generation: net.clock().now_ms(),
+        },
+        gossip_socket,
+        tasks.clone(),
+    )
+    .await?;
+
+    let rpc_stats = Arc::new(RpcStats::default());
+    let rpc_config = RpcConfig::default();
+    let rpc = Arc::new(RpcClient::new(
+        connector_for(net.clone()),
+        rpc_config.clone(),
+        rpc_stats.clone(),
+    ));
+    let stats = Arc::new(ReplicationStats::default());
     let coord = Coordinator::new(
-        LocalKv::new(store.clone(), writer),
-        config.replication,
+        local.clone(),
+        membership.watch(),
+        rpc.clone(),
         net.clock(),
+        stats.clone(),
+        CoordinatorConfig {
+            replication: config.replication,
+            rpc_timeout: cluster.rpc_timeout,
+            repair_wait: cluster.repair_wait,
+        },
     );
+    let replica = Arc::new(ReplicaService {
+        node_id,
+        coordinator: coord.clone(),
+        clock: net.clock(),
+        stats: stats.clone(),
+        max_scan_rows: MAX_SCAN_ROWS,
+    });
+    let rpc_server = tokio::spawn(crate::rpc::server::serve(
+        rpc_listener,
+        replica,
+        rpc_config,
+        rpc_stats,
+        tasks.clone(),
+    ));
+    let handoff = tokio::spawn(
+        Handoff {
+            local: local.clone(),
+            view: membership.watch(),
+            rpc: rpc.clone(),
+            clock: net.clock(),
+            stats: stats.clone(),
+            config: HandoffConfig {
+                interval: cluster.handoff_interval,
+                batch: 128,
+                max_age: cluster.max_hint_age,
+                rpc_timeout: cluster.rpc_timeout,
+            },
+        }
+        .run(tasks.clone()),
+    );
+
     let state = Arc::new(AppState {
         coord,
         config: config.clone(),
+        cluster_id: cluster.cluster_id.clone(),
         ready: Default::default(),
     });
+    let readiness = tokio::spawn(track_readiness(
+        state.clone(),
+        membership.watch(),
+        !seeds_are_only(&cluster.seeds, me.gossip_addr),
+        tasks.clone(),
+    ));
 
-    let listener = net
-        .bind(http_addr)
-        .await
-        .map_err(|source| NodeError::Bind {
-            what: "HTTP",
-            addr: http_addr,
-            source,
-        })?;
-    let bound = axum::serve::Listener::local_addr(&listener).map_err(NodeError::Serve)?;
-    let listener = LimitedListener::new(listener, config.limits.max_connections);
+    let listener = LimitedListener::new(http_listener, config.limits.max_connections);
     let started = Started {
-        http_addr: bound,
-        node_id: identity.node_id(),
+        http_addr: http_bound,
+        rpc_addr: rpc_bound,
+        gossip_addr: gossip_bound,
+        node_id: node_id.0,
     };
     tracing::info!(
-        http = %bound,
-        node_id = format_args!("{:016x}", started.node_id),
+        http = %me.http_addr,
+        rpc = %me.rpc_addr,
+        gossip = %me.gossip_addr,
+        node_id = %node_id,
         actor = %identity.actor,
         fsync = ?config.fsync,
         storage = ?config.storage,
+        seeds = ?cluster.seeds,
         "node started"
     );
-    state.ready.store(true, Ordering::Release);
     on_ready(&started);
 
     let graceful = shutdown.clone();
@@ -130,8 +271,19 @@ pub async fn run<N: Network>(
             Ok(())
         }
     };
-    tracing::info!("HTTP stopped; committing queued writes");
+    tracing::info!("HTTP stopped; stopping background tasks");
     state.ready.store(false, Ordering::Release);
+    tasks.cancel();
+    for (name, task) in [("handoff", handoff), ("readiness", readiness)] {
+        if let Err(e) = task.await {
+            tracing::error!(task = name, error = %e, "task failed");
+        }
+    }
+    if let Err(e) = rpc_server.await {
+        tracing::error!(error = %e, "RPC server task failed");
+    }
+    rpc.close_all().await;
+    membership.shutdown().await;
     writer_stop.cancel();
     if let Err(e) = writer_task.await {
         tracing::error!(error = %e, "writer task failed");
@@ -139,4 +291,34 @@ pub async fn run<N: Network>(
     Identity::mark_clean_shutdown(store.as_ref()).map_err(store_err)?;
     tracing::info!("node stopped");
     served
+}
+
+/// Whether every seed is this node itself (the first node of a cluster may list itself).
+fn seeds_are_only(seeds: &[String], me: SocketAddr) -> bool {
+    seeds
+        .iter()
+        .all(|s| s.parse::<SocketAddr>().is_ok_and(|a| a == me))
+}
+
+/// Ready once the node has joined: it is in its own ring and, if it was given seeds, has
+/// heard from at least one other member.
+async fn track_readiness(
+    state: Arc<AppState>,
+    mut view: tokio::sync::watch::Receiver<Arc<crate::cluster::membership::ClusterView>>,
+    needs_peer: bool,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let joined = {
+            let v = view.borrow_and_update();
+            v.ring.contains(v.self_id) && (!needs_peer || v.members.len() > 1)
+        };
+        if joined && !state.ready.swap(true, Ordering::AcqRel) {
+            tracing::info!("joined the cluster; ready");
+        }
+        tokio::select! {
+            changed = view.changed() => if changed.is_err() { return },
+            _ = shutdown.cancelled() => return,
+        }
+    }
 }

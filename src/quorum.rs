@@ -1,6 +1,7 @@
 //! Replication factors: N, R and W, how a request names them, and how they clamp to the
 //! number of members.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 
@@ -80,6 +81,71 @@ impl Replication {
     }
 }
 
+/// Counts replies toward a quorum, by distinct node: a node that stores a write twice
+/// (as a replica and again as a stand-in holding a hint) is still one copy.
+#[derive(Debug, Clone)]
+pub struct Tracker<Id: Ord> {
+    needed: usize,
+    outstanding: usize,
+    succeeded: BTreeSet<Id>,
+    failed: usize,
+}
+
+impl<Id: Ord> Tracker<Id> {
+    /// Waits for `needed` distinct successes out of `attempts` requests in flight.
+    pub fn new(needed: usize, attempts: usize) -> Self {
+        Tracker {
+            needed,
+            outstanding: attempts,
+            succeeded: BTreeSet::new(),
+            failed: 0,
+        }
+    }
+
+    /// One request succeeded at `id`.
+    pub fn success(&mut self, id: Id) {
+        self.outstanding = self.outstanding.saturating_sub(1);
+        self.succeeded.insert(id);
+    }
+
+    /// One request failed.
+    pub fn failure(&mut self) {
+        self.outstanding = self.outstanding.saturating_sub(1);
+        self.failed += 1;
+    }
+
+    /// A request was replaced by another (a stand-in after a failed replica): one more
+    /// reply to wait for.
+    pub fn retry(&mut self) {
+        self.outstanding += 1;
+    }
+
+    pub fn is_met(&self) -> bool {
+        self.succeeded.len() >= self.needed
+    }
+
+    /// No outstanding request can meet the quorum any more.
+    pub fn is_lost(&self) -> bool {
+        !self.is_met() && self.succeeded.len() + self.outstanding < self.needed
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.outstanding == 0
+    }
+
+    pub fn needed(&self) -> usize {
+        self.needed
+    }
+
+    pub fn succeeded(&self) -> usize {
+        self.succeeded.len()
+    }
+
+    pub fn failed(&self) -> usize {
+        self.failed
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,5 +161,29 @@ mod tests {
         assert_eq!(Quorum::Count(3).resolve(1), 1);
         let lone = Replication { n: 3, r: 2, w: 2 }.effective(1);
         assert_eq!(lone, Replication { n: 1, r: 1, w: 1 });
+    }
+
+    proptest::proptest! {
+        /// Met exactly when `needed` distinct ids succeeded; never both met and lost; lost
+        /// only when the remaining replies cannot make it.
+        #[test]
+        fn tracker_counts_distinct_successes(
+            needed in 1usize..5,
+            replies in proptest::collection::vec(proptest::option::of(0u8..4), 0..8),
+        ) {
+            let mut t = Tracker::new(needed, replies.len());
+            let mut distinct = BTreeSet::new();
+            for (i, r) in replies.iter().enumerate() {
+                match r {
+                    Some(id) => { t.success(*id); distinct.insert(*id); }
+                    None => t.failure(),
+                }
+                let remaining = replies.len() - i - 1;
+                proptest::prop_assert_eq!(t.is_met(), distinct.len() >= needed);
+                proptest::prop_assert!(!(t.is_met() && t.is_lost()));
+                proptest::prop_assert_eq!(t.is_lost(), !t.is_met() && distinct.len() + remaining < needed);
+            }
+            proptest::prop_assert!(t.is_done());
+        }
     }
 }

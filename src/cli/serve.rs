@@ -1,13 +1,15 @@
 //! `ringkv serve`: flags (each also a `RINGKV_*` variable), signals, and the ready line.
 
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{BlockingMode, FsyncMode, Limits, NodeConfig, StorageKind};
+use crate::config::{
+    Addrs, BlockingMode, ClusterConfig, FsyncMode, Limits, NodeConfig, StorageKind,
+};
 use crate::net::TokioNetwork;
 use crate::node::{self, NodeError};
 use crate::quorum::Replication;
@@ -21,6 +23,46 @@ pub struct ServeArgs {
     /// HTTP API address.
     #[arg(long, env = "RINGKV_HTTP_ADDR", default_value = "127.0.0.1:7070")]
     pub http_addr: SocketAddr,
+    /// Internode RPC address (TCP).
+    #[arg(long, env = "RINGKV_RPC_ADDR", default_value = "127.0.0.1:7071")]
+    pub rpc_addr: SocketAddr,
+    /// Gossip address (UDP).
+    #[arg(long, env = "RINGKV_GOSSIP_ADDR", default_value = "127.0.0.1:7946")]
+    pub gossip_addr: SocketAddr,
+    /// Host or IP that peers reach this node at, needed when listening on 0.0.0.0.
+    /// A hostname is resolved once, at start.
+    #[arg(long, env = "RINGKV_ADVERTISE_HOST")]
+    pub advertise_host: Option<String>,
+    /// Gossip address (`host:port`) of a node to join through. Repeatable; with none, the
+    /// node starts a cluster of its own.
+    #[arg(long = "seed", env = "RINGKV_SEEDS", value_delimiter = ',')]
+    pub seeds: Vec<String>,
+    /// Nodes join only nodes with the same cluster id.
+    #[arg(long, env = "RINGKV_CLUSTER_ID", default_value = "ringkv")]
+    pub cluster_id: String,
+    /// Virtual nodes per member on the ring. Must be the same on every node.
+    #[arg(long, env = "RINGKV_VNODES", default_value_t = 128, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub vnodes: u16,
+    #[arg(long, env = "RINGKV_GOSSIP_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub gossip_interval: Duration,
+    /// Phi accrual threshold above which a peer is considered down.
+    #[arg(long, env = "RINGKV_PHI_THRESHOLD", default_value_t = 8.0)]
+    pub phi_threshold: f64,
+    /// How long a dead member keeps its place in the ring before it is removed.
+    #[arg(long, env = "RINGKV_DEAD_NODE_GRACE", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub dead_node_grace: Duration,
+    /// Bound on one internode call.
+    #[arg(long, env = "RINGKV_RPC_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub rpc_timeout: Duration,
+    /// Bytes of hints kept for one down node; past this, hints are refused and counted.
+    #[arg(long, env = "RINGKV_MAX_HINT_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub max_hint_bytes: u64,
+    /// Hints older than this are dropped (anti-entropy repairs what they held).
+    #[arg(long, env = "RINGKV_MAX_HINT_AGE", default_value = "3h", value_parser = humantime::parse_duration)]
+    pub max_hint_age: Duration,
+    /// How often pending hints are handed off to nodes that came back.
+    #[arg(long, env = "RINGKV_HANDOFF_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub handoff_interval: Duration,
     #[arg(long, env = "RINGKV_STORAGE", value_enum, default_value = "redb")]
     pub storage: StorageKind,
     /// `always`: acknowledge only durable writes. `periodic`: sync on a timer.
@@ -81,7 +123,30 @@ impl ServeArgs {
                 "--max-value-bytes, --max-siblings and --max-batch-ops must be at least 1".into(),
             ));
         }
+        let advertise_host = match &self.advertise_host {
+            None => None,
+            Some(host) => Some(resolve_host(host)?),
+        };
         Ok(NodeConfig {
+            addrs: Addrs {
+                http: self.http_addr,
+                rpc: self.rpc_addr,
+                gossip: self.gossip_addr,
+                advertise_host,
+            },
+            cluster: ClusterConfig {
+                cluster_id: self.cluster_id.clone(),
+                seeds: self.seeds.clone(),
+                vnodes: self.vnodes,
+                gossip_interval: self.gossip_interval,
+                phi_threshold: self.phi_threshold,
+                dead_node_grace: self.dead_node_grace,
+                rpc_timeout: self.rpc_timeout,
+                max_hint_bytes: self.max_hint_bytes,
+                max_hint_age: self.max_hint_age,
+                handoff_interval: self.handoff_interval,
+                ..ClusterConfig::default()
+            },
             data_dir: self.data_dir.clone(),
             storage: self.storage,
             fsync: self.fsync,
@@ -107,18 +172,31 @@ pub async fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
     let config = args.to_config()?;
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_shutdown(shutdown.clone()));
-    node::run(config, args.http_addr, TokioNetwork, shutdown, |started| {
+    node::run(config, TokioNetwork, shutdown, |started| {
         // One line on stdout, for scripts that start the node on port 0.
         let mut out = std::io::stdout().lock();
         let _ = writeln!(
             out,
-            "ringkv ready http={} node_id={:016x}",
-            started.http_addr, started.node_id
+            "ringkv ready http={} rpc={} gossip={} node_id={:016x}",
+            started.http_addr, started.rpc_addr, started.gossip_addr, started.node_id
         );
         let _ = out.flush();
     })
     .await?;
     Ok(())
+}
+
+/// An IP as is, or a hostname resolved now (docker-compose service names, say).
+fn resolve_host(host: &str) -> Result<IpAddr, ServeError> {
+    if let Ok(ip) = host.parse() {
+        return Ok(ip);
+    }
+    (host, 0)
+        .to_socket_addrs()
+        .map_err(|e| ServeError::Config(format!("--advertise-host {host}: {e}")))?
+        .map(|a| a.ip())
+        .next()
+        .ok_or_else(|| ServeError::Config(format!("--advertise-host {host}: no address")))
 }
 
 async fn signal_shutdown(shutdown: CancellationToken) {

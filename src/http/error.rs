@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::coordinator::CoordError;
 use crate::key::KeyError;
 use crate::kv::KvError;
+use crate::rpc::RemoteError;
 use crate::version::TokenError;
 
 #[derive(Debug, Clone)]
@@ -81,10 +82,21 @@ impl From<CoordError> for ApiError {
             CoordError::Kv(KvError::SiblingLimit { .. }) => {
                 Self::new(StatusCode::CONFLICT, "sibling_limit", message)
             }
-            CoordError::Kv(KvError::ShuttingDown) | CoordError::Timeout { .. } => {
+            CoordError::Remote(RemoteError::SiblingLimit { .. }) => {
+                Self::new(StatusCode::CONFLICT, "sibling_limit", message)
+            }
+            CoordError::Remote(RemoteError::BadRequest(_)) => {
+                Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+            }
+            CoordError::Kv(KvError::ShuttingDown)
+            | CoordError::Timeout { .. }
+            | CoordError::QuorumFailed { .. }
+            | CoordError::Remote(RemoteError::Unavailable(_)) => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
             }
-            CoordError::Kv(_) => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message),
+            CoordError::Kv(_) | CoordError::Remote(_) => {
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+            }
         }
     }
 }

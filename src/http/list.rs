@@ -1,6 +1,5 @@
 //! `GET /kv`: keys in byte order, filtered by prefix and range, one page at a time.
 
-use std::ops::Bound;
 use std::sync::Arc;
 
 use axum::extract::{RawQuery, State};
@@ -8,6 +7,8 @@ use axum::Json;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::Serialize;
+
+use crate::coordinator::ListRange;
 
 use super::error::ApiError;
 use super::params::Query;
@@ -85,7 +86,7 @@ pub async fn list(
             "timeout_ms",
         ],
     )?;
-    q.request_opts(state.config.replication.n, state.config.request_timeout)?;
+    let opts = q.request_opts(state.config.replication.n, state.config.request_timeout)?;
     let limit = q.number("limit", 1..=MAX_LIMIT)?.unwrap_or(DEFAULT_LIMIT) as usize;
     let mut range = Range {
         lower: None,
@@ -109,18 +110,20 @@ pub async fn list(
             .map_err(|_| ApiError::bad_param("cursor: not a cursor this API returned"))?;
         range.raise(after, true);
     }
-    let start = match &range.lower {
-        None => Bound::Unbounded,
-        Some((k, true)) => Bound::Excluded(k.as_slice()),
-        Some((k, false)) => Bound::Included(k.as_slice()),
+    let list_range = ListRange {
+        start: range.lower.as_ref().map(|(k, _)| k.clone()),
+        start_exclusive: range.lower.as_ref().is_some_and(|(_, ex)| *ex),
+        end: range.upper,
     };
-    let end = range
-        .upper
-        .as_deref()
-        .map_or(Bound::Unbounded, Bound::Excluded);
     let page = state
         .coord
-        .list(start, end, limit, limit.saturating_mul(SCAN_PER_ITEM))?;
+        .list(
+            &list_range,
+            limit,
+            limit.saturating_mul(SCAN_PER_ITEM),
+            opts.timeout,
+        )
+        .await?;
     let items = page
         .items
         .into_iter()

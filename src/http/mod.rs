@@ -2,6 +2,7 @@
 //! DESIGN.md §2 and README's API section are the contract.
 
 mod batch;
+mod cluster;
 mod error;
 mod kv;
 mod list;
@@ -29,6 +30,8 @@ pub use kv::TOKEN_HEADER;
 pub struct AppState {
     pub coord: Coordinator,
     pub config: NodeConfig,
+    pub cluster_id: String,
+    /// Joined and knows the ring (see `node`).
     pub ready: AtomicBool,
 }
 
@@ -54,6 +57,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", strict(get(health)))
         .route("/ready", strict(get(ready)))
         .route("/debug/local/{*key}", strict(get(debug_local)))
+        .route("/debug/preflist/{*key}", strict(get(cluster::preflist)))
+        .route("/debug/replication", strict(get(cluster::replication)))
+        .route("/cluster", strict(get(cluster::cluster)))
         .fallback(no_route)
         .layer(middleware::from_fn(log_request))
         .with_state(state)

@@ -11,34 +11,46 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use std::collections::BTreeMap;
+
+use super::hints::{hint_key, HintLedger, HintRecord};
 use super::{record, KvError};
 use crate::config::{BlockingMode, FsyncMode};
 use crate::key::Key;
 use crate::store::{Store, StoreError, Table, WriteTxn};
 use crate::version::{Actor, Payload, SiblingSet, VersionVector};
 
-/// A change to one key, decided against the key's current set inside the transaction.
+/// A change to one key, decided against the key's current state inside the transaction.
 #[derive(Debug)]
 pub enum Mutation {
-    /// A client write: a new version over `seen` (None = blind).
+    /// A client write: a new version over `seen` (None = blind). A delete is a write of
+    /// `Payload::Tombstone`.
     Update {
         key: Key,
         seen: Option<VersionVector>,
         payload: Payload,
         written_at_ms: u64,
     },
-    /// A tombstone, written only if the key holds a live value.
-    Delete {
-        key: Key,
-        seen: Option<VersionVector>,
-        written_at_ms: u64,
-    },
     /// A sibling set from another replica, merged with DVV sync. Never refused for the
     /// sibling cap: refusing would lose data another node already acknowledged.
     Merge { key: Key, set: SiblingSet },
+    /// Keep `set` for `target`, merged with any hint already held for that key.
+    Hint {
+        target: u64,
+        key: Key,
+        set: SiblingSet,
+        now_ms: u64,
+    },
+    /// Drop a delivered hint, unless it changed since it was read (`expected` is the stored
+    /// record that was delivered): a hint merged meanwhile still has to go out.
+    DeleteHint {
+        target: u64,
+        key: Key,
+        expected: Vec<u8>,
+    },
 }
 
-/// What a mutation did.
+/// What a data mutation did.
 #[derive(Debug, Clone)]
 pub struct Applied {
     /// The key's set after the mutation.
@@ -49,9 +61,18 @@ pub struct Applied {
     pub changed: bool,
 }
 
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Applied(Applied),
+    HintStored,
+    /// The target's hints are at `--max-hint-bytes`.
+    HintRefused,
+    HintDeleted(bool),
+}
+
 struct Job {
     mutation: Mutation,
-    reply: oneshot::Sender<Result<Applied, KvError>>,
+    reply: oneshot::Sender<Result<Outcome, KvError>>,
 }
 
 #[derive(Clone)]
@@ -67,10 +88,12 @@ pub struct WriterSettings {
     pub queue: usize,
     pub max_batch: usize,
     pub max_siblings: usize,
+    pub max_hint_bytes: u64,
+    pub hints: Arc<HintLedger>,
 }
 
 impl WriterHandle {
-    pub async fn submit(&self, mutation: Mutation) -> Result<Applied, KvError> {
+    pub async fn submit(&self, mutation: Mutation) -> Result<Outcome, KvError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Job { mutation, reply })
@@ -144,54 +167,75 @@ async fn run(
     tracing::debug!("writer stopped");
 }
 
-/// One transaction for the whole batch. A mutation that is refused (the sibling cap) is
-/// answered alone; a storage error fails the whole batch, and nothing in it is applied.
+/// One transaction for the whole batch. A mutation that is refused (the sibling cap, a
+/// full hint bound) is answered alone; a storage error fails the whole batch, and nothing
+/// in it is applied.
 fn commit(
     store: &dyn Store,
     settings: &WriterSettings,
     batch: Vec<Job>,
-) -> Vec<(Job, Result<Applied, KvError>)> {
-    let mut outcomes: Vec<Result<Applied, KvError>> = Vec::with_capacity(batch.len());
+) -> Vec<(Job, Result<Outcome, KvError>)> {
+    let mut outcomes: Vec<Result<Outcome, KvError>> = Vec::with_capacity(batch.len());
+    // Hint totals change only once the commit is known to have succeeded.
+    let mut ledger = LedgerDelta::default();
     let durable = settings.fsync == FsyncMode::Always;
     let result = store.write(durable, &mut |txn| {
         outcomes.clear();
+        ledger = LedgerDelta::default();
         for job in &batch {
-            outcomes.push(apply(txn, settings, &job.mutation)?);
+            outcomes.push(apply(txn, settings, &mut ledger, &job.mutation)?);
         }
         Ok(())
     });
-    if let Err(e) = result {
-        tracing::error!(error = %e, mutations = batch.len(), "commit failed");
-        outcomes = batch
-            .iter()
-            .map(|_| Err(KvError::Store(e.to_string())))
-            .collect();
+    match result {
+        Ok(()) => ledger.commit(&settings.hints),
+        Err(e) => {
+            tracing::error!(error = %e, mutations = batch.len(), "commit failed");
+            outcomes = batch
+                .iter()
+                .map(|_| Err(KvError::Store(e.to_string())))
+                .collect();
+        }
     }
     batch.into_iter().zip(outcomes).collect()
+}
+
+/// Hint count and byte changes made by one transaction, per target.
+#[derive(Default)]
+struct LedgerDelta(BTreeMap<u64, (i64, i64)>);
+
+impl LedgerDelta {
+    fn add(&mut self, target: u64, count: i64, bytes: i64) {
+        let e = self.0.entry(target).or_default();
+        e.0 += count;
+        e.1 += bytes;
+    }
+
+    fn bytes(&self, target: u64) -> i64 {
+        self.0.get(&target).map_or(0, |e| e.1)
+    }
+
+    fn commit(self, ledger: &HintLedger) {
+        for (target, (count, bytes)) in self.0 {
+            ledger.adjust(target, count, bytes);
+        }
+    }
 }
 
 fn apply(
     txn: &mut dyn WriteTxn,
     settings: &WriterSettings,
+    ledger: &mut LedgerDelta,
     mutation: &Mutation,
-) -> Result<Result<Applied, KvError>, StoreError> {
-    let key = match mutation {
-        Mutation::Update { key, .. }
-        | Mutation::Delete { key, .. }
-        | Mutation::Merge { key, .. } => key,
-    };
-    let current = match txn.get(Table::Data, key.as_bytes())? {
-        Some(raw) => record::decode(&raw)?,
-        None => SiblingSet::new(),
-    };
-    let had_live = current.has_live();
-    let next = match mutation {
+) -> Result<Result<Outcome, KvError>, StoreError> {
+    match mutation {
         Mutation::Update {
+            key,
             seen,
             payload,
             written_at_ms,
-            ..
         } => {
+            let current = read_set(txn, key)?;
             let (next, _) = current.update(
                 seen.as_ref(),
                 settings.actor,
@@ -203,44 +247,84 @@ fn apply(
                     limit: settings.max_siblings,
                 }));
             }
-            next
+            write_set(txn, key, current, next).map(Ok)
         }
-        Mutation::Delete {
-            seen,
-            written_at_ms,
-            ..
+        Mutation::Merge { key, set } => {
+            let current = read_set(txn, key)?;
+            let next = current.sync(set);
+            write_set(txn, key, current, next).map(Ok)
+        }
+        Mutation::Hint {
+            target,
+            key,
+            set,
+            now_ms,
         } => {
-            // Nothing live to delete: answer 404 and write nothing, so that a token the
-            // client holds still covers everything stored.
-            if !had_live {
-                return Ok(Ok(Applied {
-                    set: current,
-                    had_live,
-                    changed: false,
-                }));
+            let hkey = hint_key(*target, key);
+            let old = txn.get(Table::Hints, &hkey)?;
+            let record = match &old {
+                Some(raw) => {
+                    let mut r = HintRecord::decode(raw)?;
+                    r.set = r.set.sync(set);
+                    r
+                }
+                None => HintRecord {
+                    stored_at_ms: *now_ms,
+                    set: set.clone(),
+                },
+            };
+            let raw = record.encode();
+            let old_len = old.as_ref().map_or(0, |o| o.len() as i64);
+            let total = settings.hints.pending(*target).bytes as i64 + ledger.bytes(*target);
+            if total - old_len + raw.len() as i64 > settings.max_hint_bytes as i64 {
+                return Ok(Ok(Outcome::HintRefused));
             }
-            let (next, _) = current.update(
-                seen.as_ref(),
-                settings.actor,
-                Payload::Tombstone,
-                *written_at_ms,
+            txn.put(Table::Hints, &hkey, &raw)?;
+            ledger.add(
+                *target,
+                i64::from(old.is_none()),
+                raw.len() as i64 - old_len,
             );
-            if next.len() > settings.max_siblings {
-                return Ok(Err(KvError::SiblingLimit {
-                    limit: settings.max_siblings,
-                }));
-            }
-            next
+            Ok(Ok(Outcome::HintStored))
         }
-        Mutation::Merge { set, .. } => current.sync(set),
-    };
+        Mutation::DeleteHint {
+            target,
+            key,
+            expected,
+        } => {
+            let hkey = hint_key(*target, key);
+            match txn.get(Table::Hints, &hkey)? {
+                Some(raw) if raw == *expected => {
+                    txn.delete(Table::Hints, &hkey)?;
+                    ledger.add(*target, -1, -(raw.len() as i64));
+                    Ok(Ok(Outcome::HintDeleted(true)))
+                }
+                _ => Ok(Ok(Outcome::HintDeleted(false))),
+            }
+        }
+    }
+}
+
+fn read_set(txn: &mut dyn WriteTxn, key: &Key) -> Result<SiblingSet, StoreError> {
+    match txn.get(Table::Data, key.as_bytes())? {
+        Some(raw) => record::decode(&raw),
+        None => Ok(SiblingSet::new()),
+    }
+}
+
+fn write_set(
+    txn: &mut dyn WriteTxn,
+    key: &Key,
+    current: SiblingSet,
+    next: SiblingSet,
+) -> Result<Outcome, StoreError> {
     let changed = next != current;
     if changed {
         txn.put(Table::Data, key.as_bytes(), &record::encode(&next))?;
     }
-    Ok(Ok(Applied {
+    Ok(Outcome::Applied(Applied {
+        had_live: current.has_live(),
         set: next,
-        had_live,
         changed,
     }))
 }

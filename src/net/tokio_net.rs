@@ -24,7 +24,10 @@ impl Network for TokioNetwork {
         Ok(stream)
     }
 
-    async fn bind_gossip(&self, addr: SocketAddr) -> io::Result<Box<dyn chitchat::transport::Socket>> {
+    async fn bind_gossip(
+        &self,
+        addr: SocketAddr,
+    ) -> io::Result<Box<dyn chitchat::transport::Socket>> {
         let socket = chitchat::transport::UdpSocket::open(addr)
             .await
             .map_err(|e| io::Error::new(io::ErrorKind::AddrNotAvailable, format!("{e:#}")))?;

@@ -33,6 +33,18 @@ pub enum Request {
     },
     /// Coordinate a write for a node that is not in the key's preference list.
     Forward(ForwardedWrite),
+    /// Up to `limit` of this node's stored keys in a range, for listings.
+    Scan(ScanRange),
+}
+
+/// A key range: from `start` (inclusive, or exclusive when `start_exclusive`) to `end`
+/// (exclusive); `None` is unbounded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScanRange {
+    pub start: Option<String>,
+    pub start_exclusive: bool,
+    pub end: Option<String>,
+    pub limit: usize,
 }
 
 /// A client write, forwarded to a replica that can coordinate it.
@@ -48,15 +60,27 @@ pub struct ForwardedWrite {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Response {
-    Pong { node_id: u64 },
+    Pong {
+        node_id: u64,
+    },
     Read(Option<SiblingSet>),
     Merged,
     HintStored,
     /// The stand-in would not keep the hint (its bound for the target is full); the write
     /// does not count toward W there.
-    HintRefused { reason: String },
+    HintRefused {
+        reason: String,
+    },
     /// A forwarded write's outcome.
-    Written { found: bool, set: SiblingSet },
+    Written {
+        found: bool,
+        set: SiblingSet,
+    },
+    /// Keys in order; `more` when the range holds keys past the last one.
+    Scanned {
+        entries: Vec<(String, SiblingSet)>,
+        more: bool,
+    },
     Error(RemoteError),
 }
 

@@ -1,6 +1,14 @@
 //! Internode RPC: length-delimited rmp-serde frames over the network seam's streams, with
 //! pooled, multiplexed connections and a timeout on every call.
 
+pub mod client;
+pub mod frame;
 pub mod message;
+pub mod server;
 
-pub use message::{Envelope, ForwardedWrite, RemoteError, Request, Response, PROTOCOL_VERSION};
+pub use client::{connector_for, Connector, RpcClient, RpcError};
+pub use frame::{FrameError, RpcConfig, RpcStats, RpcStatsSnapshot};
+pub use message::{
+    Envelope, ForwardedWrite, RemoteError, Request, Response, ScanRange, PROTOCOL_VERSION,
+};
+pub use server::{serve, RpcHandler};

@@ -295,6 +295,7 @@ impl TestNode {
         cmd.arg("serve")
             .arg("--http-addr")
             .arg("127.0.0.1:0")
+            .args(["--rpc-addr", "127.0.0.1:0", "--gossip-addr", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.extra_args)
@@ -471,26 +472,25 @@ fn read_ready_line(
     }
 }
 
-/// Parses `ringkv ready http=127.0.0.1:PORT node_id=HEX`.
+/// Parses `ringkv ready http=127.0.0.1:PORT rpc=… gossip=… node_id=HEX` (fields after
+/// `ringkv ready` are `name=value`; `http` and `node_id` are required).
 pub fn parse_ready_line(line: &str) -> Result<(SocketAddr, String), String> {
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let [w0, w1, http, node] = words.as_slice() else {
-        return Err(format!("expected 4 words, got {}", words.len()));
-    };
-    if *w0 != "ringkv" || *w1 != "ready" {
+    let mut words = line.split_whitespace();
+    if words.next() != Some("ringkv") || words.next() != Some("ready") {
         return Err("does not start with `ringkv ready`".into());
     }
-    let addr: SocketAddr = http
-        .strip_prefix("http=")
-        .ok_or("third word is not http=ADDR")?
+    let fields: std::collections::HashMap<&str, &str> = words
+        .map(|w| w.split_once('=').ok_or(format!("{w:?} is not name=value")))
+        .collect::<Result<_, _>>()?;
+    let addr: SocketAddr = fields
+        .get("http")
+        .ok_or("no http=ADDR")?
         .parse()
         .map_err(|e| format!("http address: {e}"))?;
     if addr.ip().to_string() != "127.0.0.1" || addr.port() == 0 {
         return Err(format!("unexpected http address {addr}"));
     }
-    let node_id = node
-        .strip_prefix("node_id=")
-        .ok_or("fourth word is not node_id=HEX")?;
+    let node_id = *fields.get("node_id").ok_or("no node_id=HEX")?;
     if node_id.is_empty() || !node_id.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(format!("node_id {node_id:?} is not hex"));
     }

@@ -1,0 +1,331 @@
+//! Membership through chitchat gossip, behind a typed view.
+//!
+//! Membership is not liveness (DESIGN.md §3): the ring is built from every member that
+//! joined and was not removed, dead ones included, so a blip never moves data. The failure
+//! detector (phi accrual) only decides who is *healthy*. A member leaves the view when
+//! chitchat has held it dead for the dead-node grace period.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chitchat::transport::{Socket, Transport};
+use chitchat::{
+    spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState,
+};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::ring::Ring;
+use super::NodeId;
+
+/// The keys each node publishes. Kept here, behind [`Member`], so no other code reads
+/// chitchat's strings.
+pub const KEY_HTTP_ADDR: &str = "http_addr";
+pub const KEY_RPC_ADDR: &str = "rpc_addr";
+pub const KEY_STATE: &str = "state";
+pub const KEY_VNODES: &str = "vnodes";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    Joining,
+    Normal,
+    Leaving,
+}
+
+impl MemberState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberState::Joining => "joining",
+            MemberState::Normal => "normal",
+            MemberState::Leaving => "leaving",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "joining" => Some(MemberState::Joining),
+            "normal" => Some(MemberState::Normal),
+            "leaving" => Some(MemberState::Leaving),
+            _ => None,
+        }
+    }
+}
+
+/// One member as this node sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Member {
+    pub id: NodeId,
+    pub http_addr: SocketAddr,
+    pub rpc_addr: SocketAddr,
+    pub gossip_addr: SocketAddr,
+    pub state: MemberState,
+    pub live: bool,
+    pub vnodes: u16,
+}
+
+/// What this node knows of the cluster at one moment. Cheap to clone (an `Arc`).
+#[derive(Clone, Debug)]
+pub struct ClusterView {
+    pub self_id: NodeId,
+    pub members: BTreeMap<NodeId, Member>,
+    pub ring: Arc<Ring>,
+}
+
+impl ClusterView {
+    /// Whether requests should go to `id` now. This node is always healthy to itself.
+    pub fn is_healthy(&self, id: NodeId) -> bool {
+        id == self.self_id || self.members.get(&id).is_some_and(|m| m.live)
+    }
+
+    pub fn member(&self, id: NodeId) -> Option<&Member> {
+        self.members.get(&id)
+    }
+
+    /// A view of this node alone, before gossip has told it anything.
+    pub fn alone(me: Member) -> Self {
+        let ring = Arc::new(Ring::new([me.id], me.vnodes));
+        ClusterView {
+            self_id: me.id,
+            members: BTreeMap::from([(me.id, me)]),
+            ring,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct MembershipConfig {
+    pub cluster_id: String,
+    pub me: Member,
+    /// Where the gossip socket is bound (it was bound already; this is for chitchat).
+    pub gossip_listen: SocketAddr,
+    pub seeds: Vec<String>,
+    pub gossip_interval: Duration,
+    pub dead_node_grace: Duration,
+    pub phi_threshold: f64,
+    /// Chitchat's generation: must grow across restarts of one node.
+    pub generation: u64,
+}
+
+/// Hands chitchat a socket bound beforehand (see `Network::bind_gossip`).
+struct PreboundTransport(Mutex<Option<Box<dyn Socket>>>);
+
+#[async_trait]
+impl Transport for PreboundTransport {
+    async fn open(&self, _listen_addr: std::net::SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
+        self.0
+            .lock()
+            .map_err(|_| anyhow::anyhow!("gossip socket lock poisoned"))?
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("the gossip socket was opened already"))
+    }
+}
+
+pub struct Membership {
+    handle: ChitchatHandle,
+    view: watch::Receiver<Arc<ClusterView>>,
+    refresher: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("starting gossip: {0:#}")]
+pub struct MembershipError(anyhow::Error);
+
+impl Membership {
+    pub async fn start(
+        config: MembershipConfig,
+        socket: Box<dyn Socket>,
+        shutdown: CancellationToken,
+    ) -> Result<Self, MembershipError> {
+        let me = config.me.clone();
+        let chitchat_config = ChitchatConfig {
+            chitchat_id: ChitchatId::new(me.id.to_string(), config.generation, me.gossip_addr),
+            cluster_id: config.cluster_id.clone(),
+            gossip_interval: config.gossip_interval,
+            listen_addr: config.gossip_listen,
+            seed_nodes: config.seeds.clone(),
+            failure_detector_config: FailureDetectorConfig {
+                phi_threshold: config.phi_threshold,
+                // Heartbeats come once per gossip round; anything far beyond that is an
+                // outage, not a sample of the interval distribution.
+                max_interval: config.gossip_interval * 10,
+                initial_interval: config.gossip_interval * 5,
+                dead_node_grace_period: config.dead_node_grace,
+                ..FailureDetectorConfig::default()
+            },
+            marked_for_deletion_grace_period: Duration::from_secs(3600),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+            // Every ringkv release gossips with chitchat 0.13+, which decodes the compressed V1
+            // digest; a mixed-version cluster would need V0 here during the upgrade.
+            protocol_version: chitchat::ProtocolVersion::V1,
+        };
+        let initial = vec![
+            (KEY_HTTP_ADDR.to_owned(), me.http_addr.to_string()),
+            (KEY_RPC_ADDR.to_owned(), me.rpc_addr.to_string()),
+            (KEY_STATE.to_owned(), me.state.as_str().to_owned()),
+            (KEY_VNODES.to_owned(), me.vnodes.to_string()),
+        ];
+        let transport = PreboundTransport(Mutex::new(Some(socket)));
+        let handle = spawn_chitchat(chitchat_config, initial, &transport)
+            .await
+            .map_err(MembershipError)?;
+        let (tx, view) = watch::channel(Arc::new(ClusterView::alone(me.clone())));
+        let refresher = tokio::spawn(refresh(
+            handle.chitchat(),
+            me,
+            config.gossip_interval,
+            tx,
+            shutdown,
+        ));
+        Ok(Membership {
+            handle,
+            view,
+            refresher,
+        })
+    }
+
+    /// The latest view, and a way to wait for changes.
+    pub fn watch(&self) -> watch::Receiver<Arc<ClusterView>> {
+        self.view.clone()
+    }
+
+    /// Publishes this node's state (joining/normal/leaving).
+    pub async fn set_state(&self, state: MemberState) {
+        self.handle
+            .with_chitchat(|c| c.self_node_state().set(KEY_STATE, state.as_str()))
+            .await;
+    }
+
+    pub async fn shutdown(self) {
+        self.refresher.abort();
+        let _ = self.refresher.await;
+        if let Err(e) = self.handle.shutdown().await {
+            tracing::warn!(error = %e, "gossip did not shut down cleanly");
+        }
+    }
+}
+
+/// Rebuilds the view from chitchat's state once per gossip round, and publishes it when
+/// something changed. Polling (rather than chitchat's live-nodes watch) also notices
+/// members that went dead and members that published new keys.
+async fn refresh(
+    chitchat: Arc<tokio::sync::Mutex<chitchat::Chitchat>>,
+    me: Member,
+    interval: Duration,
+    tx: watch::Sender<Arc<ClusterView>>,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let members = {
+            let c = chitchat.lock().await;
+            let live: BTreeSet<&ChitchatId> = c.live_nodes().collect();
+            let leaving: BTreeSet<&ChitchatId> = c.scheduled_for_deletion_nodes().collect();
+            collect_members(c.node_states(), &live, &leaving, &me)
+        };
+        let current = tx.borrow().clone();
+        if current.members == members {
+            continue;
+        }
+        let ids_changed = !current.members.keys().eq(members.keys());
+        let ring = if ids_changed {
+            let vnodes = me.vnodes;
+            let ring = Arc::new(Ring::new(members.keys().copied(), vnodes));
+            tracing::info!(
+                members = members.len(),
+                ring = %format_args!("{:016x}", ring.hash()),
+                "membership changed; ring rebuilt"
+            );
+            ring
+        } else {
+            current.ring.clone()
+        };
+        for (id, m) in &members {
+            if let Some(old) = current.members.get(id) {
+                if old.live != m.live {
+                    tracing::info!(node = %id, live = m.live, "member health changed");
+                }
+            }
+        }
+        let _ = tx.send(Arc::new(ClusterView {
+            self_id: me.id,
+            members,
+            ring,
+        }));
+    }
+}
+
+/// One member per node id: a restarted node has a new chitchat generation, and only the
+/// newest one counts.
+fn collect_members(
+    states: &BTreeMap<ChitchatId, NodeState>,
+    live: &BTreeSet<&ChitchatId>,
+    deleted: &BTreeSet<&ChitchatId>,
+    me: &Member,
+) -> BTreeMap<NodeId, Member> {
+    let mut newest: BTreeMap<NodeId, (u64, Member)> = BTreeMap::new();
+    for (cid, state) in states {
+        if deleted.contains(cid) {
+            continue;
+        }
+        let Ok(id) = cid.node_id.parse::<NodeId>() else {
+            continue;
+        };
+        let member = if id == me.id {
+            let mut m = me.clone();
+            if let Some(s) = state.get(KEY_STATE).and_then(MemberState::parse) {
+                m.state = s;
+            }
+            m.live = true;
+            m
+        } else {
+            let (Some(http), Some(rpc)) = (
+                state.get(KEY_HTTP_ADDR).and_then(|a| a.parse().ok()),
+                state.get(KEY_RPC_ADDR).and_then(|a| a.parse().ok()),
+            ) else {
+                // Not fully published yet: not a member until it is.
+                continue;
+            };
+            Member {
+                id,
+                http_addr: http,
+                rpc_addr: rpc,
+                gossip_addr: cid.gossip_advertise_addr,
+                state: state
+                    .get(KEY_STATE)
+                    .and_then(MemberState::parse)
+                    .unwrap_or(MemberState::Normal),
+                live: live.contains(cid),
+                vnodes: state
+                    .get(KEY_VNODES)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(me.vnodes),
+            }
+        };
+        match newest.get(&id) {
+            Some((generation, _)) if *generation >= cid.generation_id => {}
+            _ => {
+                newest.insert(id, (cid.generation_id, member));
+            }
+        }
+    }
+    newest.insert(
+        me.id,
+        (
+            u64::MAX,
+            newest
+                .get(&me.id)
+                .map_or_else(|| me.clone(), |(_, m)| m.clone()),
+        ),
+    );
+    newest.into_iter().map(|(id, (_, m))| (id, m)).collect()
+}

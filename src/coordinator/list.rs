@@ -1,0 +1,144 @@
+//! Listings merged across members: each healthy member scans its own keys, and the pages
+//! are merged in key order with DVV sync per key.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{CoordError, Inner, Page};
+use crate::cluster::membership::ClusterView;
+use crate::key::Key;
+use crate::rpc::{Request, Response, ScanRange};
+use crate::version::SiblingSet;
+
+/// A key range: `start` inclusive (or exclusive when `start_exclusive`), `end` exclusive.
+#[derive(Clone, Debug, Default)]
+pub struct ListRange {
+    pub start: Option<Vec<u8>>,
+    pub start_exclusive: bool,
+    pub end: Option<Vec<u8>>,
+}
+
+impl ListRange {
+    pub fn bounds(&self) -> (Bound<&[u8]>, Bound<&[u8]>) {
+        let start = match (&self.start, self.start_exclusive) {
+            (None, _) => Bound::Unbounded,
+            (Some(k), true) => Bound::Excluded(k.as_slice()),
+            (Some(k), false) => Bound::Included(k.as_slice()),
+        };
+        let end = self
+            .end
+            .as_deref()
+            .map_or(Bound::Unbounded, Bound::Excluded);
+        (start, end)
+    }
+
+    /// Keys are UTF-8 by construction; a bound that is not stays out of the RPC.
+    fn to_scan(&self, limit: usize) -> ScanRange {
+        let text = |b: &Vec<u8>| String::from_utf8_lossy(b).into_owned();
+        ScanRange {
+            start: self.start.as_ref().map(text),
+            start_exclusive: self.start_exclusive,
+            end: self.end.as_ref().map(text),
+            limit,
+        }
+    }
+}
+
+/// One member's scan: its rows in key order, and whether it has more past the last.
+type Scan = (Vec<(Key, SiblingSet)>, bool);
+
+pub(super) async fn merged_page(
+    inner: &Arc<Inner>,
+    view: &ClusterView,
+    range: &ListRange,
+    limit: usize,
+    budget: usize,
+    timeout: Duration,
+) -> Result<Page, CoordError> {
+    let members: Vec<_> = view
+        .members
+        .values()
+        .filter(|m| view.is_healthy(m.id))
+        .collect();
+    let scans = futures::future::join_all(members.iter().map(|m| async {
+        if m.id == view.self_id {
+            let (start, end) = range.bounds();
+            // One extra row tells whether anything follows.
+            let mut rows = inner.local.scan(start, end, budget + 1)?;
+            let more = rows.len() > budget;
+            rows.truncate(budget);
+            Ok::<Scan, CoordError>((rows, more))
+        } else {
+            let request = Request::Scan(range.to_scan(budget));
+            match tokio::time::timeout(timeout, inner.rpc.call(m.rpc_addr, request, timeout)).await
+            {
+                Ok(Ok(Response::Scanned { entries, more })) => Ok((
+                    entries
+                        .into_iter()
+                        .filter_map(|(k, s)| Key::new(k).ok().map(|k| (k, s)))
+                        .collect(),
+                    more,
+                )),
+                _ => Err(CoordError::QuorumFailed {
+                    needed: 1,
+                    replied: 0,
+                    failed: 1,
+                    write: false,
+                }),
+            }
+        }
+    }))
+    .await;
+
+    // Merge what answered. A member that failed is skipped: its keys have N-1 other
+    // replicas. Keys past the first member that stopped early are left for the next page,
+    // so no member's unseen keys are skipped.
+    let mut merged: BTreeMap<Key, SiblingSet> = BTreeMap::new();
+    let mut horizon: Option<Key> = None;
+    let mut answered = 0;
+    for scan in scans {
+        let Ok((rows, more)) = scan else { continue };
+        answered += 1;
+        if more {
+            if let Some((last, _)) = rows.last() {
+                if horizon.as_ref().is_none_or(|h| last < h) {
+                    horizon = Some(last.clone());
+                }
+            }
+        }
+        for (key, set) in rows {
+            merged
+                .entry(key)
+                .and_modify(|s| *s = s.sync(&set))
+                .or_insert(set);
+        }
+    }
+    if answered == 0 {
+        return Err(CoordError::QuorumFailed {
+            needed: 1,
+            replied: 0,
+            failed: members.len(),
+            write: false,
+        });
+    }
+    let mut items = Vec::with_capacity(limit);
+    let mut last_seen: Option<Key> = None;
+    for (key, set) in merged {
+        if horizon.as_ref().is_some_and(|h| key > *h) || items.len() == limit {
+            return Ok(Page {
+                items,
+                resume_after: last_seen,
+            });
+        }
+        last_seen = Some(key.clone());
+        if set.has_live() {
+            items.push((key, set));
+        }
+    }
+    Ok(Page {
+        items,
+        resume_after: horizon.and(last_seen),
+    })
+}

@@ -1,0 +1,320 @@
+//! The coordinator: what a KV request does across the cluster, beneath the HTTP layer.
+//!
+//! - A write is coordinated by a replica in the key's preference list (others forward it):
+//!   apply locally, send the resulting set to the other replicas, answer at W.
+//! - A read asks the healthy replicas, answers once R replied, and repairs stale ones.
+//! - A replica that is down gets a hint on a stand-in instead (sloppy quorum).
+//!
+//! With one member, every factor clamps to 1 and all of this is a local call.
+
+mod list;
+mod read;
+mod write;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::cluster::membership::ClusterView;
+use crate::cluster::NodeId;
+use crate::key::Key;
+use crate::kv::{KeyedSet, KvError, LocalKv};
+use crate::net::Clock;
+use crate::quorum::{Quorum, Replication};
+use crate::rpc::client::RpcClient;
+use crate::rpc::{ForwardedWrite, RemoteError, Request, Response};
+use crate::stats::ReplicationStats;
+use crate::version::{Payload, SiblingSet, VersionVector};
+
+pub use list::ListRange;
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CoordError {
+    #[error(transparent)]
+    Kv(#[from] KvError),
+    /// Dynamo semantics: a write that missed its quorum may still be applied.
+    #[error("{needed} replica(s) needed, {replied} replied, {failed} failed{}", if *.write { "; the write may still be applied" } else { "" })]
+    QuorumFailed {
+        needed: usize,
+        replied: usize,
+        failed: usize,
+        write: bool,
+    },
+    #[error("timed out after {after_ms} ms: {needed} replica(s) needed, {replied} replied{}", if *.write { "; the write may still be applied" } else { "" })]
+    Timeout {
+        after_ms: u64,
+        needed: usize,
+        replied: usize,
+        write: bool,
+    },
+    #[error("{0}")]
+    Remote(RemoteError),
+}
+
+/// Per-request options, as parsed from the query string.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestOpts {
+    pub r: Option<Quorum>,
+    pub w: Option<Quorum>,
+    pub timeout: Duration,
+}
+
+/// The outcome of a delete.
+#[derive(Debug, Clone)]
+pub struct Deleted {
+    /// Whether a live value was found (and is now covered by the tombstone).
+    pub found: bool,
+    pub set: SiblingSet,
+}
+
+/// A page of a listing.
+#[derive(Debug, Clone)]
+pub struct Page {
+    /// Keys with at least one live value, in key order.
+    pub items: Vec<KeyedSet>,
+    /// The last key looked at, when there may be more after it.
+    pub resume_after: Option<Key>,
+}
+
+/// Timings of the replication machinery.
+#[derive(Clone, Copy, Debug)]
+pub struct CoordinatorConfig {
+    pub replication: Replication,
+    /// Bound on one internode call.
+    pub rpc_timeout: Duration,
+    /// How long a read keeps waiting, after it answered, for the slower replicas it will
+    /// repair.
+    pub repair_wait: Duration,
+}
+
+#[derive(Clone)]
+pub struct Coordinator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    local: LocalKv,
+    view: watch::Receiver<Arc<ClusterView>>,
+    rpc: Arc<RpcClient>,
+    clock: Arc<dyn Clock>,
+    stats: Arc<ReplicationStats>,
+    config: CoordinatorConfig,
+}
+
+impl Coordinator {
+    pub fn new(
+        local: LocalKv,
+        view: watch::Receiver<Arc<ClusterView>>,
+        rpc: Arc<RpcClient>,
+        clock: Arc<dyn Clock>,
+        stats: Arc<ReplicationStats>,
+        config: CoordinatorConfig,
+    ) -> Self {
+        Coordinator {
+            inner: Arc::new(Inner {
+                local,
+                view,
+                rpc,
+                clock,
+                stats,
+                config,
+            }),
+        }
+    }
+
+    pub fn local(&self) -> &LocalKv {
+        &self.inner.local
+    }
+
+    pub fn view(&self) -> Arc<ClusterView> {
+        self.inner.view.borrow().clone()
+    }
+
+    pub fn stats(&self) -> &ReplicationStats {
+        &self.inner.stats
+    }
+
+    /// The configured factors (N, R, W).
+    pub fn configured(&self) -> Replication {
+        self.inner.config.replication
+    }
+
+    /// The factors in force: N, R and W clamp to the number of members.
+    pub fn replication(&self) -> Replication {
+        self.inner.effective(&self.view())
+    }
+
+    pub async fn get(
+        &self,
+        key: &Key,
+        opts: &RequestOpts,
+    ) -> Result<Option<SiblingSet>, CoordError> {
+        let view = self.view();
+        let rep = self.inner.effective(&view);
+        let r = opts.r.map_or(rep.r, |q| q.resolve(rep.n));
+        read::quorum_read(&self.inner, &view, key, r, opts.timeout).await
+    }
+
+    pub async fn put(
+        &self,
+        key: Key,
+        seen: Option<VersionVector>,
+        payload: Payload,
+        opts: &RequestOpts,
+    ) -> Result<SiblingSet, CoordError> {
+        let (_, set) = self.route_write(key, seen, payload, opts).await?;
+        Ok(set)
+    }
+
+    pub async fn delete(
+        &self,
+        key: Key,
+        seen: Option<VersionVector>,
+        opts: &RequestOpts,
+    ) -> Result<Deleted, CoordError> {
+        let (found, set) = self
+            .route_write(key, seen, Payload::Tombstone, opts)
+            .await?;
+        Ok(Deleted { found, set })
+    }
+
+    /// Coordinates here if this node replicates the key, else forwards to a replica that
+    /// does: the new version's dot must come from a replica that holds the key's history.
+    async fn route_write(
+        &self,
+        key: Key,
+        seen: Option<VersionVector>,
+        payload: Payload,
+        opts: &RequestOpts,
+    ) -> Result<(bool, SiblingSet), CoordError> {
+        let view = self.view();
+        let rep = self.inner.effective(&view);
+        let prefs = view.ring.preference_list(key.as_bytes(), rep.n);
+        if prefs.contains(&view.self_id) || prefs.is_empty() {
+            return self.coordinate_write(&view, key, seen, payload, opts).await;
+        }
+        self.forward(&view, &prefs, key, seen, payload, opts).await
+    }
+
+    /// A write forwarded to this node: coordinated here, never forwarded again, so two
+    /// nodes with momentarily different views cannot bounce a request between them.
+    pub async fn forwarded(&self, fw: ForwardedWrite) -> Result<(bool, SiblingSet), CoordError> {
+        let key = Key::new(fw.key)
+            .map_err(|e| CoordError::Remote(RemoteError::BadRequest(e.to_string())))?;
+        let opts = RequestOpts {
+            r: None,
+            w: fw.w,
+            timeout: Duration::from_millis(fw.timeout_ms),
+        };
+        let view = self.view();
+        self.coordinate_write(&view, key, fw.seen, fw.payload, &opts)
+            .await
+    }
+
+    async fn coordinate_write(
+        &self,
+        view: &Arc<ClusterView>,
+        key: Key,
+        seen: Option<VersionVector>,
+        payload: Payload,
+        opts: &RequestOpts,
+    ) -> Result<(bool, SiblingSet), CoordError> {
+        let rep = self.inner.effective(view);
+        let w = opts.w.map_or(rep.w, |q| q.resolve(rep.n));
+        let deadline = tokio::time::Instant::now() + opts.timeout;
+        let (found, seen) = if payload.is_tombstone() {
+            // A delete reads first, at R: the tombstone must cover what the quorum holds,
+            // not only this replica's copy, and "not found" must mean not found anywhere.
+            let read = read::quorum_read(&self.inner, view, &key, rep.r, opts.timeout).await?;
+            let found = read.as_ref().is_some_and(|s| s.has_live());
+            if !found {
+                return Ok((false, read.unwrap_or_default()));
+            }
+            (true, seen.or_else(|| read.map(|s| s.context().clone())))
+        } else {
+            (true, seen)
+        };
+        let set =
+            write::replicated_write(&self.inner, view, key, seen, payload, w, deadline).await?;
+        Ok((found, set))
+    }
+
+    async fn forward(
+        &self,
+        view: &ClusterView,
+        prefs: &[NodeId],
+        key: Key,
+        seen: Option<VersionVector>,
+        payload: Payload,
+        opts: &RequestOpts,
+    ) -> Result<(bool, SiblingSet), CoordError> {
+        let deadline = tokio::time::Instant::now() + opts.timeout;
+        let request = ForwardedWrite {
+            key: key.as_str().to_owned(),
+            seen,
+            payload,
+            w: opts.w,
+            timeout_ms: opts.timeout.as_millis() as u64,
+        };
+        let mut tried = 0;
+        for id in prefs.iter().filter(|id| view.is_healthy(**id)) {
+            let Some(member) = view.member(*id) else {
+                continue;
+            };
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            tried += 1;
+            self.inner.stats.forwarded.inc();
+            match self
+                .inner
+                .rpc
+                .call(member.rpc_addr, Request::Forward(request.clone()), left)
+                .await
+            {
+                Ok(Response::Written { found, set }) => return Ok((found, set)),
+                Ok(Response::Error(e)) => return Err(CoordError::Remote(e)),
+                Ok(other) => {
+                    tracing::warn!(peer = %id, ?other, "unexpected answer to a forwarded write");
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %id, error = %e, "forwarding failed; trying the next replica");
+                }
+            }
+        }
+        Err(CoordError::QuorumFailed {
+            needed: 1,
+            replied: 0,
+            failed: tried,
+            write: true,
+        })
+    }
+
+    /// A page of live keys in a range, merged across every healthy member.
+    pub async fn list(
+        &self,
+        range: &ListRange,
+        limit: usize,
+        scan_budget: usize,
+        timeout: Duration,
+    ) -> Result<Page, CoordError> {
+        list::merged_page(
+            &self.inner,
+            &self.view(),
+            range,
+            limit,
+            scan_budget,
+            timeout,
+        )
+        .await
+    }
+}
+
+impl Inner {
+    fn effective(&self, view: &ClusterView) -> Replication {
+        self.config.replication.effective(view.ring.len())
+    }
+}

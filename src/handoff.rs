@@ -1,0 +1,144 @@
+//! Hinted handoff: hands hints back to their targets once the failure detector says they
+//! are live again, and deletes each hint once its target acknowledged it. Hints older
+//! than `--max-hint-age` are dropped and counted; anti-entropy repairs what they held.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::membership::ClusterView;
+use crate::cluster::NodeId;
+use crate::kv::{LocalKv, StoredHint};
+use crate::net::Clock;
+use crate::rpc::client::RpcClient;
+use crate::rpc::{Request, Response};
+use crate::stats::ReplicationStats;
+
+/// Rounds between expiry sweeps of hints whose target is down.
+const EXPIRY_SWEEP_ROUNDS: u64 = 60;
+
+#[derive(Clone, Copy, Debug)]
+pub struct HandoffConfig {
+    /// How often pending hints are looked at.
+    pub interval: Duration,
+    /// Hints sent in one call.
+    pub batch: usize,
+    pub max_age: Duration,
+    pub rpc_timeout: Duration,
+}
+
+pub struct Handoff {
+    pub local: LocalKv,
+    pub view: watch::Receiver<Arc<ClusterView>>,
+    pub rpc: Arc<RpcClient>,
+    pub clock: Arc<dyn Clock>,
+    pub stats: Arc<ReplicationStats>,
+    pub config: HandoffConfig,
+}
+
+impl Handoff {
+    /// Runs until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut ticker = tokio::time::interval(self.config.interval);
+        let mut round: u64 = 0;
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            round += 1;
+            let targets = self.local.hint_ledger().all();
+            for target in targets.keys().map(|t| NodeId(*t)) {
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                let view = self.view.borrow().clone();
+                let deliverable = target != view.self_id && view.is_healthy(target);
+                let addr = view.member(target).map(|m| m.rpc_addr);
+                // Hints for a down target are only read to expire them, which is rare work:
+                // not every round, or a long outage would rescan them every second.
+                if !deliverable && round % EXPIRY_SWEEP_ROUNDS != 0 {
+                    continue;
+                }
+                if let Err(e) = self
+                    .sweep(target, addr.filter(|_| deliverable), &shutdown)
+                    .await
+                {
+                    tracing::warn!(peer = %target, error = %e, "hint delivery failed; will retry");
+                }
+            }
+        }
+    }
+
+    /// Goes through one target's hints in batches: drops expired ones, and, when the
+    /// target is reachable (`addr`), delivers the rest.
+    async fn sweep(
+        &self,
+        target: NodeId,
+        addr: Option<std::net::SocketAddr>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), String> {
+        let mut after = None;
+        let mut delivered = 0u64;
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            let hints = self
+                .local
+                .scan_hints(target.0, after.as_ref(), self.config.batch)
+                .map_err(|e| e.to_string())?;
+            let Some(last) = hints.last() else { break };
+            after = Some(last.key.clone());
+            let now = self.clock.now_ms();
+            let max_age_ms = self.config.max_age.as_millis() as u64;
+            let (expired, fresh): (Vec<StoredHint>, Vec<StoredHint>) = hints
+                .into_iter()
+                .partition(|h| now.saturating_sub(h.record.stored_at_ms) > max_age_ms);
+            for hint in &expired {
+                if self
+                    .local
+                    .delete_hint(target.0, hint)
+                    .await
+                    .unwrap_or(false)
+                {
+                    self.stats.hints_expired.inc();
+                }
+            }
+            let Some(addr) = addr else { continue };
+            if fresh.is_empty() {
+                continue;
+            }
+            let request = Request::Merge {
+                entries: fresh
+                    .iter()
+                    .map(|h| (h.key.as_str().to_owned(), h.record.set.clone()))
+                    .collect(),
+            };
+            match self.rpc.call(addr, request, self.config.rpc_timeout).await {
+                Ok(Response::Merged) => {}
+                Ok(other) => return Err(format!("unexpected answer {other:?}")),
+                Err(e) => return Err(e.to_string()),
+            }
+            for hint in &fresh {
+                // A hint merged again since it was read stays, and goes out next round.
+                if self
+                    .local
+                    .delete_hint(target.0, hint)
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    self.stats.hints_delivered.inc();
+                    delivered += 1;
+                }
+            }
+        }
+        if delivered > 0 {
+            tracing::info!(peer = %target, delivered, "hints handed off");
+        }
+        Ok(())
+    }
+}

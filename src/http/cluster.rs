@@ -1,0 +1,158 @@
+//! `/cluster`, `/debug/replication` and `/debug/preflist/{key}`: what this node knows of
+//! the cluster and of its replication work.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::Uri;
+use axum::Json;
+use serde::Serialize;
+
+use crate::cluster::ring::key_position;
+use crate::kv::Pending;
+use crate::stats::ReplicationStats;
+
+use super::error::ApiError;
+use super::kv::key_from_uri;
+use super::AppState;
+
+#[derive(Serialize)]
+pub struct MemberJson {
+    id: String,
+    http_addr: String,
+    rpc_addr: String,
+    gossip_addr: String,
+    live: bool,
+    state: &'static str,
+    vnodes: u16,
+    /// Share of the key space this member is first in the preference list for.
+    ownership: f64,
+    /// Share of the key space this member holds a replica of (sums to N).
+    replica_share: f64,
+}
+
+#[derive(Serialize)]
+pub struct Factors {
+    n: usize,
+    r: usize,
+    w: usize,
+}
+
+#[derive(Serialize)]
+pub struct ClusterJson {
+    node_id: String,
+    cluster_id: String,
+    ring_hash: String,
+    members: Vec<MemberJson>,
+    /// As configured.
+    replication: Factors,
+    /// In force, clamped to the member count.
+    effective: Factors,
+    /// Hints this node holds, per target node id.
+    hints_pending: BTreeMap<String, Pending>,
+}
+
+fn pending(state: &AppState) -> BTreeMap<String, Pending> {
+    state
+        .coord
+        .local()
+        .hint_ledger()
+        .all()
+        .into_iter()
+        .map(|(t, p)| (crate::cluster::NodeId(t).to_string(), p))
+        .collect()
+}
+
+pub async fn cluster(State(state): State<Arc<AppState>>) -> Json<ClusterJson> {
+    let view = state.coord.view();
+    let ownership = view.ring.ownership();
+    let conf = state.coord.configured();
+    let eff = state.coord.replication();
+    let shares = view.ring.replica_share(eff.n);
+    let members = view
+        .members
+        .values()
+        .map(|m| MemberJson {
+            id: m.id.to_string(),
+            http_addr: m.http_addr.to_string(),
+            rpc_addr: m.rpc_addr.to_string(),
+            gossip_addr: m.gossip_addr.to_string(),
+            live: view.is_healthy(m.id),
+            state: m.state.as_str(),
+            vnodes: m.vnodes,
+            ownership: ownership.get(&m.id).copied().unwrap_or(0.0),
+            replica_share: shares.get(&m.id).copied().unwrap_or(0.0),
+        })
+        .collect();
+    Json(ClusterJson {
+        node_id: view.self_id.to_string(),
+        cluster_id: state.cluster_id.clone(),
+        ring_hash: view.ring.hash_hex(),
+        members,
+        replication: Factors {
+            n: conf.n,
+            r: conf.r,
+            w: conf.w,
+        },
+        effective: Factors {
+            n: eff.n,
+            r: eff.r,
+            w: eff.w,
+        },
+        hints_pending: pending(&state),
+    })
+}
+
+#[derive(Serialize)]
+pub struct ReplicationJson<'a> {
+    hints_pending: BTreeMap<String, Pending>,
+    hints_pending_total: u64,
+    #[serde(flatten)]
+    stats: &'a ReplicationStats,
+}
+
+pub async fn replication(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let hints_pending = pending(&state);
+    let hints_pending_total = hints_pending.values().map(|p| p.count).sum();
+    let body = ReplicationJson {
+        hints_pending,
+        hints_pending_total,
+        stats: state.coord.stats(),
+    };
+    Json(serde_json::to_value(&body).unwrap_or_default())
+}
+
+#[derive(Serialize)]
+pub struct PreflistJson {
+    key: String,
+    position: String,
+    /// The N replicas, in ring order.
+    preference_list: Vec<String>,
+    /// Every member clockwise from the key: stand-ins come from past the first N.
+    walk: Vec<String>,
+}
+
+pub async fn preflist(
+    State(state): State<Arc<AppState>>,
+    uri: Uri,
+) -> Result<Json<PreflistJson>, ApiError> {
+    let key = key_from_uri(&uri, "/debug/preflist/")?;
+    let view = state.coord.view();
+    let n = state.coord.replication().n;
+    Ok(Json(PreflistJson {
+        key: key.as_str().to_owned(),
+        position: format!("{:016x}", key_position(key.as_bytes())),
+        preference_list: view
+            .ring
+            .preference_list(key.as_bytes(), n)
+            .iter()
+            .map(|id| id.to_string())
+            .collect(),
+        walk: view
+            .ring
+            .walk(key.as_bytes())
+            .map(|id| id.to_string())
+            .collect(),
+    }))
+}

@@ -1,0 +1,48 @@
+//! Counters of what the replication machinery did, shown in `/debug/replication`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+/// A monotonically increasing count.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    pub fn add(&self, n: u64) {
+        // Relaxed: each counter is independent, read only for reporting.
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Serialize for Counter {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.get())
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ReplicationStats {
+    /// Hints this node stored as a stand-in.
+    pub hints_stored: Counter,
+    /// Hints refused because the target's bound (`--max-hint-bytes`) was full.
+    pub hints_refused: Counter,
+    /// Hints handed back to their target and deleted here.
+    pub hints_delivered: Counter,
+    /// Hints dropped for being older than `--max-hint-age`.
+    pub hints_expired: Counter,
+    /// Replicas brought up to date after a read.
+    pub read_repairs: Counter,
+    /// Writes this node forwarded to a replica.
+    pub forwarded: Counter,
+    /// Replica writes that failed and fell back to a hint.
+    pub replica_write_failures: Counter,
+}
