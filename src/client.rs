@@ -194,6 +194,21 @@ impl Client {
     }
 }
 
+impl Client {
+    /// `GET /cluster`, as JSON.
+    pub async fn cluster(&self) -> Result<serde_json::Value, ClientError> {
+        let resp = self
+            .http
+            .get(format!("{}/cluster", self.base))
+            .send()
+            .await?;
+        if resp.status() != StatusCode::OK {
+            return Err(api_error(resp).await);
+        }
+        Ok(resp.json().await?)
+    }
+}
+
 fn header(resp: &reqwest::Response, name: &str) -> String {
     resp.headers()
         .get(name)

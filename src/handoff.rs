@@ -60,7 +60,7 @@ impl Handoff {
                 let addr = view.member(target).map(|m| m.rpc_addr);
                 // Hints for a down target are only read to expire them, which is rare work:
                 // not every round, or a long outage would rescan them every second.
-                if !deliverable && round % EXPIRY_SWEEP_ROUNDS != 0 {
+                if !deliverable && !round.is_multiple_of(EXPIRY_SWEEP_ROUNDS) {
                     continue;
                 }
                 if let Err(e) = self

@@ -67,6 +67,17 @@ pub async fn run_client(command: Command) -> Result<(), CommandError> {
                 return Err(CommandError::NotFound(key));
             }
         }
+        Command::Status { node, json } => {
+            let client = Client::new(&node.node)?;
+            let cluster = client.cluster().await?;
+            let mut out = std::io::stdout().lock();
+            let text = if json {
+                serde_json::to_string_pretty(&cluster).unwrap_or_default()
+            } else {
+                status_table(&cluster)
+            };
+            writeln!(out, "{text}").map_err(CommandError::Stdout)?;
+        }
         Command::List {
             prefix,
             limit,
@@ -99,4 +110,45 @@ pub async fn run_client(command: Command) -> Result<(), CommandError> {
         }
     }
     Ok(())
+}
+
+/// `/cluster` as a table: one row per member, like `nodetool status`.
+fn status_table(c: &serde_json::Value) -> String {
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_owned();
+    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0) * 100.0;
+    let eff = &c["effective"];
+    let mut out = format!(
+        "cluster {}  ring {}  N={} R={} W={}  (this node {})\n",
+        s(&c["cluster_id"]),
+        s(&c["ring_hash"]),
+        eff["n"],
+        eff["r"],
+        eff["w"],
+        s(&c["node_id"]),
+    );
+    out.push_str(&format!(
+        "{:<4} {:<16}  {:<8} {:<21} {:<21} {:>7} {:>9} {:>12}\n",
+        "", "ID", "STATE", "HTTP", "RPC", "OWNS", "REPLICAS", "HINTS HELD"
+    ));
+    let hints = &c["hints_pending"];
+    for m in c["members"].as_array().into_iter().flatten() {
+        let id = s(&m["id"]);
+        let held = hints[&id]["count"].as_u64().unwrap_or(0);
+        out.push_str(&format!(
+            "{:<4} {:<16}  {:<8} {:<21} {:<21} {:>6.1}% {:>8.1}% {:>12}\n",
+            if m["live"].as_bool() == Some(true) {
+                "UP"
+            } else {
+                "DOWN"
+            },
+            id,
+            s(&m["state"]),
+            s(&m["http_addr"]),
+            s(&m["rpc_addr"]),
+            f(&m["ownership"]),
+            f(&m["replica_share"]),
+            held,
+        ));
+    }
+    out.trim_end().to_owned()
 }

@@ -57,6 +57,14 @@ pub enum Command {
         #[command(flatten)]
         node: NodeArg,
     },
+    /// Show the cluster's members, as `nodetool status` does.
+    Status {
+        #[command(flatten)]
+        node: NodeArg,
+        /// Print the raw `/cluster` JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// List keys and values, one per line, in key order.
     List {
         #[arg(long)]

@@ -17,14 +17,16 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::StreamExt;
-use tokio::io::AsyncRead;
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -102,7 +104,9 @@ struct Conn {
     pending: Mutex<Option<HashMap<u64, oneshot::Sender<Response>>>>,
     /// Bounds the calls in flight on this connection, and with it `pending`.
     slots: Arc<Semaphore>,
-    /// Frames received so far: a timed-out call reads it to tell stuck from slow.
+    /// Bytes read from the socket so far: a timed-out call reads it to tell a stuck
+    /// connection from a slow one. Bytes, not frames, so that a large reply still
+    /// arriving counts as progress.
     received: AtomicU64,
     /// Cancel to close the connection.
     close: CancellationToken,
@@ -162,7 +166,7 @@ impl RpcClient {
     }
 
     /// One call without its deadline. Leaves in `used` the connection it went out on and
-    /// how many frames that connection had received then.
+    /// how many bytes that connection had received then.
     async fn exchange(
         &self,
         addr: SocketAddr,
@@ -341,6 +345,10 @@ async fn run_connection(
     stats: Arc<RpcStats>,
 ) {
     let (rd, wr) = tokio::io::split(stream);
+    let rd = Progress {
+        inner: rd,
+        conn: conn.clone(),
+    };
     let frames = FramedRead::new(rd, FrameCodec::new(max_frame_bytes));
     let writer = write_loop(
         FramedWrite::new(wr, FrameCodec::new(max_frame_bytes)),
@@ -382,11 +390,32 @@ async fn read_responses<R: AsyncRead + Unpin>(
             &stats.bytes_received,
             (payload.len() + frame::LENGTH_PREFIX_BYTES) as u64,
         );
-        conn.received.fetch_add(1, Ordering::SeqCst);
         let response: Envelope<Response> = frame::decode(&payload)?;
         conn.complete(response.id, response.body);
     }
     Ok(())
+}
+
+/// A read half that records every byte it delivers in `conn.received`.
+struct Progress<R> {
+    inner: R,
+    conn: Arc<Conn>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Progress<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = buf.filled().len().saturating_sub(before);
+        if read > 0 {
+            self.conn.received.fetch_add(read as u64, Ordering::SeqCst);
+        }
+        polled
+    }
 }
 
 /// Locks a std mutex, ignoring poisoning: every critical section here leaves the data
@@ -409,7 +438,7 @@ mod tests {
     use crate::net::TokioNetwork;
     use crate::quorum::Quorum;
     use crate::rpc::server::testing::{respond, sample_set, wait_for, TestServer};
-    use crate::rpc::ForwardedWrite;
+    use crate::rpc::{ForwardedWrite, ScanRange};
     use crate::version::{Actor, Dot, Payload};
 
     const CALL: Duration = Duration::from_secs(5);
@@ -480,6 +509,18 @@ mod tests {
                 timeout_ms: 0,
             }),
         ];
+        requests.push(Request::Scan(ScanRange {
+            start: Some("a".into()),
+            start_exclusive: true,
+            end: Some("z".into()),
+            limit: 1,
+        }));
+        requests.push(Request::Scan(ScanRange {
+            start: None,
+            start_exclusive: false,
+            end: None,
+            limit: 100,
+        }));
         for key in [
             "some",
             "none",

@@ -15,7 +15,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::AsyncWrite;
 use tokio::sync::mpsc;
-use tokio_util::codec::{Decoder, Encoder, FramedWrite, LengthDelimitedCodec};
+use tokio_util::codec::{
+    Decoder, Encoder, FramedWrite, LengthDelimitedCodec, LengthDelimitedCodecError,
+};
 
 use super::message::{Envelope, PROTOCOL_VERSION};
 
@@ -160,7 +162,8 @@ pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<Envelope<T>, FrameE
 /// Length-delimited framing with a typed, checked size limit.
 ///
 /// Wraps `LengthDelimitedCodec` (u32 big-endian prefix) so that an oversized prefix is
-/// reported as [`FrameError::TooLarge`] with its length, before any body is buffered.
+/// reported as [`FrameError::TooLarge`] with its length, before any body is buffered, and
+/// an empty frame as [`FrameError::Empty`].
 #[derive(Debug)]
 pub struct FrameCodec {
     inner: LengthDelimitedCodec,
@@ -186,20 +189,26 @@ impl Decoder for FrameCodec {
     type Error = FrameError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, FrameError> {
-        if let Some(prefix) = src.get(..LENGTH_PREFIX_BYTES) {
-            let mut len = [0u8; LENGTH_PREFIX_BYTES];
-            len.copy_from_slice(prefix);
-            let len = u32::from_be_bytes(len) as usize;
-            if len > self.max {
-                return Err(FrameError::TooLarge { len, max: self.max });
+        match self.inner.decode(src) {
+            Ok(Some(payload)) if payload.is_empty() => Err(FrameError::Empty),
+            Ok(payload) => Ok(payload),
+            Err(e) if is_too_large(&e) => {
+                // The inner codec rejects the prefix before consuming it, so it is still at
+                // the front of `src`: report the length the peer claimed.
+                let len = src
+                    .get(..LENGTH_PREFIX_BYTES)
+                    .and_then(|p| <[u8; LENGTH_PREFIX_BYTES]>::try_from(p).ok())
+                    .map_or(0, |p| u32::from_be_bytes(p) as usize);
+                Err(FrameError::TooLarge { len, max: self.max })
             }
-        }
-        let payload = self.inner.decode(src)?;
-        match payload {
-            Some(p) if p.is_empty() => Err(FrameError::Empty),
-            other => Ok(other),
+            Err(e) => Err(FrameError::Io(e)),
         }
     }
+}
+
+fn is_too_large(e: &io::Error) -> bool {
+    e.get_ref()
+        .is_some_and(|inner| inner.is::<LengthDelimitedCodecError>())
 }
 
 impl Encoder<Bytes> for FrameCodec {
@@ -310,6 +319,46 @@ mod tests {
         assert!(matches!(
             FrameCodec::new(1024).decode(&mut empty),
             Err(FrameError::Empty)
+        ));
+    }
+
+    #[test]
+    fn codec_reassembles_frames_delivered_a_byte_at_a_time() {
+        let mut wire = BytesMut::new();
+        let mut codec = FrameCodec::new(1024);
+        for id in 0..3u64 {
+            let env = Envelope {
+                id,
+                body: Request::Read {
+                    key: "k".repeat(40),
+                },
+            };
+            let payload = encode(&env, 1024).expect("encode");
+            codec.encode(payload, &mut wire).expect("frame");
+        }
+        // Then a prefix over the limit, which must still be seen as one.
+        wire.extend_from_slice(&2048u32.to_be_bytes());
+        let mut src = BytesMut::new();
+        let mut ids = Vec::new();
+        let mut error = None;
+        for byte in wire {
+            src.extend_from_slice(&[byte]);
+            match codec.decode(&mut src) {
+                Ok(Some(payload)) => ids.push(decode::<Request>(&payload).expect("decode").id),
+                Ok(None) => {}
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+        assert_eq!(ids, vec![0, 1, 2]);
+        assert!(matches!(
+            error,
+            Some(FrameError::TooLarge {
+                len: 2048,
+                max: 1024
+            })
         ));
     }
 

@@ -278,6 +278,10 @@ pub(crate) mod testing {
                 found: true,
                 set: sample_set(),
             },
+            Request::Scan(range) => Response::Scanned {
+                entries: vec![(range.start.clone().unwrap_or_default(), sample_set())],
+                more: range.limit == 1,
+            },
         }
     }
 
