@@ -14,7 +14,7 @@ use crate::cluster::membership::{
 };
 use crate::cluster::NodeId;
 use crate::config::{NodeConfig, StorageKind};
-use crate::coordinator::{Coordinator, CoordinatorConfig};
+use crate::coordinator::{Coordinator, CoordinatorConfig, CoordinatorParts};
 use crate::handoff::{Handoff, HandoffConfig};
 use crate::http::{self, AppState};
 use crate::identity::Identity;
@@ -184,18 +184,18 @@ pub async fn run<N: Network>(
         rpc_stats.clone(),
     ));
     let stats = Arc::new(ReplicationStats::default());
-    let coord = Coordinator::new(
-        local.clone(),
-        membership.watch(),
-        rpc.clone(),
-        net.clock(),
-        stats.clone(),
-        CoordinatorConfig {
+    let coord = Coordinator::new(CoordinatorParts {
+        local: local.clone(),
+        view: membership.watch(),
+        rpc: rpc.clone(),
+        clock: net.clock(),
+        stats: stats.clone(),
+        config: CoordinatorConfig {
             replication: config.replication,
             rpc_timeout: cluster.rpc_timeout,
             repair_wait: cluster.repair_wait,
         },
-    );
+    });
     let replica = Arc::new(ReplicaService {
         node_id,
         coordinator: coord.clone(),

@@ -28,6 +28,7 @@ use crate::stats::ReplicationStats;
 use crate::version::{Payload, SiblingSet, VersionVector};
 
 pub use list::ListRange;
+pub use Inner as CoordinatorParts;
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -94,33 +95,20 @@ pub struct Coordinator {
     inner: Arc<Inner>,
 }
 
-struct Inner {
-    local: LocalKv,
-    view: watch::Receiver<Arc<ClusterView>>,
-    rpc: Arc<RpcClient>,
-    clock: Arc<dyn Clock>,
-    stats: Arc<ReplicationStats>,
-    config: CoordinatorConfig,
+/// What a coordinator works with.
+pub struct Inner {
+    pub local: LocalKv,
+    pub view: watch::Receiver<Arc<ClusterView>>,
+    pub rpc: Arc<RpcClient>,
+    pub clock: Arc<dyn Clock>,
+    pub stats: Arc<ReplicationStats>,
+    pub config: CoordinatorConfig,
 }
 
 impl Coordinator {
-    pub fn new(
-        local: LocalKv,
-        view: watch::Receiver<Arc<ClusterView>>,
-        rpc: Arc<RpcClient>,
-        clock: Arc<dyn Clock>,
-        stats: Arc<ReplicationStats>,
-        config: CoordinatorConfig,
-    ) -> Self {
+    pub fn new(parts: Inner) -> Self {
         Coordinator {
-            inner: Arc::new(Inner {
-                local,
-                view,
-                rpc,
-                clock,
-                stats,
-                config,
-            }),
+            inner: Arc::new(parts),
         }
     }
 

@@ -6,6 +6,8 @@
 //! behind.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -214,6 +216,12 @@ pub struct TestNode {
     extra_args: Vec<String>,
     /// The HTTP address from the ready line.
     pub addr: SocketAddr,
+    /// The RPC and gossip addresses from the ready line (port 0 until the first spawn).
+    pub rpc_addr: SocketAddr,
+    pub gossip_addr: SocketAddr,
+    /// When set, `spawn` binds the addresses of the previous run instead of port 0 (see
+    /// `restart_same_addrs`): peers know a node by the addresses it advertised.
+    reuse_addrs: bool,
     /// The node id from the ready line.
     pub node_id: String,
     /// A client for this node (recreated on restart).
@@ -241,6 +249,9 @@ impl TestNode {
             log_path,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            rpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            gossip_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            reuse_addrs: false,
             node_id: String::new(),
             client: http_client(),
         };
@@ -291,11 +302,20 @@ impl TestNode {
         writeln!(log, "===== spawn ringkv serve {:?} =====", self.extra_args).ok();
         let stderr = log.try_clone().expect("clone log handle");
 
+        let (http, rpc, gossip) = if self.reuse_addrs {
+            (
+                self.addr.to_string(),
+                self.rpc_addr.to_string(),
+                self.gossip_addr.to_string(),
+            )
+        } else {
+            let any = "127.0.0.1:0".to_owned();
+            (any.clone(), any.clone(), any)
+        };
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringkv"));
         cmd.arg("serve")
-            .arg("--http-addr")
-            .arg("127.0.0.1:0")
-            .args(["--rpc-addr", "127.0.0.1:0", "--gossip-addr", "127.0.0.1:0"])
+            .args(["--http-addr", &http])
+            .args(["--rpc-addr", &rpc, "--gossip-addr", &gossip])
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.extra_args)
@@ -342,7 +362,24 @@ impl TestNode {
                 self.log_tail(200)
             )
         });
+        let (rpc_addr, gossip_addr) = parse_ready_line_peer_addrs(&line).unwrap_or_else(|e| {
+            self.kill_now();
+            panic!(
+                "bad ready line {line:?}: {e}\n--- log ---\n{}",
+                self.log_tail(200)
+            )
+        });
+        if self.reuse_addrs {
+            assert_eq!(
+                (addr, rpc_addr, gossip_addr),
+                (self.addr, self.rpc_addr, self.gossip_addr),
+                "node restarted on other addresses than asked"
+            );
+            assert_eq!(node_id, self.node_id, "node id changed across a restart");
+        }
         self.addr = addr;
+        self.rpc_addr = rpc_addr;
+        self.gossip_addr = gossip_addr;
         self.node_id = node_id;
         self.client = http_client();
         self.wait_ready().await;
@@ -390,8 +427,9 @@ impl TestNode {
         }
     }
 
-    /// Starts the node again on the same data dir (and the same flags). The process must have
-    /// been stopped first (`sigterm_and_wait` or `sigkill`).
+    /// Starts the node again on the same data dir (and the same flags), on fresh ports (see
+    /// `restart_same_addrs` for a cluster member). The process must have been stopped first
+    /// (`sigterm_and_wait` or `sigkill`).
     pub async fn restart(&mut self) {
         if let Some(child) = self.child.as_mut() {
             let still_running = child.try_wait().expect("try_wait").is_none();
@@ -399,6 +437,29 @@ impl TestNode {
             self.child = None;
         }
         self.spawn().await;
+    }
+
+    /// Starts the node again on the same data dir, flags, and HTTP/RPC/gossip addresses as
+    /// its previous run (a cluster member must come back where its peers know it). The
+    /// process must have been stopped first.
+    pub async fn restart_same_addrs(&mut self) {
+        self.reuse_addrs = true;
+        self.restart().await;
+        self.reuse_addrs = false;
+    }
+
+    /// Whether the process is running (spawned and not yet exited).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().expect("try_wait").is_none())
+    }
+
+    /// The whole log so far (stderr, plus stdout after the ready line).
+    pub fn log_text(&self) -> String {
+        std::fs::read(&self.log_path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
     }
 
     fn signal(&mut self, sig: Signal) {
@@ -495,6 +556,23 @@ pub fn parse_ready_line(line: &str) -> Result<(SocketAddr, String), String> {
         return Err(format!("node_id {node_id:?} is not hex"));
     }
     Ok((addr, node_id.to_owned()))
+}
+
+/// The `rpc=` and `gossip=` addresses of a ready line.
+pub fn parse_ready_line_peer_addrs(line: &str) -> Result<(SocketAddr, SocketAddr), String> {
+    let field = |name: &str| -> Result<SocketAddr, String> {
+        let prefix = format!("{name}=");
+        let value = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(prefix.as_str()))
+            .ok_or(format!("no {name}=ADDR"))?;
+        let addr: SocketAddr = value.parse().map_err(|e| format!("{name} address: {e}"))?;
+        if addr.port() == 0 {
+            return Err(format!("unexpected {name} address {addr}"));
+        }
+        Ok(addr)
+    };
+    Ok((field("rpc")?, field("gossip")?))
 }
 
 fn log_tail(path: &Path, max_lines: usize) -> String {
