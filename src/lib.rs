@@ -26,6 +26,7 @@ pub mod http;
 pub mod identity;
 pub mod key;
 pub mod kv;
+pub mod merkle;
 pub mod net;
 pub mod node;
 pub mod quorum;

@@ -18,6 +18,7 @@ use crate::coordinator::{Coordinator, CoordinatorConfig, CoordinatorParts};
 use crate::handoff::{Handoff, HandoffConfig};
 use crate::http::{self, AppState};
 use crate::identity::Identity;
+use crate::kv::summary::SharedTree;
 use crate::kv::{self, HintLedger, LocalKv, WriterSettings};
 use crate::net::{LimitedListener, Network};
 use crate::replica::ReplicaService;
@@ -106,6 +107,9 @@ pub async fn run<N: Network>(
     }
     let node_id = NodeId(identity.node_id());
     let hints = Arc::new(HintLedger::load(store.as_ref()).map_err(store_err)?);
+    let tree: SharedTree = Arc::new(std::sync::RwLock::new(
+        kv::summary::load_tree(store.as_ref()).map_err(store_err)?,
+    ));
 
     // Background tasks stop in two steps: `tasks` (gossip, handoff, RPC) when HTTP has
     // drained, and the writer last, after everything that could still write.
@@ -123,10 +127,11 @@ pub async fn run<N: Network>(
             max_siblings: config.limits.max_siblings,
             max_hint_bytes: config.cluster.max_hint_bytes,
             hints: hints.clone(),
+            tree: tree.clone(),
         },
         writer_stop.clone(),
     );
-    let local = LocalKv::new(store.clone(), writer, hints);
+    let local = LocalKv::new(store.clone(), writer, hints, tree);
 
     let bind_err = |what, addr| move |source| NodeError::Bind { what, addr, source };
     let addrs = &config.addrs;

@@ -8,7 +8,6 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::cluster::*;
-use common::*;
 
 const KEYS: usize = 1_000;
 const CONCURRENCY: usize = 16;

@@ -3,6 +3,7 @@
 
 pub mod hints;
 pub mod record;
+pub mod summary;
 pub mod writer;
 
 use std::ops::Bound;
@@ -13,6 +14,7 @@ use crate::store::{Store, StoreError, Table};
 use crate::version::{Payload, SiblingSet, VersionVector};
 
 pub use hints::{HintLedger, HintRecord, Pending};
+use summary::SharedTree;
 pub use writer::{Applied, Mutation, Outcome, WriterHandle, WriterSettings};
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -49,15 +51,27 @@ pub struct LocalKv {
     store: Arc<dyn Store>,
     writer: WriterHandle,
     hints: Arc<HintLedger>,
+    tree: SharedTree,
 }
 
 impl LocalKv {
-    pub fn new(store: Arc<dyn Store>, writer: WriterHandle, hints: Arc<HintLedger>) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        writer: WriterHandle,
+        hints: Arc<HintLedger>,
+        tree: SharedTree,
+    ) -> Self {
         LocalKv {
             store,
             writer,
             hints,
+            tree,
         }
+    }
+
+    /// The anti-entropy tree of what this node stores.
+    pub fn tree(&self) -> &SharedTree {
+        &self.tree
     }
 
     /// Hints held here, per target.

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use std::collections::BTreeMap;
 
 use super::hints::{hint_key, HintLedger, HintRecord};
+use super::summary::{SharedTree, TreeDelta};
 use super::{record, KvError};
 use crate::config::{BlockingMode, FsyncMode};
 use crate::key::Key;
@@ -90,6 +91,7 @@ pub struct WriterSettings {
     pub max_siblings: usize,
     pub max_hint_bytes: u64,
     pub hints: Arc<HintLedger>,
+    pub tree: SharedTree,
 }
 
 impl WriterHandle {
@@ -176,19 +178,24 @@ fn commit(
     batch: Vec<Job>,
 ) -> Vec<(Job, Result<Outcome, KvError>)> {
     let mut outcomes: Vec<Result<Outcome, KvError>> = Vec::with_capacity(batch.len());
-    // Hint totals change only once the commit is known to have succeeded.
+    // Hint totals and the in-memory tree change only once the commit succeeded.
     let mut ledger = LedgerDelta::default();
+    let mut tree = TreeDelta::default();
     let durable = settings.fsync == FsyncMode::Always;
     let result = store.write(durable, &mut |txn| {
         outcomes.clear();
         ledger = LedgerDelta::default();
+        tree = TreeDelta::default();
         for job in &batch {
-            outcomes.push(apply(txn, settings, &mut ledger, &job.mutation)?);
+            outcomes.push(apply(txn, settings, &mut ledger, &mut tree, &job.mutation)?);
         }
-        Ok(())
+        tree.store(txn)
     });
     match result {
-        Ok(()) => ledger.commit(&settings.hints),
+        Ok(()) => {
+            ledger.commit(&settings.hints);
+            std::mem::take(&mut tree).apply(&settings.tree);
+        }
         Err(e) => {
             tracing::error!(error = %e, mutations = batch.len(), "commit failed");
             outcomes = batch
@@ -226,6 +233,7 @@ fn apply(
     txn: &mut dyn WriteTxn,
     settings: &WriterSettings,
     ledger: &mut LedgerDelta,
+    tree: &mut TreeDelta,
     mutation: &Mutation,
 ) -> Result<Result<Outcome, KvError>, StoreError> {
     match mutation {
@@ -247,12 +255,12 @@ fn apply(
                     limit: settings.max_siblings,
                 }));
             }
-            write_set(txn, key, current, next).map(Ok)
+            write_set(txn, tree, key, current, next).map(Ok)
         }
         Mutation::Merge { key, set } => {
             let current = read_set(txn, key)?;
             let next = current.sync(set);
-            write_set(txn, key, current, next).map(Ok)
+            write_set(txn, tree, key, current, next).map(Ok)
         }
         Mutation::Hint {
             target,
@@ -314,6 +322,7 @@ fn read_set(txn: &mut dyn WriteTxn, key: &Key) -> Result<SiblingSet, StoreError>
 
 fn write_set(
     txn: &mut dyn WriteTxn,
+    tree: &mut TreeDelta,
     key: &Key,
     current: SiblingSet,
     next: SiblingSet,
@@ -321,6 +330,7 @@ fn write_set(
     let changed = next != current;
     if changed {
         txn.put(Table::Data, key.as_bytes(), &record::encode(&next))?;
+        tree.record(txn, key, &current, &next)?;
     }
     Ok(Outcome::Applied(Applied {
         had_live: current.has_live(),

@@ -23,16 +23,33 @@ pub enum Table {
     Meta,
     /// hints held for down replicas, keyed by target then key (hinted handoff).
     Hints,
+    /// ring position ‖ key → digest of the stored set: keys in ring order, for
+    /// anti-entropy and data movement.
+    Index,
+    /// anti-entropy tree leaf → its summary (`merkle`), kept in step with `Data`.
+    Leaves,
+    /// key → time of its newest tombstone, for keys whose versions are all tombstones.
+    Tombstones,
 }
 
 impl Table {
-    pub const ALL: [Table; 3] = [Table::Data, Table::Meta, Table::Hints];
+    pub const ALL: [Table; 6] = [
+        Table::Data,
+        Table::Meta,
+        Table::Hints,
+        Table::Index,
+        Table::Leaves,
+        Table::Tombstones,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Table::Data => "data",
             Table::Meta => "meta",
             Table::Hints => "hints",
+            Table::Index => "index",
+            Table::Leaves => "leaves",
+            Table::Tombstones => "tombstones",
         }
     }
 }

@@ -1,0 +1,238 @@
+//! What a write changes besides the data row: the position index, the anti-entropy tree's
+//! leaf sums and the tombstone index. All of it commits in the write's transaction, so
+//! the tree always describes exactly what is stored.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::record;
+use crate::cluster::ring::key_position;
+use crate::key::Key;
+use crate::merkle::{leaf_of, Summary, Tree, LEAVES};
+use crate::store::{Store, StoreError, Table, WriteTxn};
+use crate::version::SiblingSet;
+
+/// The digest of a stored set: what anti-entropy compares.
+pub fn digest(set: &SiblingSet) -> u64 {
+    xxh3_64(&record::encode(set))
+}
+
+/// `position ‖ key`: the index row of a key.
+pub fn index_key(key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + key.len());
+    k.extend_from_slice(&key_position(key).to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+/// The in-memory tree, shared by the writer (which alone changes it, after each commit)
+/// and the anti-entropy worker (which reads it).
+pub type SharedTree = Arc<RwLock<Tree>>;
+
+/// Tree changes made by one transaction, applied to the shared tree after it commits.
+#[derive(Default)]
+pub struct TreeDelta(BTreeMap<usize, (Summary, Summary)>);
+
+impl TreeDelta {
+    /// Records, inside the transaction, that `key` went from `before` to `after` (empty
+    /// sets are absent keys).
+    pub fn record(
+        &mut self,
+        txn: &mut dyn WriteTxn,
+        key: &Key,
+        before: &SiblingSet,
+        after: &SiblingSet,
+    ) -> Result<(), StoreError> {
+        let ikey = index_key(key.as_bytes());
+        let leaf = leaf_of(key_position(key.as_bytes()));
+        let entry = self.0.entry(leaf).or_default();
+        if !before.is_empty() {
+            entry.1.add(Summary::of(key.as_bytes(), digest(before)));
+        }
+        if after.is_empty() {
+            txn.delete(Table::Index, &ikey)?;
+            txn.delete(Table::Tombstones, key.as_bytes())?;
+            return Ok(());
+        }
+        let d = digest(after);
+        entry.0.add(Summary::of(key.as_bytes(), d));
+        txn.put(Table::Index, &ikey, &d.to_be_bytes())?;
+        if after.has_live() {
+            txn.delete(Table::Tombstones, key.as_bytes())?;
+        } else {
+            let newest = after
+                .versions()
+                .iter()
+                .map(|v| v.written_at_ms)
+                .max()
+                .unwrap_or(0);
+            txn.put(Table::Tombstones, key.as_bytes(), &newest.to_be_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Writes the changed leaf sums, still inside the transaction.
+    pub fn store(&self, txn: &mut dyn WriteTxn) -> Result<(), StoreError> {
+        for (leaf, (added, removed)) in &self.0 {
+            let lkey = (*leaf as u16).to_be_bytes();
+            let mut s = match txn.get(Table::Leaves, &lkey)? {
+                Some(raw) => Summary::from_bytes(&raw)
+                    .ok_or_else(|| StoreError::Corrupt("bad leaf summary".into()))?,
+                None => Summary::default(),
+            };
+            s.add(*added);
+            s.sub(*removed);
+            txn.put(Table::Leaves, &lkey, &s.to_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// After the commit: the same change in memory.
+    pub fn apply(self, tree: &SharedTree) {
+        let mut t = tree.write().unwrap_or_else(|p| p.into_inner());
+        for (leaf, (added, removed)) in self.0 {
+            t.apply(leaf, added, removed);
+        }
+    }
+}
+
+/// Loads the tree from its stored leaves.
+pub fn load_tree(store: &dyn Store) -> Result<Tree, StoreError> {
+    let rows = store.scan(
+        Table::Leaves,
+        std::ops::Bound::Unbounded,
+        std::ops::Bound::Unbounded,
+        LEAVES,
+    )?;
+    let mut leaves = Vec::with_capacity(rows.len());
+    for (k, v) in rows {
+        let leaf = u16::from_be_bytes(
+            k.as_slice()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("bad leaf key".into()))?,
+        );
+        let s = Summary::from_bytes(&v)
+            .ok_or_else(|| StoreError::Corrupt("bad leaf summary".into()))?;
+        leaves.push((leaf as usize, s));
+    }
+    Ok(Tree::from_leaves(leaves))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BlockingMode, FsyncMode};
+    use crate::kv::writer::{self, Mutation, WriterSettings};
+    use crate::kv::HintLedger;
+    use crate::store::MemoryStore;
+    use crate::version::{Actor, Payload};
+    use bytes::Bytes;
+    use std::time::Duration;
+    use tokio_util::sync::CancellationToken;
+
+    /// The tree recomputed from the data table, key by key.
+    fn recomputed(store: &dyn Store) -> Tree {
+        let mut tree = Tree::default();
+        for (k, v) in store
+            .scan(
+                Table::Data,
+                std::ops::Bound::Unbounded,
+                std::ops::Bound::Unbounded,
+                usize::MAX,
+            )
+            .unwrap()
+        {
+            let set = record::decode(&v).unwrap();
+            tree.apply(
+                leaf_of(key_position(&k)),
+                Summary::of(&k, digest(&set)),
+                Summary::default(),
+            );
+        }
+        tree
+    }
+
+    #[tokio::test]
+    async fn tree_tracks_every_write_and_survives_a_reload() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let tree: SharedTree = Arc::default();
+        let (handle, task) = writer::spawn(
+            store.clone(),
+            WriterSettings {
+                actor: Actor { node: 1, epoch: 0 },
+                fsync: FsyncMode::Always,
+                fsync_interval: Duration::from_secs(1),
+                blocking: BlockingMode::Inline,
+                queue: 64,
+                max_batch: 16,
+                max_siblings: 64,
+                max_hint_bytes: 0,
+                hints: Arc::new(HintLedger::default()),
+                tree: tree.clone(),
+            },
+            CancellationToken::new(),
+        );
+        let value = |s: &str| Payload::Value {
+            data: Bytes::from(s.to_owned()),
+            content_type: "t".into(),
+        };
+        let mut jobs = Vec::new();
+        for i in 0..300u32 {
+            let key = Key::new(format!("k{}", i % 50)).unwrap();
+            let mutation = match i % 3 {
+                0 => Mutation::Update {
+                    key,
+                    seen: None,
+                    payload: value(&i.to_string()),
+                    written_at_ms: 1,
+                },
+                1 => Mutation::Update {
+                    key,
+                    seen: None,
+                    payload: Payload::Tombstone,
+                    written_at_ms: 2,
+                },
+                _ => {
+                    let (set, _) = SiblingSet::new().update(
+                        None,
+                        Actor { node: 2, epoch: 0 },
+                        value("other"),
+                        3,
+                    );
+                    Mutation::Merge { key, set }
+                }
+            };
+            jobs.push(handle.submit(mutation));
+        }
+        for r in futures::future::join_all(jobs).await {
+            r.unwrap();
+        }
+        let expected = recomputed(store.as_ref());
+        assert_eq!(tree.read().unwrap().root(), expected.root());
+        assert_eq!(load_tree(store.as_ref()).unwrap().root(), expected.root());
+        // Every key whose versions are all tombstones, and only those, is in the index.
+        let rows = store
+            .scan(
+                Table::Data,
+                std::ops::Bound::Unbounded,
+                std::ops::Bound::Unbounded,
+                usize::MAX,
+            )
+            .unwrap();
+        for (k, v) in rows {
+            let set = record::decode(&v).unwrap();
+            let marked = store.get(Table::Tombstones, &k).unwrap().is_some();
+            assert_eq!(
+                marked,
+                !set.has_live(),
+                "key {:?}",
+                String::from_utf8_lossy(&k)
+            );
+            assert!(store.get(Table::Index, &index_key(&k)).unwrap().is_some());
+        }
+        drop(handle);
+        task.abort();
+    }
+}
