@@ -195,6 +195,19 @@ impl Client {
 }
 
 impl Client {
+    /// `POST` to an admin route; returns the JSON answer.
+    pub async fn admin(&self, path: &str) -> Result<serde_json::Value, ClientError> {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .send()
+            .await?;
+        if !resp.status().is_success() {
+            return Err(api_error(resp).await);
+        }
+        Ok(resp.json().await?)
+    }
+
     /// `GET /cluster`, as JSON.
     pub async fn cluster(&self) -> Result<serde_json::Value, ClientError> {
         let resp = self

@@ -78,6 +78,10 @@ pub struct ClusterConfig {
     pub max_hint_bytes: u64,
     pub max_hint_age: Duration,
     pub handoff_interval: Duration,
+    pub anti_entropy_interval: Duration,
+    /// A tombstone every replica holds is removed once this has passed since it was
+    /// written. Hints are capped at this age, so none can bring a removed key back.
+    pub tombstone_grace: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -92,8 +96,10 @@ impl Default for ClusterConfig {
             rpc_timeout: Duration::from_secs(2),
             repair_wait: Duration::from_secs(1),
             max_hint_bytes: 256 * 1024 * 1024,
-            max_hint_age: Duration::from_secs(3 * 3600),
+            max_hint_age: Duration::from_secs(3600),
             handoff_interval: Duration::from_secs(1),
+            anti_entropy_interval: Duration::from_secs(60),
+            tombstone_grace: Duration::from_secs(3600),
         }
     }
 }

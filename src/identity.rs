@@ -8,6 +8,7 @@ const NODE_ID: &[u8] = b"node_id";
 const EPOCH: &[u8] = b"epoch";
 /// 1 while a node runs, 0 after a clean shutdown.
 const RUNNING: &[u8] = b"running";
+const JOINED: &[u8] = b"joined";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Identity {
@@ -45,6 +46,16 @@ impl Identity {
             actor: Actor { node, epoch },
             recovered_from_crash: crashed,
         })
+    }
+
+    /// Whether this node finished joining a cluster once (it restarts as normal, not as a
+    /// joiner that must pull all its ranges again).
+    pub fn has_joined(store: &dyn Store) -> Result<bool, StoreError> {
+        Ok(store.get(Table::Meta, JOINED)?.as_deref() == Some(&[1]))
+    }
+
+    pub fn mark_joined(store: &dyn Store) -> Result<(), StoreError> {
+        store.write(true, &mut |txn| txn.put(Table::Meta, JOINED, &[1]))
     }
 
     /// Records a clean shutdown, durably: the next start keeps this epoch.

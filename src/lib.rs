@@ -16,6 +16,8 @@
 //! - [`client`]: an HTTP client for the API, used by the CLI.
 //! - [`cli`] and [`telemetry`]: the `ringkv` command line and its logging.
 
+pub mod admin;
+pub mod antientropy;
 pub mod cli;
 pub mod client;
 pub mod cluster;

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::Admin;
+use crate::antientropy::{AntiEntropy, AntiEntropyConfig};
 use crate::cluster::membership::{
     Member, MemberState, Membership, MembershipConfig, MembershipError,
 };
@@ -155,14 +157,30 @@ pub async fn run<N: Network>(
         .local_addr()
         .map_err(|e| NodeError::Serve(std::io::Error::other(e.to_string())))?;
     let host = addrs.advertise_host;
+    // A node that never finished joining a cluster, and was given one to join, starts as
+    // a joiner: it must pull its ranges before it serves reads.
+    let alone = seeds_are_only(
+        &config.cluster.seeds,
+        advertised("gossip", gossip_bound, host)?,
+    );
+    let joined = Identity::has_joined(store.as_ref()).map_err(store_err)?;
+    let joining = !alone && !joined;
+    if alone && !joined {
+        Identity::mark_joined(store.as_ref()).map_err(store_err)?;
+    }
     let me = Member {
         id: node_id,
         http_addr: advertised("HTTP", http_bound, host)?,
         rpc_addr: advertised("RPC", rpc_bound, host)?,
         gossip_addr: advertised("gossip", gossip_bound, host)?,
-        state: MemberState::Normal,
+        state: if joining {
+            MemberState::Joining
+        } else {
+            MemberState::Normal
+        },
         live: true,
         vnodes: config.cluster.vnodes,
+        to_move: None,
     };
     let cluster = &config.cluster;
     let membership = Membership::start(
@@ -232,7 +250,40 @@ pub async fn run<N: Network>(
         .run(tasks.clone()),
     );
 
+    let ae = AntiEntropy {
+        local: local.clone(),
+        view: membership.watch(),
+        rpc: rpc.clone(),
+        stats: stats.clone(),
+        clock: net.clock(),
+        config: AntiEntropyConfig {
+            interval: cluster.anti_entropy_interval,
+            n: config.replication.n,
+            rpc_timeout: cluster.rpc_timeout,
+            tombstone_grace: cluster.tombstone_grace,
+        },
+    };
+    // An interval of zero turns anti-entropy off (tests of hints and read repair alone).
+    let anti_entropy = tokio::spawn({
+        let (ae, tasks) = (ae.clone(), tasks.clone());
+        async move {
+            if !ae.config.interval.is_zero() {
+                ae.run(tasks).await;
+            }
+        }
+    });
+    let admin = Arc::new(Admin::new(
+        membership.control(),
+        ae,
+        store.clone(),
+        shutdown.clone(),
+        tasks.clone(),
+        cluster.gossip_interval,
+    ));
+    let join = joining.then(|| tokio::spawn(admin.clone().join()));
+
     let state = Arc::new(AppState {
+        admin: Some(admin),
         coord,
         config: config.clone(),
         cluster_id: cluster.cluster_id.clone(),
@@ -241,7 +292,7 @@ pub async fn run<N: Network>(
     let readiness = tokio::spawn(track_readiness(
         state.clone(),
         membership.watch(),
-        !seeds_are_only(&cluster.seeds, me.gossip_addr),
+        !alone,
         tasks.clone(),
     ));
 
@@ -279,7 +330,14 @@ pub async fn run<N: Network>(
     tracing::info!("HTTP stopped; stopping background tasks");
     state.ready.store(false, Ordering::Release);
     tasks.cancel();
-    for (name, task) in [("handoff", handoff), ("readiness", readiness)] {
+    if let Some(join) = join {
+        let _ = join.await;
+    }
+    for (name, task) in [
+        ("handoff", handoff),
+        ("readiness", readiness),
+        ("anti-entropy", anti_entropy),
+    ] {
         if let Err(e) = task.await {
             tracing::error!(task = name, error = %e, "task failed");
         }

@@ -22,6 +22,9 @@ pub struct ReplicaService {
     pub max_scan_rows: usize,
 }
 
+/// Intervals one `Summaries` call may ask about.
+const MAX_INTERVALS: usize = 4096;
+
 fn bad_key(e: impl std::fmt::Display) -> Response {
     Response::Error(RemoteError::BadRequest(format!("bad key: {e}")))
 }
@@ -101,6 +104,64 @@ impl RpcHandler for ReplicaService {
                 Err(e) => Response::Error(e.into()),
             },
             Request::Scan(range) => self.scan(range),
+            Request::Summaries { intervals } => {
+                let sums: Result<Vec<_>, _> = intervals
+                    .into_iter()
+                    .take(MAX_INTERVALS)
+                    .map(|iv| local.summary(iv))
+                    .collect();
+                sums.map_or_else(kv_error, Response::Summaries)
+            }
+            Request::Digests {
+                interval,
+                after,
+                limit,
+            } => {
+                let after = match after.map(Key::new).transpose() {
+                    Ok(a) => a,
+                    Err(e) => return bad_key(e),
+                };
+                let limit = limit.clamp(1, self.max_scan_rows);
+                match local.digests(interval, after.as_ref(), limit) {
+                    Ok((rows, more)) => Response::Digests {
+                        entries: rows
+                            .into_iter()
+                            .map(|(k, d)| (k.as_str().to_owned(), d))
+                            .collect(),
+                        more,
+                    },
+                    Err(e) => kv_error(e),
+                }
+            }
+            Request::ReadMany { keys } => {
+                let mut out = Vec::with_capacity(keys.len().min(self.max_scan_rows));
+                for key in keys.into_iter().take(self.max_scan_rows) {
+                    let k = match Key::new(key) {
+                        Ok(k) => k,
+                        Err(e) => return bad_key(e),
+                    };
+                    match local.read(&k) {
+                        Ok(set) => out.push((k.as_str().to_owned(), set)),
+                        Err(e) => return kv_error(e),
+                    }
+                }
+                Response::ReadMany(out)
+            }
+            Request::DropIfDigest { entries } => {
+                let mut dropped = 0;
+                for (key, digest) in entries.into_iter().take(self.max_scan_rows) {
+                    let k = match Key::new(key) {
+                        Ok(k) => k,
+                        Err(e) => return bad_key(e),
+                    };
+                    match local.drop_if_digest(k, digest).await {
+                        Ok(true) => dropped += 1,
+                        Ok(false) => {}
+                        Err(e) => return kv_error(e),
+                    }
+                }
+                Response::Dropped(dropped)
+            }
         }
     }
 }

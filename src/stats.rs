@@ -45,4 +45,15 @@ pub struct ReplicationStats {
     pub forwarded: Counter,
     /// Replica writes that failed and fell back to a hint.
     pub replica_write_failures: Counter,
+    /// Anti-entropy timer rounds.
+    pub ae_rounds: Counter,
+    /// Range exchanges completed with a fellow replica.
+    pub ae_exchanges: Counter,
+    /// Keys this node took from, and sent to, its fellow replicas in exchanges.
+    pub ae_keys_pulled: Counter,
+    pub ae_keys_pushed: Counter,
+    /// Keys this node no longer owns that it handed to their owners.
+    pub keys_handed_off: Counter,
+    /// Tombstones removed after every replica held them past the grace period.
+    pub tombstones_collected: Counter,
 }

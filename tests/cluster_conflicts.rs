@@ -13,7 +13,7 @@ const K: &str = "conflict/k";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_become_siblings_and_a_write_resolves_them() {
-    let mut cluster = Cluster::start(3, &FAST_GOSSIP).await;
+    let mut cluster = Cluster::start(3, &HINTS_ONLY).await;
 
     cluster.nodes[0].put_ok(K, "v0", None).await;
     let (v, _, t) = cluster.nodes[0].get_single(K).await;

@@ -24,7 +24,7 @@ fn value(i: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_while_a_node_is_down_are_handed_off_when_it_returns() {
-    let mut cluster = Cluster::start(3, &FAST_GOSSIP).await;
+    let mut cluster = Cluster::start(3, &HINTS_ONLY).await;
     let node2_id = cluster.nodes[1].node_id.clone();
 
     // Keys written before the failure: one to read while node 2 is down, one to delete.
@@ -241,7 +241,7 @@ async fn the_hint_for_a_down_replica_is_held_by_the_node_outside_the_preference_
     let stand_in_key = |i: usize| format!("stand-in/{i:03}");
     let stand_in_value = |i: usize| format!("held-for-node-4-{i}");
 
-    let mut cluster = Cluster::start(4, &FAST_GOSSIP).await;
+    let mut cluster = Cluster::start(4, &HINTS_ONLY).await;
     let down = 3;
     let down_id = cluster.nodes[down].node_id.clone();
     // Preference lists, from the full ring (a dead member keeps its place in it).

@@ -23,7 +23,8 @@ fn value(i: usize) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_at_r3_repairs_the_replica_that_missed_the_writes() {
     let mut args = FAST_GOSSIP.to_vec();
-    args.extend(["--max-hint-bytes", "0"]);
+    // Hints off, and anti-entropy off: only read repair may fix the stale replica.
+    args.extend(["--max-hint-bytes", "0", "--anti-entropy-interval", "0"]);
     let mut cluster = Cluster::start(3, &args).await;
 
     cluster.nodes[1].sigkill().await;

@@ -78,6 +78,16 @@ pub async fn run_client(command: Command) -> Result<(), CommandError> {
             };
             writeln!(out, "{text}").map_err(CommandError::Stdout)?;
         }
+        Command::Leave { node } => {
+            let answer = Client::new(&node.node)?.admin("/admin/leave").await?;
+            println!("{}", answer["status"].as_str().unwrap_or("leaving"));
+        }
+        Command::Remove { id, node } => {
+            let answer = Client::new(&node.node)?
+                .admin(&format!("/admin/remove/{id}"))
+                .await?;
+            println!("{} {}", answer["status"].as_str().unwrap_or("removed"), id);
+        }
         Command::List {
             prefix,
             limit,

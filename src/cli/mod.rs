@@ -65,6 +65,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make the node hand its data off, leave the ring and exit.
+    Leave {
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// Take a (dead) member out of the ring; the others re-replicate its ranges.
+    Remove {
+        /// The member's id, as `ringkv status` shows it.
+        id: String,
+        #[command(flatten)]
+        node: NodeArg,
+    },
     /// List keys and values, one per line, in key order.
     List {
         #[arg(long)]

@@ -57,9 +57,16 @@ pub struct ServeArgs {
     /// Bytes of hints kept for one down node; past this, hints are refused and counted.
     #[arg(long, env = "RINGKV_MAX_HINT_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub max_hint_bytes: u64,
-    /// Hints older than this are dropped (anti-entropy repairs what they held).
-    #[arg(long, env = "RINGKV_MAX_HINT_AGE", default_value = "3h", value_parser = humantime::parse_duration)]
+    /// Hints older than this are dropped (anti-entropy repairs what they held). Capped at
+    /// --tombstone-grace.
+    #[arg(long, env = "RINGKV_MAX_HINT_AGE", default_value = "1h", value_parser = humantime::parse_duration)]
     pub max_hint_age: Duration,
+    /// How often a range is compared with a fellow replica; 0 turns anti-entropy off.
+    #[arg(long, env = "RINGKV_ANTI_ENTROPY_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub anti_entropy_interval: Duration,
+    /// A tombstone every replica holds is removed this long after the delete.
+    #[arg(long, env = "RINGKV_TOMBSTONE_GRACE", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub tombstone_grace: Duration,
     /// How often pending hints are handed off to nodes that came back.
     #[arg(long, env = "RINGKV_HANDOFF_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub handoff_interval: Duration,
@@ -143,8 +150,12 @@ impl ServeArgs {
                 dead_node_grace: self.dead_node_grace,
                 rpc_timeout: self.rpc_timeout,
                 max_hint_bytes: self.max_hint_bytes,
-                max_hint_age: self.max_hint_age,
+                // A hint older than the tombstone grace could bring back a key whose
+                // tombstone was collected: cap it.
+                max_hint_age: self.max_hint_age.min(self.tombstone_grace),
                 handoff_interval: self.handoff_interval,
+                anti_entropy_interval: self.anti_entropy_interval,
+                tombstone_grace: self.tombstone_grace,
                 ..ClusterConfig::default()
             },
             data_dir: self.data_dir.clone(),

@@ -27,13 +27,21 @@ pub const KEY_HTTP_ADDR: &str = "http_addr";
 pub const KEY_RPC_ADDR: &str = "rpc_addr";
 pub const KEY_STATE: &str = "state";
 pub const KEY_VNODES: &str = "vnodes";
+/// `removed:<node id>`, published by whichever node an operator asked to remove a member.
+pub const KEY_REMOVED_PREFIX: &str = "removed:";
+/// How much a joining or leaving node still has to move (ranges or keys), for status.
+pub const KEY_TO_MOVE: &str = "to_move";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MemberState {
+    /// Takes writes for its future ranges while it pulls them; serves no reads yet.
     Joining,
     Normal,
+    /// Hands its data to the future owners; still serves reads.
     Leaving,
+    /// Gone: in neither ring.
+    Left,
 }
 
 impl MemberState {
@@ -42,6 +50,7 @@ impl MemberState {
             MemberState::Joining => "joining",
             MemberState::Normal => "normal",
             MemberState::Leaving => "leaving",
+            MemberState::Left => "left",
         }
     }
 
@@ -50,6 +59,7 @@ impl MemberState {
             "joining" => Some(MemberState::Joining),
             "normal" => Some(MemberState::Normal),
             "leaving" => Some(MemberState::Leaving),
+            "left" => Some(MemberState::Left),
             _ => None,
         }
     }
@@ -65,14 +75,22 @@ pub struct Member {
     pub state: MemberState,
     pub live: bool,
     pub vnodes: u16,
+    /// What a joining or leaving member still has to move.
+    pub to_move: Option<u64>,
 }
 
 /// What this node knows of the cluster at one moment. Cheap to clone (an `Arc`).
+///
+/// Two rings, as Garage keeps several layout versions while data moves: `ring` holds the
+/// members that have the data (normal and leaving) and serves reads; `write_ring` holds
+/// the members that will (normal and joining). Writes go to the owners in both. When no
+/// member is joining or leaving they are the same ring.
 #[derive(Clone, Debug)]
 pub struct ClusterView {
     pub self_id: NodeId,
     pub members: BTreeMap<NodeId, Member>,
     pub ring: Arc<Ring>,
+    pub write_ring: Arc<Ring>,
 }
 
 impl ClusterView {
@@ -85,14 +103,55 @@ impl ClusterView {
         self.members.get(&id)
     }
 
+    /// Whether data is moving (a member is joining or leaving).
+    pub fn in_transition(&self) -> bool {
+        self.ring.hash() != self.write_ring.hash()
+    }
+
+    /// Every node that should hold `key` now: its replicas in both rings, read ring first.
+    pub fn owners(&self, key: &[u8], n: usize) -> Vec<NodeId> {
+        let mut owners = self.ring.preference_list(key, n);
+        if self.in_transition() {
+            for id in self.write_ring.preference_list(key, n) {
+                if !owners.contains(&id) {
+                    owners.push(id);
+                }
+            }
+        }
+        owners
+    }
+
     /// A view of this node alone, before gossip has told it anything.
     pub fn alone(me: Member) -> Self {
         let ring = Arc::new(Ring::new([me.id], me.vnodes));
         ClusterView {
             self_id: me.id,
             members: BTreeMap::from([(me.id, me)]),
+            write_ring: ring.clone(),
             ring,
         }
+    }
+
+    /// The two rings of a member set (see [`ClusterView`]).
+    pub fn rings(members: &BTreeMap<NodeId, Member>, vnodes: u16) -> (Ring, Ring) {
+        let with = |states: &[MemberState]| -> Vec<NodeId> {
+            members
+                .values()
+                .filter(|m| states.contains(&m.state))
+                .map(|m| m.id)
+                .collect()
+        };
+        let mut read = with(&[MemberState::Normal, MemberState::Leaving]);
+        let mut write = with(&[MemberState::Normal, MemberState::Joining]);
+        // A cluster of joiners only (all started at once) has no one to pull from: they
+        // all hold nothing, so the joiners are the ring.
+        if read.is_empty() {
+            read = write.clone();
+        }
+        if write.is_empty() {
+            write = read.clone();
+        }
+        (Ring::new(read, vnodes), Ring::new(write, vnodes))
     }
 }
 
@@ -121,6 +180,42 @@ impl Transport for PreboundTransport {
             .map_err(|_| anyhow::anyhow!("gossip socket lock poisoned"))?
             .take()
             .ok_or_else(|| anyhow::anyhow!("the gossip socket was opened already"))
+    }
+}
+
+/// Changes this node's published state; cheap to clone.
+#[derive(Clone)]
+pub struct MembershipCtl {
+    chitchat: Arc<tokio::sync::Mutex<chitchat::Chitchat>>,
+}
+
+impl MembershipCtl {
+    /// Publishes this node's state (joining/normal/leaving/left).
+    pub async fn set_state(&self, state: MemberState) {
+        self.chitchat
+            .lock()
+            .await
+            .self_node_state()
+            .set(KEY_STATE, state.as_str());
+    }
+
+    /// Publishes how much this node still has to move (shown by `ringkv status`).
+    pub async fn set_to_move(&self, to_move: Option<u64>) {
+        let mut c = self.chitchat.lock().await;
+        match to_move {
+            Some(n) => c.self_node_state().set(KEY_TO_MOVE, n),
+            None => c.self_node_state().delete(KEY_TO_MOVE),
+        }
+    }
+
+    /// Takes a member out of the ring for good, on an operator's word: every node learns
+    /// it through this node's gossip.
+    pub async fn remove(&self, id: NodeId) {
+        self.chitchat
+            .lock()
+            .await
+            .self_node_state()
+            .set(format!("{KEY_REMOVED_PREFIX}{id}"), "1");
     }
 }
 
@@ -193,11 +288,10 @@ impl Membership {
         self.view.clone()
     }
 
-    /// Publishes this node's state (joining/normal/leaving).
-    pub async fn set_state(&self, state: MemberState) {
-        self.handle
-            .with_chitchat(|c| c.self_node_state().set(KEY_STATE, state.as_str()))
-            .await;
+    pub fn control(&self) -> MembershipCtl {
+        MembershipCtl {
+            chitchat: self.handle.chitchat(),
+        }
     }
 
     pub async fn shutdown(self) {
@@ -236,19 +330,24 @@ async fn refresh(
         if current.members == members {
             continue;
         }
-        let ids_changed = !current.members.keys().eq(members.keys());
-        let ring = if ids_changed {
-            let vnodes = me.vnodes;
-            let ring = Arc::new(Ring::new(members.keys().copied(), vnodes));
+        let (read, write) = ClusterView::rings(&members, me.vnodes);
+        let same = |old: &Arc<Ring>, new: Ring| {
+            if old.hash() == new.hash() {
+                old.clone()
+            } else {
+                Arc::new(new)
+            }
+        };
+        let ring = same(&current.ring, read);
+        let write_ring = same(&current.write_ring, write);
+        if ring.hash() != current.ring.hash() || write_ring.hash() != current.write_ring.hash() {
             tracing::info!(
                 members = members.len(),
-                ring = %format_args!("{:016x}", ring.hash()),
-                "membership changed; ring rebuilt"
+                ring = %ring.hash_hex(),
+                write_ring = %write_ring.hash_hex(),
+                "membership changed; rings rebuilt"
             );
-            ring
-        } else {
-            current.ring.clone()
-        };
+        }
         for (id, m) in &members {
             if let Some(old) = current.members.get(id) {
                 if old.live != m.live {
@@ -260,6 +359,7 @@ async fn refresh(
             self_id: me.id,
             members,
             ring,
+            write_ring,
         }));
     }
 }
@@ -272,6 +372,11 @@ fn collect_members(
     deleted: &BTreeSet<&ChitchatId>,
     me: &Member,
 ) -> BTreeMap<NodeId, Member> {
+    let removed: BTreeSet<NodeId> = states
+        .values()
+        .flat_map(|s| s.key_values())
+        .filter_map(|(k, _)| k.strip_prefix(KEY_REMOVED_PREFIX)?.parse().ok())
+        .collect();
     let mut newest: BTreeMap<NodeId, (u64, Member)> = BTreeMap::new();
     for (cid, state) in states {
         if deleted.contains(cid) {
@@ -280,12 +385,14 @@ fn collect_members(
         let Ok(id) = cid.node_id.parse::<NodeId>() else {
             continue;
         };
+        let to_move = state.get(KEY_TO_MOVE).and_then(|v| v.parse().ok());
         let member = if id == me.id {
             let mut m = me.clone();
             if let Some(s) = state.get(KEY_STATE).and_then(MemberState::parse) {
                 m.state = s;
             }
             m.live = true;
+            m.to_move = to_move;
             m
         } else {
             let (Some(http), Some(rpc)) = (
@@ -309,6 +416,7 @@ fn collect_members(
                     .get(KEY_VNODES)
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(me.vnodes),
+                to_move,
             }
         };
         match newest.get(&id) {
@@ -327,5 +435,13 @@ fn collect_members(
                 .map_or_else(|| me.clone(), |(_, m)| m.clone()),
         ),
     );
-    newest.into_iter().map(|(id, (_, m))| (id, m)).collect()
+    // A member that left, or that an operator removed, is in no ring. This node stays in
+    // its own view while it runs, so it can finish leaving.
+    newest
+        .into_iter()
+        .filter(|(id, (_, m))| {
+            *id == me.id || (m.state != MemberState::Left && !removed.contains(id))
+        })
+        .map(|(id, (_, m))| (id, m))
+        .collect()
 }

@@ -179,6 +179,7 @@ impl Coordinator {
     ) -> Result<(bool, SiblingSet), CoordError> {
         let view = self.view();
         let rep = self.inner.effective(&view);
+        // Coordinators come from the read ring: they hold the key's history.
         let prefs = view.ring.preference_list(key.as_bytes(), rep.n);
         if prefs.contains(&view.self_id) || prefs.is_empty() {
             return self.coordinate_write(&view, key, seen, payload, opts).await;

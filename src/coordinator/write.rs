@@ -5,6 +5,10 @@
 //! preference list, or this node when there is none. W counts distinct nodes that stored
 //! the write, so a hint on a node that already holds the write as a replica adds nothing.
 //! Replies that come after the answer finish in the background.
+//!
+//! While data moves (a member joining or leaving), a write goes to the key's owners in
+//! both rings and must reach W in each: otherwise a write acknowledged by the old owners
+//! alone could be missed by a read at R from the new ones once the move completes.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -20,10 +24,56 @@ use crate::quorum::Tracker;
 use crate::rpc::{Request, Response};
 use crate::version::{Payload, SiblingSet, VersionVector};
 
-/// What one replica's copy came to: stored at a node, or lost.
+/// What one replica's copy came to: stored at a node (for `target`), or lost.
 enum Copy {
-    StoredAt(NodeId),
-    Failed,
+    StoredAt { node: NodeId, target: NodeId },
+    Failed { target: NodeId },
+}
+
+/// W counted in the preference list of each ring version.
+struct Quorums {
+    lists: Vec<(Vec<NodeId>, Tracker<NodeId>)>,
+}
+
+impl Quorums {
+    fn new(lists: Vec<Vec<NodeId>>, w: usize) -> Self {
+        Quorums {
+            lists: lists
+                .into_iter()
+                .map(|l| {
+                    let t = Tracker::new(w.min(l.len()).max(1), l.len());
+                    (l, t)
+                })
+                .collect(),
+        }
+    }
+
+    fn record(&mut self, copy: &Copy) {
+        for (list, tracker) in &mut self.lists {
+            match copy {
+                Copy::StoredAt { node, target } if list.contains(target) => tracker.success(*node),
+                Copy::Failed { target } if list.contains(target) => tracker.failure(),
+                _ => {}
+            }
+        }
+    }
+
+    fn is_met(&self) -> bool {
+        self.lists.iter().all(|(_, t)| t.is_met())
+    }
+
+    fn is_lost(&self) -> bool {
+        self.lists.iter().any(|(_, t)| t.is_lost())
+    }
+
+    /// The counts of the list furthest from its quorum, for the error.
+    fn worst(&self) -> (usize, usize, usize) {
+        self.lists
+            .iter()
+            .map(|(_, t)| (t.needed(), t.succeeded(), t.failed()))
+            .min_by_key(|(needed, ok, _)| ok.saturating_sub(*needed))
+            .unwrap_or((0, 0, 0))
+    }
 }
 
 pub(super) async fn replicated_write(
@@ -36,7 +86,11 @@ pub(super) async fn replicated_write(
     deadline: Instant,
 ) -> Result<SiblingSet, CoordError> {
     let n = inner.effective(view).n;
-    let prefs = view.ring.preference_list(key.as_bytes(), n);
+    let prefs = view.owners(key.as_bytes(), n);
+    let mut lists = vec![view.ring.preference_list(key.as_bytes(), n)];
+    if view.in_transition() {
+        lists.push(view.write_ring.preference_list(key.as_bytes(), n));
+    }
     let timeout_error = |replied| CoordError::Timeout {
         after_ms: deadline
             .saturating_duration_since(Instant::now())
@@ -61,9 +115,12 @@ pub(super) async fn replicated_write(
         .copied()
         .filter(|id| *id != view.self_id)
         .collect();
-    let mut tracker = Tracker::new(w, 1 + others.len());
-    tracker.success(view.self_id);
-    if others.is_empty() {
+    let mut quorums = Quorums::new(lists, w);
+    quorums.record(&Copy::StoredAt {
+        node: view.self_id,
+        target: view.self_id,
+    });
+    if quorums.is_met() && others.is_empty() {
         return Ok(set);
     }
 
@@ -82,24 +139,24 @@ pub(super) async fn replicated_write(
     }
     drop(tx);
 
-    while !tracker.is_met() {
+    while !quorums.is_met() {
         match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Err(_) => return Err(timeout_error(tracker.succeeded())),
+            Err(_) => return Err(timeout_error(quorums.worst().1)),
             Ok(None) => break,
-            Ok(Some(Copy::StoredAt(id))) => tracker.success(id),
-            Ok(Some(Copy::Failed)) => tracker.failure(),
+            Ok(Some(copy)) => quorums.record(&copy),
         }
-        if tracker.is_lost() {
+        if quorums.is_lost() {
             break;
         }
     }
-    if tracker.is_met() {
+    if quorums.is_met() {
         Ok(set)
     } else {
+        let (needed, replied, failed) = quorums.worst();
         Err(CoordError::QuorumFailed {
-            needed: w,
-            replied: tracker.succeeded(),
-            failed: tracker.failed(),
+            needed,
+            replied,
+            failed,
             write: true,
         })
     }
@@ -124,7 +181,12 @@ async fn replicate_one(
             };
             match inner.rpc.call(m.rpc_addr, request, rpc_timeout).await {
                 Ok(Response::Merged) => {
-                    let _ = tx.send(Copy::StoredAt(target)).await;
+                    let _ = tx
+                        .send(Copy::StoredAt {
+                            node: target,
+                            target,
+                        })
+                        .await;
                     return;
                 }
                 Ok(other) => tracing::warn!(peer = %target, ?other, "replica refused a write"),
@@ -159,15 +221,18 @@ async fn hint(
             {
                 Ok(true) => {
                     inner.stats.hints_stored.inc();
-                    Copy::StoredAt(stand_in)
+                    Copy::StoredAt {
+                        node: stand_in,
+                        target,
+                    }
                 }
                 Ok(false) => {
                     inner.stats.hints_refused.inc();
-                    Copy::Failed
+                    Copy::Failed { target }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "storing a hint failed");
-                    Copy::Failed
+                    Copy::Failed { target }
                 }
             };
         }
@@ -180,10 +245,15 @@ async fn hint(
             set: set.clone(),
         };
         match inner.rpc.call(m.rpc_addr, request, rpc_timeout).await {
-            Ok(Response::HintStored) => return Copy::StoredAt(stand_in),
+            Ok(Response::HintStored) => {
+                return Copy::StoredAt {
+                    node: stand_in,
+                    target,
+                }
+            }
             Ok(Response::HintRefused { reason }) => {
                 tracing::debug!(peer = %stand_in, reason, "stand-in refused a hint");
-                return Copy::Failed;
+                return Copy::Failed { target };
             }
             Ok(other) => tracing::warn!(peer = %stand_in, ?other, "unexpected answer to a hint"),
             Err(e) => {
@@ -191,7 +261,7 @@ async fn hint(
             }
         }
     }
-    Copy::Failed
+    Copy::Failed { target }
 }
 
 /// Stand-ins for one write, handed out once each: the healthy nodes clockwise past the

@@ -29,6 +29,7 @@ pub use kv::TOKEN_HEADER;
 
 pub struct AppState {
     pub coord: Coordinator,
+    pub admin: Option<Arc<crate::admin::Admin>>,
     pub config: NodeConfig,
     pub cluster_id: String,
     /// Joined and knows the ring (see `node`).
@@ -60,6 +61,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/debug/preflist/{*key}", strict(get(cluster::preflist)))
         .route("/debug/replication", strict(get(cluster::replication)))
         .route("/cluster", strict(get(cluster::cluster)))
+        .route("/admin/leave", strict(post(admin_leave)))
+        .route("/admin/remove/{id}", strict(post(admin_remove)))
         .fallback(no_route)
         .layer(middleware::from_fn(log_request))
         .with_state(state)
@@ -74,6 +77,54 @@ fn strict(route: MethodRouter<Arc<AppState>>) -> MethodRouter<Arc<AppState>> {
             "this route does not take that method",
         )
     })
+}
+
+fn admin(state: &AppState) -> Result<&Arc<crate::admin::Admin>, ApiError> {
+    state.admin.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "membership changes are not available on this node",
+        )
+    })
+}
+
+/// `POST /admin/leave`: 202 while the node hands its data off; it exits when done.
+async fn admin_leave(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    if admin(&state)?.start_leave() {
+        Ok((StatusCode::ACCEPTED, Json(json!({"status": "leaving"}))).into_response())
+    } else {
+        Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"status": "already leaving"})),
+        )
+            .into_response())
+    }
+}
+
+/// `POST /admin/remove/{id}`: takes a (dead) member out of the ring.
+async fn admin_remove(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    let id: crate::cluster::NodeId = id
+        .parse()
+        .map_err(|_| ApiError::bad_param(format!("{id:?} is not a node id (16 hex digits)")))?;
+    let view = state.coord.view();
+    if id == view.self_id {
+        return Err(ApiError::bad_param(
+            "a node cannot remove itself: use /admin/leave",
+        ));
+    }
+    if !view.members.contains_key(&id) {
+        return Err(ApiError::not_found(format!("{id} is not a member")));
+    }
+    admin(&state)?.remove(id).await;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"status": "removed", "id": id.to_string()})),
+    )
+        .into_response())
 }
 
 async fn no_route(uri: Uri) -> ApiError {

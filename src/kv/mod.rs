@@ -10,6 +10,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use crate::key::Key;
+use crate::merkle::{Interval, Summary};
 use crate::store::{Store, StoreError, Table};
 use crate::version::{Payload, SiblingSet, VersionVector};
 
@@ -152,6 +153,113 @@ impl LocalKv {
                 "unexpected writer outcome {other:?}"
             ))),
         }
+    }
+
+    /// Removes `key` if its stored set still has `digest`.
+    pub async fn drop_if_digest(&self, key: Key, digest: u64) -> Result<bool, KvError> {
+        match self
+            .writer
+            .submit(Mutation::DropIfDigest { key, digest })
+            .await?
+        {
+            Outcome::Dropped(dropped) => Ok(dropped),
+            other => Err(KvError::Store(format!(
+                "unexpected writer outcome {other:?}"
+            ))),
+        }
+    }
+
+    /// The summary of every key stored in a ring-position interval: whole leaves from the
+    /// tree, and the partial leaves at the edges from the index.
+    pub fn summary(&self, interval: Interval) -> Result<Summary, KvError> {
+        let parts = interval.decompose();
+        let mut sum = match parts.whole {
+            Some((first, last)) => self
+                .tree
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .leaves_sum(first, last),
+            None => Summary::default(),
+        };
+        for edge in parts.edges {
+            let mut after = None;
+            loop {
+                let (rows, more) = self.digests(edge, after.as_ref(), 1024)?;
+                for (key, digest) in &rows {
+                    sum.add(Summary::of(key.as_bytes(), *digest));
+                }
+                match (more, rows.last()) {
+                    (true, Some((last, _))) => after = Some(last.clone()),
+                    _ => break,
+                }
+            }
+        }
+        Ok(sum)
+    }
+
+    /// Up to `limit` keys stored in a ring-position interval, in position order, after
+    /// `after`, with their digests; and whether more follow.
+    pub fn digests(
+        &self,
+        interval: Interval,
+        after: Option<&Key>,
+        limit: usize,
+    ) -> Result<(Vec<(Key, u64)>, bool), KvError> {
+        let lower_key = match after {
+            Some(k) => summary::index_key(k.as_bytes()),
+            None => interval.lo.to_be_bytes().to_vec(),
+        };
+        let lower = if after.is_some() {
+            Bound::Excluded(lower_key.as_slice())
+        } else {
+            Bound::Included(lower_key.as_slice())
+        };
+        let upper_key = interval.hi.checked_add(1).map(u64::to_be_bytes);
+        let upper = upper_key
+            .as_ref()
+            .map_or(Bound::Unbounded, |k| Bound::Excluded(k.as_slice()));
+        let mut rows = self.store.scan(Table::Index, lower, upper, limit + 1)?;
+        let more = rows.len() > limit;
+        rows.truncate(limit);
+        let corrupt = || StoreError::Corrupt("bad index row".into());
+        let entries = rows
+            .into_iter()
+            .map(|(k, v)| {
+                let key = k
+                    .get(8..)
+                    .and_then(|b| String::from_utf8(b.to_vec()).ok())
+                    .and_then(|s| Key::new(s).ok())
+                    .ok_or_else(corrupt)?;
+                let digest = u64::from_be_bytes(v.as_slice().try_into().map_err(|_| corrupt())?);
+                Ok((key, digest))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok((entries, more))
+    }
+
+    /// Keys whose versions are all tombstones, after `after`, with their newest tombstone's
+    /// time.
+    pub fn tombstones(
+        &self,
+        after: Option<&Key>,
+        limit: usize,
+    ) -> Result<Vec<(Key, u64)>, KvError> {
+        let lower = after.map_or(Bound::Unbounded, |k| Bound::Excluded(k.as_bytes()));
+        let rows = self
+            .store
+            .scan(Table::Tombstones, lower, Bound::Unbounded, limit)?;
+        let corrupt = || StoreError::Corrupt("bad tombstone row".into());
+        Ok(rows
+            .into_iter()
+            .map(|(k, v)| {
+                let key = String::from_utf8(k)
+                    .ok()
+                    .and_then(|s| Key::new(s).ok())
+                    .ok_or_else(corrupt)?;
+                let at = u64::from_be_bytes(v.as_slice().try_into().map_err(|_| corrupt())?);
+                Ok((key, at))
+            })
+            .collect::<Result<_, StoreError>>()?)
     }
 
     /// Up to `limit` hints for `target`, after key `after`.

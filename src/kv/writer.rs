@@ -42,6 +42,9 @@ pub enum Mutation {
         set: SiblingSet,
         now_ms: u64,
     },
+    /// Remove the key entirely if its stored set still has this digest (see
+    /// `Request::DropIfDigest`).
+    DropIfDigest { key: Key, digest: u64 },
     /// Drop a delivered hint, unless it changed since it was read (`expected` is the stored
     /// record that was delivered): a hint merged meanwhile still has to go out.
     DeleteHint {
@@ -69,6 +72,7 @@ pub enum Outcome {
     /// The target's hints are at `--max-hint-bytes`.
     HintRefused,
     HintDeleted(bool),
+    Dropped(bool),
 }
 
 struct Job {
@@ -261,6 +265,15 @@ fn apply(
             let current = read_set(txn, key)?;
             let next = current.sync(set);
             write_set(txn, tree, key, current, next).map(Ok)
+        }
+        Mutation::DropIfDigest { key, digest } => {
+            let current = read_set(txn, key)?;
+            if current.is_empty() || super::summary::digest(&current) != *digest {
+                return Ok(Ok(Outcome::Dropped(false)));
+            }
+            txn.delete(Table::Data, key.as_bytes())?;
+            tree.record(txn, key, &current, &SiblingSet::new())?;
+            Ok(Ok(Outcome::Dropped(true)))
         }
         Mutation::Hint {
             target,

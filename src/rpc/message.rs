@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::merkle::{Interval, Summary};
 use crate::quorum::Quorum;
 use crate::version::{Payload, SiblingSet, VersionVector};
 
@@ -35,6 +36,20 @@ pub enum Request {
     Forward(ForwardedWrite),
     /// Up to `limit` of this node's stored keys in a range, for listings.
     Scan(ScanRange),
+    /// Anti-entropy: this node's summary (hash, count) of each ring-position interval.
+    Summaries { intervals: Vec<Interval> },
+    /// Anti-entropy: this node's keys in an interval with their digests, in position order,
+    /// starting after `after` (a key) when given.
+    Digests {
+        interval: Interval,
+        after: Option<String>,
+        limit: usize,
+    },
+    /// This node's copies of several keys.
+    ReadMany { keys: Vec<String> },
+    /// Drop these keys if their stored digest is still the one given: tombstones every
+    /// replica holds (GC), or data this node handed to its new owners.
+    DropIfDigest { entries: Vec<(String, u64)> },
 }
 
 /// A key range: from `start` (inclusive, or exclusive when `start_exclusive`) to `end`
@@ -81,6 +96,15 @@ pub enum Response {
         entries: Vec<(String, SiblingSet)>,
         more: bool,
     },
+    Summaries(Vec<Summary>),
+    /// Keys with digests, and whether the interval holds more after the last.
+    Digests {
+        entries: Vec<(String, u64)>,
+        more: bool,
+    },
+    ReadMany(Vec<(String, Option<SiblingSet>)>),
+    /// How many of the keys were dropped.
+    Dropped(usize),
     Error(RemoteError),
 }
 

@@ -282,6 +282,25 @@ pub(crate) mod testing {
                 entries: vec![(range.start.clone().unwrap_or_default(), sample_set())],
                 more: range.limit == 1,
             },
+            Request::Summaries { intervals } => Response::Summaries(
+                intervals
+                    .iter()
+                    .map(|iv| crate::merkle::Summary {
+                        hash: u128::from(iv.lo),
+                        count: iv.hi,
+                    })
+                    .collect(),
+            ),
+            Request::Digests { interval, .. } => Response::Digests {
+                entries: vec![("k".into(), interval.lo)],
+                more: false,
+            },
+            Request::ReadMany { keys } => Response::ReadMany(
+                keys.iter()
+                    .map(|k| (k.clone(), Some(sample_set())))
+                    .collect(),
+            ),
+            Request::DropIfDigest { entries } => Response::Dropped(entries.len()),
         }
     }
 

@@ -21,6 +21,11 @@ pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Gossip round used by every cluster test: fast failure detection.
 pub const FAST_GOSSIP: [&str; 2] = ["--gossip-interval", "100ms"];
 
+/// Fast gossip, and anti-entropy off: only hinted handoff may bring a replica back up to
+/// date, so tests of hints prove what hints did.
+#[allow(dead_code)]
+pub const HINTS_ONLY: [&str; 4] = ["--gossip-interval", "100ms", "--anti-entropy-interval", "0"];
+
 const KEY_SET: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'~');
 
 /// Polls `f` until it returns `Ok`, for at most `timeout` (attempts 50 ms apart; one

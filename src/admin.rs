@@ -1,0 +1,147 @@
+//! Membership changes an operator asks for, and the tasks that carry them out: joining
+//! (pull every future range, then turn normal), leaving (hand everything off, then leave
+//! the ring and exit), and removing a dead member.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::antientropy::AntiEntropy;
+use crate::cluster::membership::{MemberState, MembershipCtl};
+use crate::cluster::NodeId;
+use crate::identity::Identity;
+use crate::store::Store;
+
+pub struct Admin {
+    pub ctl: MembershipCtl,
+    pub ae: AntiEntropy,
+    pub store: Arc<dyn Store>,
+    /// Cancelled to stop the whole node (after a leave).
+    pub node_shutdown: CancellationToken,
+    /// Cancelled when background tasks must stop.
+    pub tasks: CancellationToken,
+    pub gossip_interval: Duration,
+    leaving: AtomicBool,
+}
+
+impl Admin {
+    pub fn new(
+        ctl: MembershipCtl,
+        ae: AntiEntropy,
+        store: Arc<dyn Store>,
+        node_shutdown: CancellationToken,
+        tasks: CancellationToken,
+        gossip_interval: Duration,
+    ) -> Self {
+        Admin {
+            ctl,
+            ae,
+            store,
+            node_shutdown,
+            tasks,
+            gossip_interval,
+            leaving: AtomicBool::new(false),
+        }
+    }
+
+    /// Joins: waits for a normal member to pull from, pulls every range this node will
+    /// own, then turns normal. Until then it takes writes for those ranges (it is in the
+    /// write ring) but serves no reads.
+    pub async fn join(self: Arc<Self>) {
+        let mut view = self.ae.view.clone();
+        loop {
+            let ready = {
+                let v = view.borrow_and_update();
+                v.ring.members().iter().any(|id| *id != v.self_id)
+                    && v.write_ring.contains(v.self_id)
+            };
+            if ready {
+                break;
+            }
+            tokio::select! {
+                r = view.changed() => if r.is_err() { return },
+                _ = self.tasks.cancelled() => return,
+            }
+        }
+        tracing::info!("joining: pulling this node's ranges from their owners");
+        let started = tokio::time::Instant::now();
+        loop {
+            let failed = self.ae.sync_all(true, &self.tasks).await;
+            if self.tasks.is_cancelled() {
+                return;
+            }
+            if failed == 0 {
+                break;
+            }
+            tracing::warn!(failed, "some ranges could not be pulled yet; retrying");
+            self.ctl.set_to_move(Some(failed as u64)).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        if let Err(e) = Identity::mark_joined(self.store.as_ref()) {
+            tracing::error!(error = %e, "could not record the join");
+        }
+        self.ctl.set_to_move(None).await;
+        self.ctl.set_state(MemberState::Normal).await;
+        tracing::info!(
+            secs = started.elapsed().as_secs_f64(),
+            keys_pulled = self.ae.stats.ae_keys_pulled.get(),
+            "joined: normal"
+        );
+    }
+
+    /// Leaves: hands every key to its owners in the ring without this node, then leaves
+    /// the ring and stops the node. Returns false if a leave is already under way.
+    pub fn start_leave(self: &Arc<Self>) -> bool {
+        if self.leaving.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        tokio::spawn(self.clone().leave());
+        true
+    }
+
+    async fn leave(self: Arc<Self>) {
+        self.ctl.set_state(MemberState::Leaving).await;
+        // Wait until this node's own view has it leaving, so handoff targets the ring
+        // without it.
+        let mut view = self.ae.view.clone();
+        loop {
+            let leaving = {
+                let v = view.borrow_and_update();
+                !v.write_ring.contains(v.self_id)
+            };
+            if leaving {
+                break;
+            }
+            tokio::select! {
+                r = view.changed() => if r.is_err() { return },
+                _ = self.tasks.cancelled() => return,
+            }
+        }
+        tracing::info!("leaving: handing this node's data to the remaining owners");
+        loop {
+            let remaining = self.ae.handoff_unowned(&self.tasks).await;
+            if self.tasks.is_cancelled() {
+                return;
+            }
+            self.ctl.set_to_move(Some(remaining)).await;
+            if remaining == 0 {
+                break;
+            }
+            tracing::info!(remaining, "keys still to hand off; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        self.ctl.set_to_move(None).await;
+        self.ctl.set_state(MemberState::Left).await;
+        // Let gossip carry "left" to every peer before this node goes quiet.
+        tokio::time::sleep(self.gossip_interval * 10).await;
+        tracing::info!("left the cluster; stopping");
+        self.node_shutdown.cancel();
+    }
+
+    pub async fn remove(&self, id: NodeId) {
+        tracing::warn!(node = %id, "removing a member on an operator's request");
+        self.ctl.remove(id).await;
+    }
+}

@@ -1,0 +1,276 @@
+//! Anti-entropy and data movement. Hinted handoff and read repair fix what they happen to
+//! see; this makes every replica converge, whatever happened, and moves data when the
+//! ring changes:
+//! - every `--anti-entropy-interval`, exchange one owned range with a fellow replica
+//!   (rotating through ranges and replicas);
+//! - when the rings change, exchange every owned range once (catch-up: a node that gained
+//!   a range after a removal fills it here; a joining node fills all of its ranges here
+//!   before it turns normal);
+//! - hand keys this node no longer owns to their owners, and drop them only once every
+//!   new owner has them;
+//! - collect tombstones that every replica holds, once `--tombstone-grace` has passed.
+
+pub mod exchange;
+pub mod gc;
+pub mod ranges;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::membership::{ClusterView, MemberState};
+use crate::cluster::NodeId;
+use crate::kv::LocalKv;
+use crate::merkle::Interval;
+use crate::rpc::client::RpcClient;
+use crate::rpc::{Request, Response};
+use crate::stats::ReplicationStats;
+use exchange::{exchange, Peer};
+
+#[derive(Clone, Copy, Debug)]
+pub struct AntiEntropyConfig {
+    pub interval: Duration,
+    pub n: usize,
+    pub rpc_timeout: Duration,
+    pub tombstone_grace: Duration,
+}
+
+#[derive(Clone)]
+pub struct AntiEntropy {
+    pub local: LocalKv,
+    pub view: watch::Receiver<Arc<ClusterView>>,
+    pub rpc: Arc<RpcClient>,
+    pub stats: Arc<ReplicationStats>,
+    pub clock: Arc<dyn crate::net::Clock>,
+    pub config: AntiEntropyConfig,
+}
+
+/// Keys handed off per batch.
+const HANDOFF_BATCH: usize = 512;
+
+impl AntiEntropy {
+    fn view(&self) -> Arc<ClusterView> {
+        self.view.borrow().clone()
+    }
+
+    fn n(&self, ring: &crate::cluster::ring::Ring) -> usize {
+        self.config.n.min(ring.len().max(1))
+    }
+
+    fn peer(&self, addr: std::net::SocketAddr) -> Peer<'_> {
+        Peer {
+            rpc: &self.rpc,
+            addr,
+            timeout: self.config.rpc_timeout,
+        }
+    }
+
+    /// Exchanges one range with one fellow replica; `Ok(false)` when none was reachable.
+    async fn exchange_range(
+        &self,
+        view: &ClusterView,
+        intervals: &[Interval],
+        peers: &[NodeId],
+    ) -> Result<bool, String> {
+        for id in peers
+            .iter()
+            .filter(|id| **id != view.self_id && view.is_healthy(**id))
+        {
+            let Some(m) = view.member(*id) else { continue };
+            match exchange(&self.local, &self.peer(m.rpc_addr), intervals).await {
+                Ok(done) => {
+                    self.stats.ae_exchanges.inc();
+                    self.stats.ae_keys_pulled.add(done.pulled);
+                    self.stats.ae_keys_pushed.add(done.pushed);
+                    if done.pulled + done.pushed > 0 {
+                        tracing::debug!(peer = %id, pulled = done.pulled, pushed = done.pushed, "anti-entropy repaired keys");
+                    }
+                    return Ok(true);
+                }
+                Err(e) => tracing::debug!(peer = %id, error = %e, "anti-entropy exchange failed"),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Exchanges every range this node owns in `ring` with a replica from `source`'s
+    /// owners. Returns how many ranges could not be exchanged.
+    pub async fn sync_all(&self, use_write_ring: bool, shutdown: &CancellationToken) -> usize {
+        let view = self.view();
+        let ring = if use_write_ring {
+            &view.write_ring
+        } else {
+            &view.ring
+        };
+        let owned = ranges::owned(ring, view.self_id, self.n(ring));
+        let total = owned.len();
+        let mut left = total;
+        let mut failed = 0;
+        for (i, (range, _)) in owned.iter().enumerate() {
+            if shutdown.is_cancelled() {
+                return left;
+            }
+            // Pull from the read ring's owners of the range: they hold its data.
+            let sources = view.ring.owners(range, self.n(&view.ring));
+            let ok = self
+                .exchange_range(&view, &ranges::intervals(range), &sources)
+                .await
+                .unwrap_or(false);
+            // A range whose only owner is this node has nothing to pull.
+            if !ok && sources.iter().any(|id| *id != view.self_id) {
+                failed += 1;
+            }
+            left -= 1;
+            if i % 32 == 0 || left == 0 {
+                tracing::info!(
+                    ranges_done = total - left,
+                    ranges_total = total,
+                    failed,
+                    "range sync progress"
+                );
+            }
+        }
+        failed
+    }
+
+    /// Runs the periodic exchange, catch-up on ring changes, handoff of unowned keys and
+    /// tombstone GC until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut view_rx = self.view.clone();
+        let mut ticker = tokio::time::interval(self.config.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        let mut cursor = 0usize;
+        let mut rings = (0u64, 0u64);
+        loop {
+            let view = self.view();
+            let current = (view.ring.hash(), view.write_ring.hash());
+            if current != rings && view.ring.len() > 1 {
+                // The rings changed: make every owned range whole now, not one per tick.
+                rings = current;
+                let failed = self.sync_all(false, &shutdown).await;
+                if failed > 0 {
+                    // Retry on the next tick.
+                    rings = (0, 0);
+                }
+                self.handoff_unowned(&shutdown).await;
+            } else {
+                self.tick(&view, &mut cursor).await;
+                // A leaving node's own task hands everything off; no need to do it twice.
+                if view.member(view.self_id).map(|m| m.state) != Some(MemberState::Leaving) {
+                    self.handoff_unowned(&shutdown).await;
+                }
+                gc::collect(&self, &shutdown).await;
+            }
+            tokio::select! {
+                _ = ticker.tick() => {}
+                r = view_rx.changed() => if r.is_err() { return },
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// One periodic exchange: the next owned range, with the next fellow replica.
+    async fn tick(&self, view: &ClusterView, cursor: &mut usize) {
+        let owned = ranges::owned(&view.ring, view.self_id, self.n(&view.ring));
+        if owned.is_empty() {
+            return;
+        }
+        *cursor = cursor.wrapping_add(1);
+        let (range, owners) = &owned[*cursor % owned.len()];
+        let mut peers: Vec<NodeId> = owners.clone();
+        let len = peers.len().max(1);
+        peers.rotate_left(*cursor / owned.len() % len);
+        self.stats.ae_rounds.inc();
+        let _ = self
+            .exchange_range(view, &ranges::intervals(range), &peers)
+            .await;
+    }
+
+    /// Hands every key this node should no longer hold to its owners, then drops it —
+    /// only once each owner in the write ring acknowledged it. A leaving node hands off
+    /// everything it holds and keeps its copy (it exits with it).
+    pub async fn handoff_unowned(&self, shutdown: &CancellationToken) -> u64 {
+        let view = self.view();
+        let leaving = view.member(view.self_id).map(|m| m.state) == Some(MemberState::Leaving);
+        let n_read = self.n(&view.ring);
+        let n_write = self.n(&view.write_ring);
+        let mut after = None;
+        let mut remaining = 0u64;
+        loop {
+            if shutdown.is_cancelled() {
+                return remaining;
+            }
+            let Ok((rows, more)) =
+                self.local
+                    .digests(Interval::FULL, after.as_ref(), HANDOFF_BATCH)
+            else {
+                return remaining;
+            };
+            after = rows.last().map(|(k, _)| k.clone());
+            let mut by_owner: std::collections::BTreeMap<NodeId, Vec<(crate::key::Key, u64)>> =
+                Default::default();
+            let mut unowned = Vec::new();
+            for (key, digest) in rows {
+                let reads = view.ring.preference_list(key.as_bytes(), n_read);
+                let writes = view.write_ring.preference_list(key.as_bytes(), n_write);
+                let keep =
+                    !leaving && (reads.contains(&view.self_id) || writes.contains(&view.self_id));
+                if keep {
+                    continue;
+                }
+                for owner in writes.iter().filter(|o| **o != view.self_id) {
+                    by_owner
+                        .entry(*owner)
+                        .or_default()
+                        .push((key.clone(), digest));
+                }
+                unowned.push((key, digest, writes));
+            }
+            let mut acked: std::collections::BTreeSet<(NodeId, crate::key::Key)> =
+                Default::default();
+            for (owner, keys) in by_owner {
+                let Some(m) = view.member(owner).filter(|_| view.is_healthy(owner)) else {
+                    continue;
+                };
+                let mut entries = Vec::with_capacity(keys.len());
+                for (k, _) in &keys {
+                    if let Ok(Some(set)) = self.local.read(k) {
+                        entries.push((k.as_str().to_owned(), set));
+                    }
+                }
+                if let Ok(Response::Merged) = self
+                    .rpc
+                    .call(
+                        m.rpc_addr,
+                        Request::Merge { entries },
+                        self.config.rpc_timeout,
+                    )
+                    .await
+                {
+                    acked.extend(keys.into_iter().map(|(k, _)| (owner, k)));
+                }
+            }
+            for (key, digest, writes) in unowned {
+                let all_have = writes
+                    .iter()
+                    .filter(|o| **o != view.self_id)
+                    .all(|o| acked.contains(&(*o, key.clone())));
+                if !all_have {
+                    remaining += 1;
+                    continue;
+                }
+                self.stats.keys_handed_off.inc();
+                if !leaving {
+                    // Unchanged since it was sent: nothing new is lost by dropping it.
+                    let _ = self.local.drop_if_digest(key, digest).await;
+                }
+            }
+            if !more || after.is_none() {
+                return remaining;
+            }
+        }
+    }
+}
