@@ -68,7 +68,7 @@ impl Admin {
         tracing::info!("joining: pulling this node's ranges from their owners");
         let started = tokio::time::Instant::now();
         loop {
-            let failed = self.ae.sync_all(true, &self.tasks).await;
+            let failed = self.ae.sync_all(true, &self.tasks, Some(&self.ctl)).await;
             if self.tasks.is_cancelled() {
                 return;
             }

@@ -97,7 +97,13 @@ impl AntiEntropy {
 
     /// Exchanges every range this node owns in `ring` with a replica from `source`'s
     /// owners. Returns how many ranges could not be exchanged.
-    pub async fn sync_all(&self, use_write_ring: bool, shutdown: &CancellationToken) -> usize {
+    /// `progress` publishes the ranges left (a joining node's status).
+    pub async fn sync_all(
+        &self,
+        use_write_ring: bool,
+        shutdown: &CancellationToken,
+        progress: Option<&crate::cluster::membership::MembershipCtl>,
+    ) -> usize {
         let view = self.view();
         let ring = if use_write_ring {
             &view.write_ring
@@ -123,6 +129,9 @@ impl AntiEntropy {
                 failed += 1;
             }
             left -= 1;
+            if let Some(ctl) = progress.filter(|_| i % 16 == 0) {
+                ctl.set_to_move(Some(left as u64)).await;
+            }
             if i % 32 == 0 || left == 0 {
                 tracing::info!(
                     ranges_done = total - left,
@@ -150,7 +159,7 @@ impl AntiEntropy {
             if current != rings && view.ring.len() > 1 {
                 // The rings changed: make every owned range whole now, not one per tick.
                 rings = current;
-                let failed = self.sync_all(false, &shutdown).await;
+                let failed = self.sync_all(false, &shutdown, None).await;
                 if failed > 0 {
                     // Retry on the next tick.
                     rings = (0, 0);

@@ -137,15 +137,15 @@ fn status_table(c: &serde_json::Value) -> String {
         s(&c["node_id"]),
     );
     out.push_str(&format!(
-        "{:<4} {:<16}  {:<8} {:<21} {:<21} {:>7} {:>9} {:>12}\n",
-        "", "ID", "STATE", "HTTP", "RPC", "OWNS", "REPLICAS", "HINTS HELD"
+        "{:<4} {:<16}  {:<8} {:<21} {:<21} {:>7} {:>9} {:>12} {:>8}\n",
+        "", "ID", "STATE", "HTTP", "RPC", "OWNS", "REPLICAS", "HINTS HELD", "TO MOVE"
     ));
     let hints = &c["hints_pending"];
     for m in c["members"].as_array().into_iter().flatten() {
         let id = s(&m["id"]);
         let held = hints[&id]["count"].as_u64().unwrap_or(0);
         out.push_str(&format!(
-            "{:<4} {:<16}  {:<8} {:<21} {:<21} {:>6.1}% {:>8.1}% {:>12}\n",
+            "{:<4} {:<16}  {:<8} {:<21} {:<21} {:>6.1}% {:>8.1}% {:>12} {:>8}\n",
             if m["live"].as_bool() == Some(true) {
                 "UP"
             } else {
@@ -158,6 +158,9 @@ fn status_table(c: &serde_json::Value) -> String {
             f(&m["ownership"]),
             f(&m["replica_share"]),
             held,
+            m["to_move"]
+                .as_u64()
+                .map_or_else(|| "-".to_owned(), |n| n.to_string()),
         ));
     }
     out.trim_end().to_owned()

@@ -109,6 +109,7 @@ impl ClusterView {
     }
 
     /// Every node that should hold `key` now: its replicas in both rings, read ring first.
+    /// `n` is the configured replication factor; each ring clamps it to its own size.
     pub fn owners(&self, key: &[u8], n: usize) -> Vec<NodeId> {
         let mut owners = self.ring.preference_list(key, n);
         if self.in_transition() {

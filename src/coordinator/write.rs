@@ -85,7 +85,9 @@ pub(super) async fn replicated_write(
     w: usize,
     deadline: Instant,
 ) -> Result<SiblingSet, CoordError> {
-    let n = inner.effective(view).n;
+    // Each ring's preference list has the configured N clamped to that ring's size: when
+    // a second node joins a lone one, the future ring replicates every key twice.
+    let n = inner.config.replication.n;
     let prefs = view.owners(key.as_bytes(), n);
     let mut lists = vec![view.ring.preference_list(key.as_bytes(), n)];
     if view.in_transition() {

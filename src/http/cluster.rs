@@ -30,6 +30,10 @@ pub struct MemberJson {
     ownership: f64,
     /// Share of the key space this member holds a replica of (sums to N).
     replica_share: f64,
+    /// What a joining or leaving member still has to move (ranges to pull, or keys to
+    /// hand off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    to_move: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -43,7 +47,11 @@ pub struct Factors {
 pub struct ClusterJson {
     node_id: String,
     cluster_id: String,
+    /// The ring reads use: members that hold data (normal, leaving).
     ring_hash: String,
+    /// The ring writes also go to while data moves (normal, joining); equal to
+    /// `ring_hash` when nothing moves.
+    write_ring_hash: String,
     members: Vec<MemberJson>,
     /// As configured.
     replication: Factors,
@@ -83,12 +91,14 @@ pub async fn cluster(State(state): State<Arc<AppState>>) -> Json<ClusterJson> {
             vnodes: m.vnodes,
             ownership: ownership.get(&m.id).copied().unwrap_or(0.0),
             replica_share: shares.get(&m.id).copied().unwrap_or(0.0),
+            to_move: m.to_move,
         })
         .collect();
     Json(ClusterJson {
         node_id: view.self_id.to_string(),
         cluster_id: state.cluster_id.clone(),
         ring_hash: view.ring.hash_hex(),
+        write_ring_hash: view.write_ring.hash_hex(),
         members,
         replication: Factors {
             n: conf.n,
