@@ -261,6 +261,7 @@ pub async fn run<N: Network>(
             n: config.replication.n,
             rpc_timeout: cluster.rpc_timeout,
             tombstone_grace: cluster.tombstone_grace,
+            settle: cluster.gossip_interval * 10,
         },
     };
     // An interval of zero turns anti-entropy off (tests of hints and read repair alone).

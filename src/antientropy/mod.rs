@@ -35,6 +35,10 @@ pub struct AntiEntropyConfig {
     pub n: usize,
     pub rpc_timeout: Duration,
     pub tombstone_grace: Duration,
+    /// How long the rings must stay unchanged before this node drops keys it no longer
+    /// owns: a view that is still converging (a member not yet heard of) must not make
+    /// it drop keys it does own.
+    pub settle: Duration,
 }
 
 #[derive(Clone)]
@@ -164,7 +168,14 @@ impl AntiEntropy {
                     // Retry on the next tick.
                     rings = (0, 0);
                 }
-                self.handoff_unowned(&shutdown).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(self.config.settle) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                let settled = self.view();
+                if (settled.ring.hash(), settled.write_ring.hash()) == current {
+                    self.handoff_unowned(&shutdown).await;
+                }
             } else {
                 self.tick(&view, &mut cursor).await;
                 // A leaving node's own task hands everything off; no need to do it twice.
