@@ -54,7 +54,12 @@ impl Admin {
         loop {
             let ready = {
                 let v = view.borrow_and_update();
-                v.ring.members().iter().any(|id| *id != v.self_id)
+                // A source to pull from must be live, not only known: the failure
+                // detector needs a few gossip rounds to call a new peer live.
+                v.ring
+                    .members()
+                    .iter()
+                    .any(|id| *id != v.self_id && v.is_healthy(*id))
                     && v.write_ring.contains(v.self_id)
             };
             if ready {

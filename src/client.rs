@@ -210,11 +210,24 @@ impl Client {
 
     /// `GET /cluster`, as JSON.
     pub async fn cluster(&self) -> Result<serde_json::Value, ClientError> {
-        let resp = self
-            .http
-            .get(format!("{}/cluster", self.base))
-            .send()
-            .await?;
+        self.get_json("/cluster").await
+    }
+
+    /// Whether this node itself stores `key` (`GET /debug/local/{key}`), tombstones
+    /// included.
+    pub async fn stores(&self, key: &str) -> Result<bool, ClientError> {
+        let path = format!("/debug/local/{}", utf8_percent_encode(key, KEY_ESCAPES));
+        match self.get_json(&path).await {
+            Ok(_) => Ok(true),
+            Err(ClientError::Api { status: 404, .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `GET` any route that answers JSON (`/debug/replication`, `/debug/keys?…`); the
+    /// path includes its query string.
+    pub async fn get_json(&self, path: &str) -> Result<serde_json::Value, ClientError> {
+        let resp = self.http.get(format!("{}{path}", self.base)).send().await?;
         if resp.status() != StatusCode::OK {
             return Err(api_error(resp).await);
         }

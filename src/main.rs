@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use ringkv::cli::{run_client, run_serve, Cli, Command};
+use ringkv::cli::{run_client, run_scale, run_serve, Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -15,9 +15,18 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => run_serve(*args).await.map_err(|e| e.to_string()),
+            Command::Scale(c) => match run_scale(c).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err("the check failed".to_owned()),
+                Err(e) => Err(e),
+            },
             other => run_client(other).await.map_err(|e| e.to_string()),
         }
     });
+    // Everything the node owns has stopped by now; what may remain are detached tasks
+    // parked on sockets (a peer's idle connection, a read repair waiting out its deadline).
+    // They hold nothing that needs flushing, so they do not get to delay the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

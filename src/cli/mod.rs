@@ -1,11 +1,13 @@
 //! The `ringkv` command line: `serve` runs a node; the other commands are clients.
 
 mod commands;
+mod scale;
 mod serve;
 
 use clap::{Parser, Subcommand};
 
 pub use commands::run_client;
+pub use scale::{run_scale, ScaleCommand};
 pub use serve::{run_serve, ServeArgs};
 
 #[derive(Parser, Debug)]
@@ -87,4 +89,7 @@ pub enum Command {
         #[command(flatten)]
         node: NodeArg,
     },
+    /// `load`, `churn`, `verify`: hidden helpers of `scripts/scale-out.sh`.
+    #[command(flatten)]
+    Scale(ScaleCommand),
 }

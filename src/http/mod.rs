@@ -3,6 +3,7 @@
 
 mod batch;
 mod cluster;
+mod debug_keys;
 mod error;
 mod kv;
 mod list;
@@ -58,6 +59,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", strict(get(health)))
         .route("/ready", strict(get(ready)))
         .route("/debug/local/{*key}", strict(get(debug_local)))
+        .route("/debug/keys", strict(get(debug_keys::keys)))
         .route("/debug/preflist/{*key}", strict(get(cluster::preflist)))
         .route("/debug/replication", strict(get(cluster::replication)))
         .route("/cluster", strict(get(cluster::cluster)))

@@ -1,0 +1,83 @@
+//! `GET /debug/keys?after=&limit=`: the keys this node stores, in key order, tombstoned
+//! ones included, one page at a time. This is what a placement check (`ringkv verify`)
+//! compares with the preference lists; it is not a client API (`GET /kv` is).
+
+use std::ops::Bound;
+use std::sync::Arc;
+
+use axum::extract::{RawQuery, State};
+use axum::Json;
+use serde::Serialize;
+
+use crate::coordinator::CoordError;
+use crate::kv::summary::digest;
+
+use super::error::ApiError;
+use super::params::Query;
+use super::AppState;
+
+pub const DEFAULT_LIMIT: usize = 1000;
+pub const MAX_LIMIT: usize = 10_000;
+
+#[derive(Serialize)]
+pub struct StoredKeyJson {
+    key: String,
+    /// The set's digest, as anti-entropy compares it: equal on two nodes when their
+    /// copies are equal.
+    digest: String,
+    /// Whether any version is a value (not a tombstone).
+    live: bool,
+    versions: usize,
+}
+
+#[derive(Serialize)]
+pub struct StoredKeysBody {
+    node_id: String,
+    keys: Vec<StoredKeyJson>,
+    /// Pass as `after` for the next page; null on the last page.
+    next_after: Option<String>,
+}
+
+pub async fn keys(
+    State(state): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<StoredKeysBody>, ApiError> {
+    let q = Query::parse(query.as_deref(), &["after", "limit"])?;
+    let limit = match q.get("limit") {
+        None => DEFAULT_LIMIT,
+        Some(raw) => raw
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=MAX_LIMIT).contains(l))
+            .ok_or_else(|| {
+                ApiError::bad_param(format!("limit must be 1..{MAX_LIMIT}, not {raw:?}"))
+            })?,
+    };
+    let start = q
+        .get("after")
+        .map_or(Bound::Unbounded, |a| Bound::Excluded(a.as_bytes()));
+    let rows = state
+        .coord
+        .local()
+        .scan(start, Bound::Unbounded, limit)
+        .map_err(CoordError::from)?;
+    let next_after = if rows.len() == limit {
+        rows.last().map(|(k, _)| k.as_str().to_owned())
+    } else {
+        None
+    };
+    let keys = rows
+        .into_iter()
+        .map(|(key, set)| StoredKeyJson {
+            key: key.as_str().to_owned(),
+            digest: format!("{:016x}", digest(&set)),
+            live: set.has_live(),
+            versions: set.len(),
+        })
+        .collect();
+    Ok(Json(StoredKeysBody {
+        node_id: state.coord.view().self_id.to_string(),
+        keys,
+        next_after,
+    }))
+}
