@@ -138,6 +138,11 @@ impl Admin {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         self.ctl.set_to_move(None).await;
+        // Durably first: a restart on this data dir must never serve its stale copy.
+        if let Err(e) = Identity::mark_left(self.store.as_ref()) {
+            tracing::error!(error = %e, "could not record the leave; staying");
+            return;
+        }
         self.ctl.set_state(MemberState::Left).await;
         // Let gossip carry "left" to every peer before this node goes quiet.
         tokio::time::sleep(self.gossip_interval * 10).await;

@@ -9,6 +9,7 @@ const EPOCH: &[u8] = b"epoch";
 /// 1 while a node runs, 0 after a clean shutdown.
 const RUNNING: &[u8] = b"running";
 const JOINED: &[u8] = b"joined";
+const LEFT: &[u8] = b"left";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Identity {
@@ -56,6 +57,16 @@ impl Identity {
 
     pub fn mark_joined(store: &dyn Store) -> Result<(), StoreError> {
         store.write(true, &mut |txn| txn.put(Table::Meta, JOINED, &[1]))
+    }
+
+    /// Whether this data dir belongs to a node that left its cluster. Its data is stale
+    /// by now — keys deleted and collected since would come back — so it must not serve.
+    pub fn has_left(store: &dyn Store) -> Result<bool, StoreError> {
+        Ok(store.get(Table::Meta, LEFT)?.as_deref() == Some(&[1]))
+    }
+
+    pub fn mark_left(store: &dyn Store) -> Result<(), StoreError> {
+        store.write(true, &mut |txn| txn.put(Table::Meta, LEFT, &[1]))
     }
 
     /// Records a clean shutdown, durably: the next start keeps this epoch.

@@ -57,6 +57,8 @@ pub enum NodeError {
         what: &'static str,
         addr: SocketAddr,
     },
+    #[error("the node of {dir} left its cluster; its data is stale. Start with a fresh --data-dir to join again")]
+    Left { dir: String },
     #[error(transparent)]
     Gossip(#[from] MembershipError),
     #[error("serving HTTP: {0}")]
@@ -103,6 +105,11 @@ pub async fn run<N: Network>(
         StorageKind::Redb => Arc::new(RedbStore::open(&config.data_dir).map_err(store_err)?),
         StorageKind::Memory => Arc::new(MemoryStore::new()),
     };
+    if Identity::has_left(store.as_ref()).map_err(store_err)? {
+        return Err(NodeError::Left {
+            dir: config.data_dir.display().to_string(),
+        });
+    }
     let identity = Identity::load(store.as_ref(), rand::random).map_err(store_err)?;
     if identity.recovered_from_crash {
         tracing::warn!(actor = %identity.actor, "previous run did not shut down cleanly; new epoch");

@@ -55,6 +55,11 @@ async fn collect_one(
     }
     let d = digest(&set);
     let owners = view.ring.preference_list(key.as_bytes(), n);
+    // One replica collects each key — the first in its preference list — so two replicas
+    // never race to drop each other's copies.
+    if owners.first() != Some(&view.self_id) {
+        return false;
+    }
     let mut remotes = Vec::new();
     for id in owners.iter().filter(|id| **id != view.self_id) {
         let Some(m) = view.member(*id).filter(|_| view.is_healthy(*id)) else {
@@ -83,11 +88,14 @@ async fn collect_one(
     }
     // Every replica holds it: drop it on each, then here. A replica that fails now keeps
     // its copy, and anti-entropy hands the tombstone back: harmless, and collected again.
+    let mut dropped = false;
     for addr in remotes {
         let request = Request::DropIfDigest {
             entries: vec![(key.as_str().to_owned(), d)],
         };
-        let _ = ae.rpc.call(addr, request, ae.config.rpc_timeout).await;
+        if let Ok(Response::Dropped(n)) = ae.rpc.call(addr, request, ae.config.rpc_timeout).await {
+            dropped |= n > 0;
+        }
     }
-    ae.local.drop_if_digest(key, d).await.unwrap_or(false)
+    dropped | ae.local.drop_if_digest(key, d).await.unwrap_or(false)
 }

@@ -53,6 +53,8 @@ pub struct AntiEntropy {
 
 /// Keys handed off per batch.
 const HANDOFF_BATCH: usize = 512;
+/// Ranges exchanged per call when syncing all of them.
+const SYNC_BATCH: usize = 32;
 
 impl AntiEntropy {
     fn view(&self) -> Arc<ClusterView> {
@@ -99,8 +101,13 @@ impl AntiEntropy {
         Ok(false)
     }
 
-    /// Exchanges every range this node owns in `ring` with a replica from `source`'s
-    /// owners. Returns how many ranges could not be exchanged.
+    /// Exchanges every range this node owns (in the write ring when `use_write_ring`, as a
+    /// joining node does) with a fellow replica from the read ring, which holds the data.
+    /// Ranges are grouped by the peer they come from and exchanged [`SYNC_BATCH`] at a
+    /// time, so a join costs a few round trips per peer rather than several per range.
+    /// Returns how many ranges could not be exchanged (retried by the caller). Stops early
+    /// if the rings change: the next catch-up covers the new ones.
+    ///
     /// `progress` publishes the ranges left (a joining node's status).
     pub async fn sync_all(
         &self,
@@ -109,34 +116,73 @@ impl AntiEntropy {
         progress: Option<&crate::cluster::membership::MembershipCtl>,
     ) -> usize {
         let view = self.view();
+        let rings = (view.ring.hash(), view.write_ring.hash());
         let ring = if use_write_ring {
             &view.write_ring
         } else {
             &view.ring
         };
         let owned = ranges::owned(ring, view.self_id, self.n(ring));
-        let total = owned.len();
-        let mut left = total;
+        let n_read = self.n(&view.ring);
         let mut failed = 0;
+        let mut by_peer: std::collections::BTreeMap<NodeId, Vec<Vec<Interval>>> =
+            Default::default();
         for (i, (range, _)) in owned.iter().enumerate() {
-            if shutdown.is_cancelled() {
-                return left;
+            let others: Vec<NodeId> = view
+                .ring
+                .owners(range, n_read)
+                .into_iter()
+                .filter(|id| *id != view.self_id)
+                .collect();
+            let live: Vec<NodeId> = others
+                .iter()
+                .copied()
+                .filter(|id| view.is_healthy(*id))
+                .collect();
+            match live.get(i % live.len().max(1)) {
+                // Rotate among the live sources to spread the load.
+                Some(peer) => by_peer
+                    .entry(*peer)
+                    .or_default()
+                    .push(ranges::intervals(range)),
+                // A range whose only owner is this node has nothing to pull.
+                None if !others.is_empty() => failed += 1,
+                None => {}
             }
-            // Pull from the read ring's owners of the range: they hold its data.
-            let sources = view.ring.owners(range, self.n(&view.ring));
-            let ok = self
-                .exchange_range(&view, &ranges::intervals(range), &sources)
-                .await
-                .unwrap_or(false);
-            // A range whose only owner is this node has nothing to pull.
-            if !ok && sources.iter().any(|id| *id != view.self_id) {
-                failed += 1;
-            }
-            left -= 1;
-            if let Some(ctl) = progress.filter(|_| i % 16 == 0) {
-                ctl.set_to_move(Some(left as u64)).await;
-            }
-            if i % 32 == 0 || left == 0 {
+        }
+        let total: usize = by_peer.values().map(Vec::len).sum();
+        let mut left = total;
+        tracing::info!(
+            ranges = total,
+            peers = by_peer.len(),
+            "syncing owned ranges"
+        );
+        for (peer, ranges) in by_peer {
+            let Some(addr) = view.member(peer).map(|m| m.rpc_addr) else {
+                failed += ranges.len();
+                continue;
+            };
+            for batch in ranges.chunks(SYNC_BATCH) {
+                let now = self.view();
+                if shutdown.is_cancelled() || (now.ring.hash(), now.write_ring.hash()) != rings {
+                    return failed + left;
+                }
+                let intervals: Vec<Interval> = batch.iter().flatten().copied().collect();
+                match exchange(&self.local, &self.peer(addr), &intervals).await {
+                    Ok(done) => {
+                        self.stats.ae_exchanges.inc();
+                        self.stats.ae_keys_pulled.add(done.pulled);
+                        self.stats.ae_keys_pushed.add(done.pushed);
+                    }
+                    Err(e) => {
+                        tracing::debug!(peer = %peer, error = %e, "range sync failed");
+                        failed += batch.len();
+                    }
+                }
+                left -= batch.len();
+                if let Some(ctl) = progress {
+                    ctl.set_to_move(Some(left as u64)).await;
+                }
                 tracing::info!(
                     ranges_done = total - left,
                     ranges_total = total,

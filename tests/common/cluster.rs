@@ -439,3 +439,211 @@ pub fn assert_no_errors(errors: &[String], what: &str) {
             .join("\n")
     );
 }
+
+// ---- Helpers for the anti-entropy and data-movement tests (`ae_*`). ----
+
+impl TestNode {
+    /// Waits (bounded) for the process to exit on its own; `None` if it is still running
+    /// after `limit`. The process is left reaped, so `restart` can tell it stopped.
+    pub async fn wait_exited(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        self.wait_exit(limit).await
+    }
+}
+
+/// Starts a fresh node that joins the cluster through `seed`'s gossip address, and waits
+/// (up to `ready_timeout`) for its `/ready`, which a joining node answers only once it has
+/// pulled its ranges: that may take longer than the 10 s `TestNode::start_with` allows.
+pub async fn start_joiner(seed: &TestNode, extra: &[&str], ready_timeout: Duration) -> TestNode {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+
+    let seed_addr = seed.gossip_addr.to_string();
+    let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    args.extend(["--seed".to_owned(), seed_addr]);
+    let tmp = tempfile::Builder::new()
+        .prefix("ringkv-test-")
+        .tempdir()
+        .expect("create tempdir");
+    let data_dir = tmp.path().join("data");
+    let log_path = tmp.path().join("node.log");
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .expect("open node log");
+    writeln!(log, "===== spawn ringkv serve {args:?} (joiner) =====").ok();
+    let stderr = log.try_clone().expect("clone log handle");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringkv"));
+    cmd.arg("serve")
+        .args(["--http-addr", "127.0.0.1:0"])
+        .args(["--rpc-addr", "127.0.0.1:0", "--gossip-addr", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(stderr));
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("RINGKV_") {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = cmd.spawn().expect("spawn ringkv serve");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut node = TestNode {
+        child: Some(child),
+        tmp,
+        data_dir,
+        log_path,
+        extra_args: args,
+        addr: any,
+        rpc_addr: any,
+        gossip_addr: any,
+        reuse_addrs: false,
+        node_id: String::new(),
+        client: super::http_client(),
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel::<String>();
+    std::thread::spawn(move || super::read_ready_line(stdout, tx, log));
+    let line = match tokio::time::timeout(super::READY_LINE_TIMEOUT, rx).await {
+        Ok(Ok(line)) => line,
+        _ => {
+            node.kill_now();
+            panic!(
+                "joiner printed no ready line\n--- log ---\n{}",
+                node.log_tail(200)
+            );
+        }
+    };
+    let parsed = super::parse_ready_line(&line)
+        .and_then(|(a, id)| super::parse_ready_line_peer_addrs(&line).map(|p| (a, id, p)));
+    let (addr, node_id, (rpc_addr, gossip_addr)) = match parsed {
+        Ok(p) => p,
+        Err(e) => {
+            node.kill_now();
+            panic!(
+                "bad ready line {line:?}: {e}\n--- log ---\n{}",
+                node.log_tail(200)
+            );
+        }
+    };
+    node.addr = addr;
+    node.rpc_addr = rpc_addr;
+    node.gossip_addr = gossip_addr;
+    node.node_id = node_id;
+    let deadline = Instant::now() + ready_timeout;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match node.client.get(node.url("/ready")).send().await {
+            Ok(r) if r.status() == StatusCode::OK => return node,
+            Ok(r) => last = format!("status {}", r.status()),
+            Err(e) => last = format!("error {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    node.kill_now();
+    panic!(
+        "joiner's /ready never answered 200 within {ready_timeout:?} (last: {last})\n--- log ---\n{}",
+        node.log_tail(200)
+    );
+}
+
+/// `POST {path}` on `node` with an empty body: (status, body as JSON or a JSON string).
+pub async fn post_empty(node: &TestNode, path: &str) -> (StatusCode, Value) {
+    let resp = node
+        .client
+        .post(node.url(path))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {path} on {}: {e}", node.addr));
+    let status = resp.status();
+    let body = resp.bytes().await.unwrap_or_default();
+    let json = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
+    (status, json)
+}
+
+/// Waits until every node in `nodes` (index, node) sees exactly the members `want`, each
+/// live, `normal` and with nothing left to move, and all agree on one ring hash (equal to
+/// their write ring hash); returns that hash.
+pub async fn wait_settled_members(
+    nodes: &[(usize, &TestNode)],
+    want: &BTreeSet<String>,
+    timeout: Duration,
+) -> String {
+    let what = format!(
+        "nodes {:?} to see exactly members {want:?}, all live and normal, with one ring hash",
+        nodes.iter().map(|(i, _)| i + 1).collect::<Vec<_>>()
+    );
+    wait_until(timeout, &what, || async move {
+        let mut hashes = BTreeSet::new();
+        for (i, node) in nodes {
+            let c = try_json(node, "/cluster").await?;
+            let members = c["members"].as_array().cloned().unwrap_or_default();
+            let ids: BTreeSet<String> = members
+                .iter()
+                .filter_map(|m| m["id"].as_str().map(str::to_owned))
+                .collect();
+            let unsettled: Vec<String> = members
+                .iter()
+                .filter(|m| {
+                    m["live"].as_bool() != Some(true)
+                        || m["state"] != "normal"
+                        || !m["to_move"].is_null()
+                })
+                .map(|m| {
+                    format!(
+                        "{} live={} state={} to_move={}",
+                        m["id"], m["live"], m["state"], m["to_move"]
+                    )
+                })
+                .collect();
+            if &ids != want || !unsettled.is_empty() {
+                return Err(format!(
+                    "node {} sees members {ids:?}; not live+normal: {unsettled:?}",
+                    i + 1
+                ));
+            }
+            let ring = c["ring_hash"].as_str().unwrap_or("?").to_owned();
+            // Nothing moves: the write ring (when shown) is the read ring.
+            if let Some(write) = c["write_ring_hash"].as_str() {
+                if write != ring {
+                    return Err(format!(
+                        "node {}: write ring {write} differs from ring {ring}",
+                        i + 1
+                    ));
+                }
+            }
+            hashes.insert(ring);
+        }
+        if hashes.len() != 1 {
+            return Err(format!("ring hashes differ: {hashes:?}"));
+        }
+        Ok(hashes.into_iter().next().unwrap_or_default())
+    })
+    .await
+}
+
+/// The ids of the nodes in `nodes` that store `key` (per `/debug/local`).
+pub async fn holders(nodes: &[&TestNode], key: &str) -> Result<BTreeSet<String>, String> {
+    let mut out = BTreeSet::new();
+    for node in nodes {
+        if try_local(node, key).await?.is_some() {
+            out.insert(node.node_id.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Sum of the named `/debug/replication` counters over `nodes`.
+pub async fn counters_sum(nodes: &[&TestNode], names: &[&str]) -> u64 {
+    let mut total = 0;
+    for node in nodes {
+        let r = replication_json(node).await;
+        for name in names {
+            total += counter(&r, name);
+        }
+    }
+    total
+}
