@@ -454,99 +454,10 @@ impl TestNode {
 /// (up to `ready_timeout`) for its `/ready`, which a joining node answers only once it has
 /// pulled its ranges: that may take longer than the 10 s `TestNode::start_with` allows.
 pub async fn start_joiner(seed: &TestNode, extra: &[&str], ready_timeout: Duration) -> TestNode {
-    use std::io::Write as _;
-    use std::process::{Command, Stdio};
-
     let seed_addr = seed.gossip_addr.to_string();
-    let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-    args.extend(["--seed".to_owned(), seed_addr]);
-    let tmp = tempfile::Builder::new()
-        .prefix("ringkv-test-")
-        .tempdir()
-        .expect("create tempdir");
-    let data_dir = tmp.path().join("data");
-    let log_path = tmp.path().join("node.log");
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .expect("open node log");
-    writeln!(log, "===== spawn ringkv serve {args:?} (joiner) =====").ok();
-    let stderr = log.try_clone().expect("clone log handle");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringkv"));
-    cmd.arg("serve")
-        .args(["--http-addr", "127.0.0.1:0"])
-        .args(["--rpc-addr", "127.0.0.1:0", "--gossip-addr", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(stderr));
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("RINGKV_") {
-            cmd.env_remove(k);
-        }
-    }
-    let mut child = cmd.spawn().expect("spawn ringkv serve");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    let mut node = TestNode {
-        child: Some(child),
-        tmp,
-        data_dir,
-        log_path,
-        extra_args: args,
-        addr: any,
-        rpc_addr: any,
-        gossip_addr: any,
-        reuse_addrs: false,
-        node_id: String::new(),
-        client: super::http_client(),
-    };
-    let (tx, rx) = tokio::sync::oneshot::channel::<String>();
-    std::thread::spawn(move || super::read_ready_line(stdout, tx, log));
-    let line = match tokio::time::timeout(super::READY_LINE_TIMEOUT, rx).await {
-        Ok(Ok(line)) => line,
-        _ => {
-            node.kill_now();
-            panic!(
-                "joiner printed no ready line\n--- log ---\n{}",
-                node.log_tail(200)
-            );
-        }
-    };
-    let parsed = super::parse_ready_line(&line)
-        .and_then(|(a, id)| super::parse_ready_line_peer_addrs(&line).map(|p| (a, id, p)));
-    let (addr, node_id, (rpc_addr, gossip_addr)) = match parsed {
-        Ok(p) => p,
-        Err(e) => {
-            node.kill_now();
-            panic!(
-                "bad ready line {line:?}: {e}\n--- log ---\n{}",
-                node.log_tail(200)
-            );
-        }
-    };
-    node.addr = addr;
-    node.rpc_addr = rpc_addr;
-    node.gossip_addr = gossip_addr;
-    node.node_id = node_id;
-    let deadline = Instant::now() + ready_timeout;
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        match node.client.get(node.url("/ready")).send().await {
-            Ok(r) if r.status() == StatusCode::OK => return node,
-            Ok(r) => last = format!("status {}", r.status()),
-            Err(e) => last = format!("error {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    node.kill_now();
-    panic!(
-        "joiner's /ready never answered 200 within {ready_timeout:?} (last: {last})\n--- log ---\n{}",
-        node.log_tail(200)
-    );
+    let mut args: Vec<&str> = extra.to_vec();
+    args.extend(["--seed", seed_addr.as_str()]);
+    TestNode::start_with_ready_timeout(&args, ready_timeout).await
 }
 
 /// `POST {path}` on `node` with an empty body: (status, body as JSON or a JSON string).

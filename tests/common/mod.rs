@@ -226,6 +226,9 @@ pub struct TestNode {
     pub node_id: String,
     /// A client for this node (recreated on restart).
     pub client: reqwest::Client,
+    /// How long `/ready` may take after the ready line (a joining node pulls its ranges
+    /// first).
+    ready_timeout: Duration,
 }
 
 impl TestNode {
@@ -236,6 +239,14 @@ impl TestNode {
 
     /// Starts a node with extra `serve` flags (e.g. `["--max-value-bytes", "1024"]`).
     pub async fn start_with(extra_args: &[&str]) -> TestNode {
+        TestNode::start_with_ready_timeout(extra_args, Duration::from_secs(10)).await
+    }
+
+    /// As [`TestNode::start_with`], allowing `ready_timeout` for `/ready` to turn 200.
+    pub async fn start_with_ready_timeout(
+        extra_args: &[&str],
+        ready_timeout: Duration,
+    ) -> TestNode {
         let tmp = tempfile::Builder::new()
             .prefix("ringkv-test-")
             .tempdir()
@@ -254,6 +265,7 @@ impl TestNode {
             reuse_addrs: false,
             node_id: String::new(),
             client: http_client(),
+            ready_timeout,
         };
         node.spawn().await;
         node
@@ -385,9 +397,9 @@ impl TestNode {
         self.wait_ready().await;
     }
 
-    /// Polls `/ready` until 200 (bounded: 10 s).
+    /// Polls `/ready` until 200 (bounded by `ready_timeout`).
     async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + self.ready_timeout;
         let mut last = String::new();
         while Instant::now() < deadline {
             match self.client.get(self.url("/ready")).send().await {
