@@ -51,16 +51,23 @@ impl TreeDelta {
         if !before.is_empty() {
             entry.1.add(Summary::of(key.as_bytes(), digest(before)));
         }
+        // The tombstone row exists exactly when the set is stored and all tombstones: only
+        // then is there one to remove, which spares every ordinary write a B-tree delete.
+        let had_tombstone_row = !before.is_empty() && !before.has_live();
         if after.is_empty() {
             txn.delete(Table::Index, &ikey)?;
-            txn.delete(Table::Tombstones, key.as_bytes())?;
+            if had_tombstone_row {
+                txn.delete(Table::Tombstones, key.as_bytes())?;
+            }
             return Ok(());
         }
         let d = digest(after);
         entry.0.add(Summary::of(key.as_bytes(), d));
         txn.put(Table::Index, &ikey, &d.to_be_bytes())?;
         if after.has_live() {
-            txn.delete(Table::Tombstones, key.as_bytes())?;
+            if had_tombstone_row {
+                txn.delete(Table::Tombstones, key.as_bytes())?;
+            }
         } else {
             let newest = after
                 .versions()
