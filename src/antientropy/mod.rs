@@ -73,13 +73,13 @@ impl AntiEntropy {
         }
     }
 
-    /// Exchanges one range with one fellow replica; `Ok(false)` when none was reachable.
+    /// Exchanges one range with one fellow replica; `false` when none was reachable.
     async fn exchange_range(
         &self,
         view: &ClusterView,
         intervals: &[Interval],
         peers: &[NodeId],
-    ) -> Result<bool, String> {
+    ) -> bool {
         for id in peers
             .iter()
             .filter(|id| **id != view.self_id && view.is_healthy(**id))
@@ -93,12 +93,12 @@ impl AntiEntropy {
                     if done.pulled + done.pushed > 0 {
                         tracing::debug!(peer = %id, pulled = done.pulled, pushed = done.pushed, "anti-entropy repaired keys");
                     }
-                    return Ok(true);
+                    return true;
                 }
                 Err(e) => tracing::debug!(peer = %id, error = %e, "anti-entropy exchange failed"),
             }
         }
-        Ok(false)
+        false
     }
 
     /// Exchanges every range this node owns (in the write ring when `use_write_ring`, as a
@@ -250,8 +250,7 @@ impl AntiEntropy {
         let len = peers.len().max(1);
         peers.rotate_left(*cursor / owned.len() % len);
         self.stats.ae_rounds.inc();
-        let _ = self
-            .exchange_range(view, &ranges::intervals(range), &peers)
+        self.exchange_range(view, &ranges::intervals(range), &peers)
             .await;
     }
 

@@ -6,7 +6,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{CoordError, Inner, Page};
+use super::{CoordError, CoordinatorParts as Inner, Page};
 use crate::cluster::membership::ClusterView;
 use crate::key::Key;
 use crate::rpc::{Request, Response, ScanRange};

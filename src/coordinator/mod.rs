@@ -28,7 +28,6 @@ use crate::stats::ReplicationStats;
 use crate::version::{Payload, SiblingSet, VersionVector};
 
 pub use list::ListRange;
-pub use Inner as CoordinatorParts;
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -92,11 +91,11 @@ pub struct CoordinatorConfig {
 
 #[derive(Clone)]
 pub struct Coordinator {
-    inner: Arc<Inner>,
+    inner: Arc<CoordinatorParts>,
 }
 
 /// What a coordinator works with.
-pub struct Inner {
+pub struct CoordinatorParts {
     pub local: LocalKv,
     pub view: watch::Receiver<Arc<ClusterView>>,
     pub rpc: Arc<RpcClient>,
@@ -106,7 +105,7 @@ pub struct Inner {
 }
 
 impl Coordinator {
-    pub fn new(parts: Inner) -> Self {
+    pub fn new(parts: CoordinatorParts) -> Self {
         Coordinator {
             inner: Arc::new(parts),
         }
@@ -302,7 +301,7 @@ impl Coordinator {
     }
 }
 
-impl Inner {
+impl CoordinatorParts {
     fn effective(&self, view: &ClusterView) -> Replication {
         self.config.replication.effective(view.ring.len())
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{CoordError, Inner};
+use super::{CoordError, CoordinatorParts as Inner};
 use crate::cluster::membership::ClusterView;
 use crate::cluster::NodeId;
 use crate::key::Key;

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{CoordError, Inner};
+use super::{CoordError, CoordinatorParts as Inner};
 use crate::cluster::membership::ClusterView;
 use crate::cluster::NodeId;
 use crate::key::Key;
