@@ -1,0 +1,358 @@
+//! One simulated run: form the cluster, load it under the nemesis, heal, settle, probe,
+//! gather and check.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::rc::Rc;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use bytes::Bytes;
+use hyper::Method;
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+
+use crate::checker::{self, Violation};
+use crate::cluster::{self, NodeSlot};
+use crate::collect::{self, Collected};
+use crate::config::SimConfig;
+use crate::gossip::Envelopes;
+use crate::history::Event;
+use crate::nemesis::{self, Action};
+use crate::workload::{addr, node_name, Client, History, Targets};
+use crate::{entropy, http, net, trace};
+
+/// Time for the cluster to form before the load starts.
+const FORMATION: Duration = Duration::from_secs(6);
+/// After the probes, before gathering: their replication finishes in the background.
+const PROBE_SETTLE: Duration = Duration::from_secs(3);
+/// The checker's own phase may take this long at most.
+const CHECK_BUDGET: Duration = Duration::from_secs(300);
+
+#[derive(Debug)]
+pub struct Report {
+    pub config: SimConfig,
+    pub violations: Vec<Violation>,
+    pub history: Vec<Event>,
+    pub trace_hash: u64,
+    /// The run stopped early: the simulation itself failed (a panic in a host, say).
+    pub aborted: Option<String>,
+    pub simulated: Duration,
+    pub wall: Duration,
+    pub faults: usize,
+}
+
+impl Report {
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty() && self.aborted.is_none()
+    }
+
+    pub fn acked_writes(&self) -> usize {
+        self.history.iter().filter(|e| e.is_acked_write()).count()
+    }
+}
+
+struct Run<'a> {
+    config: SimConfig,
+    sim: turmoil::Sim<'a>,
+    slots: Vec<Rc<NodeSlot>>,
+    envelopes: Envelopes,
+    started: Vec<usize>,
+    down: BTreeSet<usize>,
+    left: BTreeSet<usize>,
+    targets: Targets,
+    history: History,
+    helpers: usize,
+    faults: usize,
+}
+
+/// Runs one simulation on the current thread. Use [`run_on_fresh_thread`] from outside:
+/// determinism needs a thread of its own.
+pub fn run(config: &SimConfig) -> Report {
+    let wall = Instant::now();
+    entropy::seed_thread(config.seed);
+    trace::start();
+    let mut builder = turmoil::Builder::new();
+    builder
+        .rng_seed(config.seed)
+        .epoch(UNIX_EPOCH + Duration::from_millis(net::EPOCH_MS))
+        .tick_duration(config.tick)
+        .min_message_latency(config.min_latency)
+        .max_message_latency(config.max_latency)
+        .simulation_duration(Duration::from_secs(365 * 24 * 3600));
+    let mut run = Run {
+        config: config.clone(),
+        sim: builder.build(),
+        slots: (0..=config.nodes + 1)
+            .map(|_| Rc::new(NodeSlot::default()))
+            .collect(),
+        envelopes: Envelopes::default(),
+        started: Vec::new(),
+        down: BTreeSet::new(),
+        left: BTreeSet::new(),
+        targets: Rc::new(RefCell::new((1..=config.nodes).collect())),
+        history: Rc::new(RefCell::new(Vec::new())),
+        helpers: 0,
+        faults: 0,
+    };
+    let outcome = run.drive();
+    run.teardown();
+    let history = run.history.borrow().clone();
+    let (violations, aborted) = match outcome {
+        Ok(collected) => {
+            let expect: Vec<usize> = run
+                .started
+                .iter()
+                .copied()
+                .filter(|n| !run.left.contains(n))
+                .collect();
+            let strict = config.r + config.w > config.n;
+            (checker::check(&history, &collected, &expect, strict), None)
+        }
+        Err(e) => (Vec::new(), Some(e)),
+    };
+    let simulated = run.sim.elapsed();
+    let faults = run.faults;
+    drop(run);
+    let trace_hash = trace::finish();
+    entropy::clear();
+    Report {
+        config: config.clone(),
+        violations,
+        history,
+        trace_hash,
+        aborted,
+        simulated,
+        wall: wall.elapsed(),
+        faults,
+    }
+}
+
+/// Runs one simulation on a new thread (fresh thread-locals, its own entropy).
+pub fn run_on_fresh_thread(config: &SimConfig) -> Report {
+    let config = config.clone();
+    std::thread::Builder::new()
+        .name(format!("sim-{}", config.seed))
+        .stack_size(64 * 1024 * 1024)
+        .spawn(move || run(&config))
+        .expect("spawn a simulation thread")
+        .join()
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Report {
+                config: SimConfig::default(),
+                violations: Vec::new(),
+                history: Vec::new(),
+                trace_hash: 0,
+                aborted: Some(format!("panic: {what}")),
+                simulated: Duration::ZERO,
+                wall: Duration::ZERO,
+                faults: 0,
+            }
+        })
+}
+
+impl Run<'_> {
+    fn drive(&mut self) -> Result<Collected, String> {
+        for i in 1..=self.config.nodes {
+            self.start_node(i);
+        }
+        let load_end = FORMATION + self.config.duration;
+        for c in 1..=self.config.clients {
+            let client = Client {
+                id: c,
+                seed: self.config.seed.wrapping_mul(1000).wrapping_add(c as u64),
+                keys: self.config.keys,
+                start_at: FORMATION,
+                stop_at: load_end,
+                timeout: self.config.client_timeout,
+                think: self.config.think,
+                targets: self.targets.clone(),
+                history: self.history.clone(),
+            };
+            self.sim.client(format!("client{c}"), client.run());
+        }
+        let mut rng = SmallRng::seed_from_u64(self.config.seed ^ 0xfa17);
+        let schedule = nemesis::schedule(&self.config, &mut rng, FORMATION, load_end);
+        let mut next = schedule.into_iter().peekable();
+        while self.sim.elapsed() < load_end {
+            while let Some((_, action)) = next.next_if(|(at, _)| *at <= self.sim.elapsed()) {
+                tracing::debug!(at = ?self.sim.elapsed(), ?action, "nemesis");
+                self.faults += 1;
+                self.apply(action);
+            }
+            self.step()?;
+        }
+
+        // The final heal: every link back, every crashed node restarted.
+        self.apply(Action::HealNetwork);
+        let down: Vec<usize> = self.down.iter().copied().collect();
+        self.apply(Action::Restart(down));
+        self.run_for(self.config.settle)?;
+
+        let collected: Rc<RefCell<Option<Collected>>> = Rc::new(RefCell::new(None));
+        let up: Vec<usize> = self
+            .started
+            .iter()
+            .copied()
+            .filter(|n| !self.left.contains(n))
+            .collect();
+        let candidates = self.started.clone();
+        let (keys, seed, history, out) = (
+            self.config.keys,
+            self.config.seed,
+            self.history.clone(),
+            collected.clone(),
+        );
+        self.sim.client("checker", async move {
+            let probes = collect::probe(&up, keys, seed, &history).await;
+            tokio::time::sleep(PROBE_SETTLE).await;
+            let mut c = collect::gather(&candidates, keys).await;
+            c.probes = probes;
+            *out.borrow_mut() = Some(c);
+            Ok(())
+        });
+        let deadline = self.sim.elapsed() + CHECK_BUDGET;
+        while collected.borrow().is_none() {
+            if self.sim.elapsed() > deadline {
+                return Err("the checker did not finish within its budget".into());
+            }
+            self.step()?;
+        }
+        let c = collected.borrow_mut().take().expect("collected");
+        Ok(c)
+    }
+
+    fn step(&mut self) -> Result<(), String> {
+        self.sim.step().map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    fn run_for(&mut self, d: Duration) -> Result<(), String> {
+        let until = self.sim.elapsed() + d;
+        while self.sim.elapsed() < until {
+            self.step()?;
+        }
+        Ok(())
+    }
+
+    fn start_node(&mut self, i: usize) {
+        let (config, slot, envelopes) = (
+            self.config.clone(),
+            self.slots[i].clone(),
+            self.envelopes.clone(),
+        );
+        self.sim.host(node_name(i), move || {
+            cluster::run_node(config.clone(), i, slot.clone(), envelopes.clone())
+        });
+        self.started.push(i);
+    }
+
+    fn apply(&mut self, action: Action) {
+        match action {
+            Action::Partition(groups) => {
+                for (gi, a) in groups.iter().enumerate() {
+                    for b in &groups[gi + 1..] {
+                        for x in a {
+                            for y in b {
+                                self.sim.partition(node_name(*x), node_name(*y));
+                            }
+                        }
+                    }
+                }
+            }
+            Action::Clog(n) => {
+                for other in self.hosts() {
+                    if other != node_name(n) {
+                        self.sim.hold(node_name(n), other);
+                    }
+                }
+            }
+            Action::Unclog(n) => {
+                for other in self.hosts() {
+                    if other != node_name(n) {
+                        self.sim.release(node_name(n), other);
+                    }
+                }
+            }
+            Action::Crash(nodes) => {
+                for n in nodes {
+                    if self.started.contains(&n) && self.down.insert(n) {
+                        // Fence the disk first: the crash runs destructors, and redb's
+                        // would otherwise commit on a machine that has lost power.
+                        if let Some(fence) = self.slots[n].fence.borrow().as_ref() {
+                            fence.trip();
+                        }
+                        self.sim.crash(node_name(n));
+                    }
+                }
+            }
+            Action::Restart(nodes) => {
+                for n in nodes {
+                    if self.down.remove(&n) {
+                        self.sim.bounce(node_name(n));
+                    }
+                }
+            }
+            Action::Loss(rate) => self.sim.set_fail_rate(rate),
+            Action::HealNetwork => {
+                self.sim.set_fail_rate(0.0);
+                let hosts = self.hosts();
+                for (i, a) in hosts.iter().enumerate() {
+                    for b in &hosts[i + 1..] {
+                        self.sim.release(a.as_str(), b.as_str());
+                    }
+                }
+            }
+            Action::Join(n) => {
+                if n < self.slots.len() && !self.started.contains(&n) {
+                    self.start_node(n);
+                    self.targets.borrow_mut().push(n);
+                }
+            }
+            Action::Leave(n) => {
+                if !self.started.contains(&n) || self.left.contains(&n) {
+                    return;
+                }
+                self.left.insert(n);
+                self.targets.borrow_mut().retain(|t| *t != n);
+                self.helpers += 1;
+                self.sim
+                    .client(format!("leave{}", self.helpers), async move {
+                        let r = http::request(
+                            addr(n),
+                            Method::POST,
+                            "/admin/leave",
+                            &[],
+                            Bytes::new(),
+                            Duration::from_secs(10),
+                        )
+                        .await;
+                        tracing::debug!(node = n, ?r, "leave requested");
+                        Ok(())
+                    });
+            }
+        }
+    }
+
+    /// Every node host and client host, by name.
+    fn hosts(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.started.iter().map(|n| node_name(*n)).collect();
+        names.extend((1..=self.config.clients).map(|c| format!("client{c}")));
+        names
+    }
+
+    /// Power off every host before the simulation is dropped, fences first.
+    fn teardown(&mut self) {
+        for n in self.started.clone() {
+            if let Some(fence) = self.slots[n].fence.borrow().as_ref() {
+                fence.trip();
+            }
+            if !self.down.contains(&n) {
+                self.sim.crash(node_name(n));
+            }
+        }
+    }
+}
