@@ -1,4 +1,7 @@
 //! A client for the HTTP API, over a pooled keep-alive connection set (reqwest).
+//!
+//! One [`Client`] is cheap to clone and shares its pool: the CLI makes one per command,
+//! `ringkv bench` one per node shared by all its workers.
 
 use std::time::Duration;
 
@@ -78,32 +81,135 @@ struct SiblingsBody {
     siblings: Vec<Sibling>,
 }
 
+/// How a [`Client`] talks to its node.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// The whole request, connect to last body byte.
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Idle keep-alive connections kept for reuse: at least the number of requests the
+    /// caller has in flight, or every burst past it dials anew.
+    pub max_idle_connections: usize,
+    /// Sent as `?r=` on reads and `?w=` on writes (`2`, `one`, `quorum`, `all`); the
+    /// node's defaults when `None`.
+    pub r: Option<String>,
+    pub w: Option<String>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            max_idle_connections: 64,
+            r: None,
+            w: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Client {
     http: reqwest::Client,
     base: String,
+    /// `?r=…` and `?w=…`, or empty.
+    read_query: String,
+    write_query: String,
 }
 
 impl Client {
     /// A client for the node at `base` (`http://host:port`).
     pub fn new(base: &str) -> Result<Self, ClientError> {
+        Self::with_options(base, &ClientOptions::default())
+    }
+
+    /// A client whose every request, connecting included, ends after `timeout`.
+    pub fn with_timeout(base: &str, timeout: Duration) -> Result<Self, ClientError> {
+        Self::with_options(
+            base,
+            &ClientOptions {
+                timeout,
+                connect_timeout: timeout,
+                ..ClientOptions::default()
+            },
+        )
+    }
+
+    pub fn with_options(base: &str, options: &ClientOptions) -> Result<Self, ClientError> {
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(64)
+            .timeout(options.timeout)
+            .connect_timeout(options.connect_timeout)
+            .pool_max_idle_per_host(options.max_idle_connections)
+            .tcp_nodelay(true)
             .build()?;
+        let query = |name: &str, v: &Option<String>| {
+            v.as_deref()
+                .map(|v| format!("?{name}={}", utf8_percent_encode(v, KEY_ESCAPES)))
+                .unwrap_or_default()
+        };
         Ok(Client {
             http,
             base: base.trim_end_matches('/').to_owned(),
+            read_query: query("r", &options.r),
+            write_query: query("w", &options.w),
         })
+    }
+
+    /// The node this client talks to.
+    pub fn base(&self) -> &str {
+        &self.base
     }
 
     pub fn key_url(&self, key: &str) -> String {
         format!("{}/kv/{}", self.base, utf8_percent_encode(key, KEY_ESCAPES))
     }
 
+    fn read_url(&self, key: &str) -> String {
+        let mut url = self.key_url(key);
+        url.push_str(&self.read_query);
+        url
+    }
+
+    fn write_url(&self, key: &str) -> String {
+        let mut url = self.key_url(key);
+        url.push_str(&self.write_query);
+        url
+    }
+
+    /// Whether `key` has a live value, without reading the body into a result: the read
+    /// of a load generator, which must not measure its own parsing.
+    pub async fn exists(&self, key: &str) -> Result<bool, ClientError> {
+        let resp = self.http.get(self.read_url(key)).send().await?;
+        match resp.status() {
+            StatusCode::OK | StatusCode::MULTIPLE_CHOICES => {
+                resp.bytes().await?;
+                Ok(true)
+            }
+            StatusCode::NOT_FOUND => {
+                resp.bytes().await?;
+                Ok(false)
+            }
+            _ => Err(api_error(resp).await),
+        }
+    }
+
+    /// A blind write that does not keep the new token.
+    pub async fn put_blind(&self, key: &str, value: Bytes) -> Result<(), ClientError> {
+        let resp = self
+            .http
+            .put(self.write_url(key))
+            .body(value)
+            .send()
+            .await?;
+        match resp.status() {
+            StatusCode::NO_CONTENT | StatusCode::OK => Ok(()),
+            _ => Err(api_error(resp).await),
+        }
+    }
+
     /// Reads a key; `None` when it has no live value.
     pub async fn get(&self, key: &str) -> Result<Option<ReadResult>, ClientError> {
-        let resp = self.http.get(self.key_url(key)).send().await?;
+        let resp = self.http.get(self.read_url(key)).send().await?;
         let token = header(&resp, TOKEN_HEADER);
         match resp.status() {
             StatusCode::OK => {
@@ -140,7 +246,7 @@ impl Client {
         content_type: Option<&str>,
         token: Option<&str>,
     ) -> Result<String, ClientError> {
-        let mut req = self.http.put(self.key_url(key)).body(value);
+        let mut req = self.http.put(self.write_url(key)).body(value);
         if let Some(ct) = content_type {
             req = req.header("content-type", ct);
         }
@@ -156,7 +262,7 @@ impl Client {
 
     /// Deletes a key; `false` when there was no live value.
     pub async fn delete(&self, key: &str, token: Option<&str>) -> Result<bool, ClientError> {
-        let mut req = self.http.delete(self.key_url(key));
+        let mut req = self.http.delete(self.write_url(key));
         if let Some(t) = token {
             req = req.header(TOKEN_HEADER, t);
         }
@@ -208,6 +314,11 @@ impl Client {
         Ok(resp.json().await?)
     }
 
+    /// `GET /ready`: `Ok` once the node serves requests, its error (`not_ready`) before.
+    pub async fn ready(&self) -> Result<(), ClientError> {
+        self.get_json("/ready").await.map(|_| ())
+    }
+
     /// `GET /cluster`, as JSON.
     pub async fn cluster(&self) -> Result<serde_json::Value, ClientError> {
         self.get_json("/cluster").await
@@ -216,10 +327,16 @@ impl Client {
     /// Whether this node itself stores `key` (`GET /debug/local/{key}`), tombstones
     /// included.
     pub async fn stores(&self, key: &str) -> Result<bool, ClientError> {
+        Ok(self.local(key).await?.is_some())
+    }
+
+    /// This node's own sibling set for `key` (`GET /debug/local/{key}`), tombstones
+    /// included; `None` when it stores nothing for the key.
+    pub async fn local(&self, key: &str) -> Result<Option<serde_json::Value>, ClientError> {
         let path = format!("/debug/local/{}", utf8_percent_encode(key, KEY_ESCAPES));
         match self.get_json(&path).await {
-            Ok(_) => Ok(true),
-            Err(ClientError::Api { status: 404, .. }) => Ok(false),
+            Ok(set) => Ok(Some(set)),
+            Err(ClientError::Api { status: 404, .. }) => Ok(None),
             Err(e) => Err(e),
         }
     }

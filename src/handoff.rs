@@ -1,6 +1,8 @@
 //! Hinted handoff: hands hints back to their targets once the failure detector says they
 //! are live again, and deletes each hint once its target acknowledged it. Hints older
 //! than `--max-hint-age` are dropped and counted; anti-entropy repairs what they held.
+//! Hints for a member that left or was removed go to their keys' owners instead: they may
+//! hold the only second copy of an acknowledged write.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +29,8 @@ pub struct HandoffConfig {
     pub batch: usize,
     pub max_age: Duration,
     pub rpc_timeout: Duration,
+    /// The configured N: hints for a member that is gone go to the key's owners.
+    pub n: usize,
 }
 
 pub struct Handoff {
@@ -56,6 +60,15 @@ impl Handoff {
                     return;
                 }
                 let view = self.view.borrow().clone();
+                // Members that left or were removed drop out of the view. A view of this
+                // node alone (it just started and has heard from no one) proves nothing.
+                let gone = view.member(target).is_none() && view.members.len() > 1;
+                if gone {
+                    if let Err(e) = self.reroute(target, &view, &shutdown).await {
+                        tracing::warn!(peer = %target, error = %e, "rerouting hints failed; will retry");
+                    }
+                    continue;
+                }
                 let deliverable = target != view.self_id && view.is_healthy(target);
                 let addr = view.member(target).map(|m| m.rpc_addr);
                 // Hints for a down target are only read to expire them, which is rare work:
@@ -70,6 +83,56 @@ impl Handoff {
                     tracing::warn!(peer = %target, error = %e, "hint delivery failed; will retry");
                 }
             }
+        }
+    }
+
+    /// Hands the hints held for a member that left or was removed to each key's
+    /// owners now (merged here when this node is one), then deletes them.
+    async fn reroute(
+        &self,
+        target: NodeId,
+        view: &ClusterView,
+        shutdown: &CancellationToken,
+    ) -> Result<(), String> {
+        let mut after = None;
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            let hints = self
+                .local
+                .scan_hints(target.0, after.as_ref(), self.config.batch)
+                .map_err(|e| e.to_string())?;
+            let Some(last) = hints.last() else {
+                return Ok(());
+            };
+            after = Some(last.key.clone());
+            let mut by_owner: std::collections::BTreeMap<NodeId, Vec<&StoredHint>> =
+                Default::default();
+            for h in &hints {
+                for owner in view.owners(h.key.as_bytes(), self.config.n) {
+                    by_owner.entry(owner).or_default().push(h);
+                }
+            }
+            for (owner, owned) in by_owner {
+                if owner == view.self_id {
+                    for h in owned {
+                        self.local
+                            .merge(h.key.clone(), h.record.set.clone())
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    }
+                    continue;
+                }
+                let addr = view
+                    .member(owner)
+                    .filter(|_| view.is_healthy(owner))
+                    .map(|m| m.rpc_addr)
+                    .ok_or_else(|| format!("owner {owner} is not reachable"))?;
+                self.send(addr, owned).await?;
+            }
+            self.delete_delivered(target, &hints).await?;
+            tracing::info!(peer = %target, hints = hints.len(), "hints for a departed member handed to the keys' owners");
         }
     }
 
@@ -112,33 +175,51 @@ impl Handoff {
             if fresh.is_empty() {
                 continue;
             }
-            let request = Request::Merge {
-                entries: fresh
-                    .iter()
-                    .map(|h| (h.key.as_str().to_owned(), h.record.set.clone()))
-                    .collect(),
-            };
-            match self.rpc.call(addr, request, self.config.rpc_timeout).await {
-                Ok(Response::Merged) => {}
-                Ok(other) => return Err(format!("unexpected answer {other:?}")),
-                Err(e) => return Err(e.to_string()),
-            }
-            for hint in &fresh {
-                // A hint merged again since it was read stays, and goes out next round.
-                if self
-                    .local
-                    .delete_hint(target.0, hint)
-                    .await
-                    .map_err(|e| e.to_string())?
-                {
-                    self.stats.hints_delivered.inc();
-                    delivered += 1;
-                }
-            }
+            self.send(addr, fresh.iter().collect()).await?;
+            delivered += self.delete_delivered(target, &fresh).await?;
         }
         if delivered > 0 {
             tracing::info!(peer = %target, delivered, "hints handed off");
         }
         Ok(())
+    }
+
+    /// Merges `hints` into the node at `addr`.
+    async fn send(
+        &self,
+        addr: std::net::SocketAddr,
+        hints: Vec<&StoredHint>,
+    ) -> Result<(), String> {
+        let entries = hints
+            .iter()
+            .map(|h| (h.key.as_str().to_owned(), h.record.set.clone()))
+            .collect();
+        match self
+            .rpc
+            .call(addr, Request::Merge { entries }, self.config.rpc_timeout)
+            .await
+        {
+            Ok(Response::Merged) => Ok(()),
+            Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Deletes hints that were delivered; returns how many. A hint merged again since it
+    /// was read stays, and goes out next round.
+    async fn delete_delivered(&self, target: NodeId, hints: &[StoredHint]) -> Result<u64, String> {
+        let mut deleted = 0;
+        for hint in hints {
+            if self
+                .local
+                .delete_hint(target.0, hint)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                self.stats.hints_delivered.inc();
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
     }
 }

@@ -23,6 +23,14 @@ impl Identity {
         self.actor.node
     }
 
+    /// The node id this data dir holds, if any, without touching anything else.
+    pub fn stored_node_id(store: &dyn Store) -> Result<Option<u64>, StoreError> {
+        Ok(store
+            .get(Table::Meta, NODE_ID)?
+            .and_then(|raw| <[u8; 8]>::try_from(raw.as_slice()).ok())
+            .map(u64::from_be_bytes))
+    }
+
     /// Loads or creates the identity and marks the node running, durably, before it
     /// issues any dot.
     pub fn load(store: &dyn Store, fresh_id: impl FnOnce() -> u64) -> Result<Self, StoreError> {

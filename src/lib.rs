@@ -13,11 +13,15 @@
 //!   [`net::Network`], so the same node runs on tokio sockets and inside turmoil.
 //! - [`http`]: the axum API, its error shape and limits.
 //! - [`node`]: starts and stops a whole node.
-//! - [`client`]: an HTTP client for the API, used by the CLI.
+//! - [`client`]: an HTTP client for the API (pooled keep-alive), used by the CLI and
+//!   by `ringkv bench`.
+//! - [`bench`]: the load generator behind `ringkv bench`: targets (ringkv, etcd, Redis,
+//!   the reference), workload, HdrHistogram reports, server CPU and `/metrics` figures.
 //! - [`cli`] and [`telemetry`]: the `ringkv` command line and its logging.
 
 pub mod admin;
 pub mod antientropy;
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod cluster;

@@ -100,7 +100,11 @@ impl RpcHandler for ReplicaService {
                 },
             },
             Request::Forward(fw) => match self.coordinator.forwarded(fw).await {
-                Ok((found, set)) => Response::Written { found, set },
+                Ok(w) => Response::Written {
+                    found: w.found,
+                    set: w.set,
+                    dot: w.dot,
+                },
                 Err(e) => Response::Error(e.into()),
             },
             Request::Scan(range) => self.scan(range),

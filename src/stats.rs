@@ -56,4 +56,22 @@ pub struct ReplicationStats {
     pub keys_handed_off: Counter,
     /// Tombstones removed after every replica held them past the grace period.
     pub tombstones_collected: Counter,
+    /// Client writes (puts and deletes) this node answered as stored at W, forwarded
+    /// ones included: the denominator of fsyncs and internode bytes per write.
+    pub writes_acknowledged: Counter,
+    /// Client reads this node answered.
+    pub reads_served: Counter,
+}
+
+/// What the group-commit writer did. Commits that fsynced, over acknowledged writes, is
+/// the figure group commit exists to bring down.
+#[derive(Debug, Default, Serialize)]
+pub struct StorageStats {
+    /// Transactions committed.
+    pub commits: Counter,
+    /// Commits that were fsynced before their writes were answered (`--fsync always`),
+    /// plus the timer's syncs (`--fsync periodic`) and the final one.
+    pub fsyncs: Counter,
+    /// Mutations committed, over every batch.
+    pub mutations: Counter,
 }

@@ -309,3 +309,94 @@ async fn node_from_environment() {
     );
     assert_stdout_value(&out, b"via env", "get with RINGKV_NODE");
 }
+
+#[tokio::test]
+async fn health_is_zero_when_ready_and_one_line_otherwise() {
+    let node = TestNode::start().await;
+    let out = cli_ok(&node, &["health"]).await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ready");
+    // The node from the environment, as the container health check runs it.
+    let url = node.base_url();
+    let out = run_cli(None, &["health"], None, &[("RINGKV_NODE", &url)]).await;
+    assert!(out.status.success(), "{}", describe(&["health"], &out));
+
+    // Nobody listens on a port we just released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let out = run_cli(Some(&url), &["health"], None, &[]).await;
+    assert_one_line_error(&out, "health of an unreachable node");
+}
+
+/// A node given a seed that never answers serves HTTP but is not ready (503): `health`
+/// fails, and says why.
+#[tokio::test]
+async fn health_fails_on_a_node_that_has_not_joined() {
+    let nowhere = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("free port");
+    let node = NotReadyNode::start(&nowhere.to_string()).await;
+    let out = run_cli(Some(&node.url), &["health", "--timeout", "1s"], None, &[]).await;
+    assert_one_line_error(&out, "health of a node that has not joined");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not_ready"),
+        "the reason names the 503's code: {stderr:?}"
+    );
+}
+
+/// `ringkv serve` with a seed: it prints its ready line (listeners bound) and then waits
+/// for a peer that never comes. Killed on drop (`kill_on_drop`).
+struct NotReadyNode {
+    _child: tokio::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl NotReadyNode {
+    async fn start(seed: &str) -> NotReadyNode {
+        use tokio::io::AsyncBufReadExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ringkv"))
+            .args([
+                "serve",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--rpc-addr",
+                "127.0.0.1:0",
+            ])
+            .args(["--gossip-addr", "127.0.0.1:0", "--seed", seed])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn ringkv serve");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(READY_LINE_TIMEOUT, lines.next_line())
+            .await
+            .expect("a ready line in time")
+            .expect("read stdout")
+            .expect("a ready line before EOF");
+        let (addr, _) = parse_ready_line(&line).expect("a well-formed ready line");
+        let url = format!("http://{addr}");
+        // It really is not ready: /ready answers 503.
+        let status = http_client()
+            .get(format!("{url}/ready"))
+            .send()
+            .await
+            .expect("GET /ready")
+            .status();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        NotReadyNode {
+            _child: child,
+            url,
+            _dir: dir,
+        }
+    }
+}

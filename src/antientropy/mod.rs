@@ -238,20 +238,36 @@ impl AntiEntropy {
         }
     }
 
-    /// One periodic exchange: the next owned range, with the next fellow replica.
+    /// One periodic exchange: every range this node shares with the next fellow replica,
+    /// in batches of [`SYNC_BATCH`]. A range at a time would take a 5-node cluster hours
+    /// to cover at the default interval; this covers everything once per round of peers.
     async fn tick(&self, view: &ClusterView, cursor: &mut usize) {
         let owned = ranges::owned(&view.ring, view.self_id, self.n(&view.ring));
-        if owned.is_empty() {
+        let peers: Vec<NodeId> = owned
+            .iter()
+            .flat_map(|(_, owners)| owners.iter().copied())
+            .filter(|id| *id != view.self_id)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if peers.is_empty() {
             return;
         }
         *cursor = cursor.wrapping_add(1);
-        let (range, owners) = &owned[*cursor % owned.len()];
-        let mut peers: Vec<NodeId> = owners.clone();
-        let len = peers.len().max(1);
-        peers.rotate_left(*cursor / owned.len() % len);
+        let peer = peers[*cursor % peers.len()];
         self.stats.ae_rounds.inc();
-        self.exchange_range(view, &ranges::intervals(range), &peers)
-            .await;
+        let shared: Vec<&crate::cluster::ring::TokenRange> = owned
+            .iter()
+            .filter(|(_, owners)| owners.contains(&peer))
+            .map(|(range, _)| range)
+            .collect();
+        for batch in shared.chunks(SYNC_BATCH) {
+            let intervals: Vec<Interval> =
+                batch.iter().flat_map(|r| ranges::intervals(r)).collect();
+            if !self.exchange_range(view, &intervals, &[peer]).await {
+                return;
+            }
+        }
     }
 
     /// Hands every key this node should no longer hold to its owners, then drops it —

@@ -1,4 +1,5 @@
-//! The client commands: `put`, `get`, `delete`, `list`.
+//! The client commands: `put`, `get`, `delete`, `list`, `status`, `health`, `leave`,
+//! `remove`.
 
 use std::io::{Read, Write};
 
@@ -13,6 +14,8 @@ pub enum CommandError {
     Client(#[from] ClientError),
     #[error("key {0:?} not found")]
     NotFound(String),
+    #[error("{node} is not ready: {reason}")]
+    NotReady { node: String, reason: String },
     #[error("reading stdin: {0}")]
     Stdin(std::io::Error),
     #[error("writing stdout: {0}")]
@@ -24,6 +27,9 @@ pub async fn run_client(command: Command) -> Result<(), CommandError> {
     match command {
         Command::Serve(_) => unreachable!("serve is not a client command"),
         Command::Scale(_) => unreachable!("the scale-out helpers run through run_scale"),
+        Command::Bench(_) | Command::BenchReport(_) => {
+            unreachable!("the benchmark runs through run_bench")
+        }
         Command::Put {
             key,
             value,
@@ -79,6 +85,14 @@ pub async fn run_client(command: Command) -> Result<(), CommandError> {
             };
             writeln!(out, "{text}").map_err(CommandError::Stdout)?;
         }
+        Command::Health { node, timeout } => {
+            let client = Client::with_timeout(&node.node, timeout)?;
+            client.ready().await.map_err(|e| CommandError::NotReady {
+                node: node.node.clone(),
+                reason: with_causes(&e),
+            })?;
+            println!("ready");
+        }
         Command::Leave { node } => {
             let answer = Client::new(&node.node)?.admin("/admin/leave").await?;
             println!("{}", answer["status"].as_str().unwrap_or("leaving"));
@@ -121,6 +135,22 @@ pub async fn run_client(command: Command) -> Result<(), CommandError> {
         }
     }
     Ok(())
+}
+
+/// An error and its causes on one line: reqwest's own message names the URL, while the
+/// cause (connection refused, timed out) is what a health check's reader needs.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out.replace('\n', " ")
 }
 
 /// `/cluster` as a table: one row per member, like `nodetool status`.

@@ -1,11 +1,13 @@
 //! The `ringkv` command line: `serve` runs a node; the other commands are clients.
 
+mod bench;
 mod commands;
 mod scale;
 mod serve;
 
 use clap::{Parser, Subcommand};
 
+pub use bench::{run_bench, run_bench_report, BenchArgs, BenchReportArgs};
 pub use commands::run_client;
 pub use scale::{run_scale, ScaleCommand};
 pub use serve::{run_serve, ServeArgs};
@@ -67,6 +69,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Exit 0 if the node answers `/ready` with 200, non-zero with the reason otherwise
+    /// (the container health check: the image has no curl).
+    Health {
+        #[command(flatten)]
+        node: NodeArg,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Make the node hand its data off, leave the ring and exit.
     Leave {
         #[command(flatten)]
@@ -89,6 +100,12 @@ pub enum Command {
         #[command(flatten)]
         node: NodeArg,
     },
+    /// Load a ringkv cluster, etcd, Redis or the reference server, and report ops/s,
+    /// latency percentiles, errors and server efficiency.
+    Bench(Box<BenchArgs>),
+    /// Fold `bench --json` outputs into the comparison table (`scripts/bench-compare.sh`).
+    #[command(hide = true)]
+    BenchReport(BenchReportArgs),
     /// `load`, `churn`, `verify`: hidden helpers of `scripts/scale-out.sh`.
     #[command(flatten)]
     Scale(ScaleCommand),

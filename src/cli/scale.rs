@@ -4,7 +4,9 @@
 //!   file, recording its writes in the same file;
 //! - `verify` reads every acknowledged key back at the default quorum, and compares where
 //!   each key is stored (`/debug/keys` on every node) with its preference list, built
-//!   from `/cluster` exactly as the nodes build it. It prints one JSON line.
+//!   from `/cluster` exactly as the nodes build it; with `--replicas`, it also compares
+//!   every acknowledged key's `/debug/local` across its preference list. It prints one
+//!   JSON line.
 //!
 //! The record file has one line per event, `KIND\tKEY\tVALUE`: `U` before a write is sent
 //! (a write may be applied even when it is never acknowledged: Dynamo semantics), `A`
@@ -113,6 +115,10 @@ pub struct VerifyArgs {
     /// Check placement again, for up to this long, until no key is misplaced.
     #[arg(long, default_value_t = 0.0)]
     pub settle_secs: f64,
+    /// Also require every acknowledged key's replicas (its preference list) to hold the
+    /// same `/debug/local` sibling set, polled until `--settle-secs` (fault checks).
+    #[arg(long)]
+    pub replicas: bool,
     /// Carried into the summary and the row: how long the join took.
     #[arg(long)]
     pub join_secs: Option<f64>,
@@ -788,6 +794,52 @@ async fn recheck(
     Ok(out)
 }
 
+/// The keys of `keys` whose replicas, the members of their preference list, do not all
+/// hold the same sibling set (`/debug/local`, dots and context included), or do not all
+/// hold the key.
+async fn unequal_replicas(
+    clients: &[Client],
+    keys: &BTreeSet<String>,
+) -> Result<Vec<(String, Value)>, String> {
+    let infos = node_infos(clients).await?;
+    let (ring, n) = ring_of(&infos[0].cluster)?;
+    let index: HashMap<NodeId, usize> = infos.iter().enumerate().map(|(i, n)| (n.id, i)).collect();
+    let (ring, index) = (&ring, &index);
+    let checks = stream::iter(keys.iter().cloned())
+        .map(|key| async move {
+            let mut sets = Vec::with_capacity(n);
+            let mut nodes = Vec::with_capacity(n);
+            for id in ring.preference_list(key.as_bytes(), n) {
+                let i = *index
+                    .get(&id)
+                    .ok_or_else(|| format!("replica {id} is not among the --node URLs"))?;
+                let set = clients[i]
+                    .local(&key)
+                    .await
+                    .map_err(|e| format!("node {}: {e}", i + 1))?;
+                sets.push(set);
+                nodes.push(i + 1);
+            }
+            let equal = sets.iter().all(Option::is_some) && sets.windows(2).all(|w| w[0] == w[1]);
+            // What each replica holds, for the report (node numbers in --node order).
+            let held: Vec<Value> = nodes
+                .iter()
+                .zip(&sets)
+                .map(|(node, set)| json!({"node": node, "local": set}))
+                .collect();
+            Ok::<_, String>((!equal).then_some((key, Value::Array(held))))
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    let mut out = Vec::new();
+    for c in checks {
+        out.extend(c?);
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
 /// Misplaced keys looked at one by one rather than listed again.
 const RECHECK_AT_MOST: usize = 100;
 
@@ -873,6 +925,19 @@ async fn verify(a: VerifyArgs) -> Result<bool, String> {
     };
     let settle_secs = started.elapsed().as_secs_f64();
 
+    // Before the reads below, whose read repair would hide a replica left behind.
+    let unequal = if a.replicas {
+        Some(loop {
+            let unequal = unequal_replicas(&clients, &acked).await?;
+            if unequal.is_empty() || Instant::now() >= settle_deadline {
+                break unequal;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        })
+    } else {
+        None
+    };
+
     // Every acknowledged key, read back at the default quorum, round-robin.
     let read_started = Instant::now();
     let reads: Vec<(String, ReadBack)> = stream::iter(acked.iter().cloned().enumerate())
@@ -927,7 +992,17 @@ async fn verify(a: VerifyArgs) -> Result<bool, String> {
         .map(|k| round2(*k as f64 * 100.0 / copies.max(1) as f64))
         .collect();
     let misplaced = place.misplaced.len() as u64;
-    let holds = readable == total && misplaced == 0 && place.problems.is_empty();
+    let replicas_unequal = unequal.as_ref().map(Vec::len);
+    let holds = readable == total
+        && misplaced == 0
+        && place.problems.is_empty()
+        && replicas_unequal.unwrap_or(0) == 0;
+    let unequal_examples: Vec<Value> = unequal
+        .iter()
+        .flatten()
+        .take(3)
+        .map(|(key, held)| json!({"key": key, "replicas": held}))
+        .collect();
     let misplaced_examples: Vec<&String> = place.misplaced.iter().take(10).collect();
     let summary = json!({
         "ok": holds,
@@ -953,6 +1028,8 @@ async fn verify(a: VerifyArgs) -> Result<bool, String> {
         "missing_replica": place.missing_replica,
         "extra_copy": place.extra_copy,
         "diverged": place.diverged,
+        "replicas_unequal": replicas_unequal,
+        "unequal_examples": unequal_examples,
         "placement_polls": polls,
         "settle_secs": round2(settle_secs),
         "read_secs": round2(read_secs),

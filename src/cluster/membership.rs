@@ -133,6 +133,15 @@ impl ClusterView {
         }
     }
 
+    /// Whether any member holds data (normal or leaving). A joiner that has heard of no
+    /// such member yet sees only joiners, itself at least, and its rings are a stand-in
+    /// made of joiners.
+    pub fn knows_holders(&self) -> bool {
+        self.members
+            .values()
+            .any(|m| matches!(m.state, MemberState::Normal | MemberState::Leaving))
+    }
+
     /// The two rings of a member set (see [`ClusterView`]).
     pub fn rings(members: &BTreeMap<NodeId, Member>, vnodes: u16) -> (Ring, Ring) {
         let with = |states: &[MemberState]| -> Vec<NodeId> {

@@ -22,10 +22,10 @@ use crate::key::Key;
 use crate::kv::{KeyedSet, KvError, LocalKv};
 use crate::net::Clock;
 use crate::quorum::{Quorum, Replication};
-use crate::rpc::client::RpcClient;
+use crate::rpc::client::{RpcClient, RpcError};
 use crate::rpc::{ForwardedWrite, RemoteError, Request, Response};
 use crate::stats::ReplicationStats;
-use crate::version::{Payload, SiblingSet, VersionVector};
+use crate::version::{Dot, Payload, SiblingSet, VersionVector};
 
 pub use list::ListRange;
 
@@ -51,6 +51,9 @@ pub enum CoordError {
     },
     #[error("{0}")]
     Remote(RemoteError),
+    /// The node is still joining and knows no member that holds data.
+    #[error("this node has not joined its cluster yet; retry, or ask another node")]
+    NotJoined,
 }
 
 /// Per-request options, as parsed from the query string.
@@ -67,6 +70,17 @@ pub struct Deleted {
     /// Whether a live value was found (and is now covered by the tombstone).
     pub found: bool,
     pub set: SiblingSet,
+    /// The tombstone's dot, when one was written.
+    pub dot: Option<Dot>,
+}
+
+/// A coordinated write's outcome: the key's set after it, and the new version's dot
+/// (`None` when a delete found nothing and wrote nothing).
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub found: bool,
+    pub set: SiblingSet,
+    pub dot: Option<Dot>,
 }
 
 /// A page of a listing.
@@ -123,6 +137,11 @@ impl Coordinator {
         &self.inner.stats
     }
 
+    /// Internode traffic and calls of this node's RPC client and server.
+    pub fn rpc_stats(&self) -> &crate::rpc::frame::RpcStats {
+        self.inner.rpc.stats()
+    }
+
     /// The configured factors (N, R, W).
     pub fn configured(&self) -> Replication {
         self.inner.config.replication
@@ -139,9 +158,14 @@ impl Coordinator {
         opts: &RequestOpts,
     ) -> Result<Option<SiblingSet>, CoordError> {
         let view = self.view();
+        if !view.knows_holders() {
+            return Err(CoordError::NotJoined);
+        }
         let rep = self.inner.effective(&view);
         let r = opts.r.map_or(rep.r, |q| q.resolve(rep.n));
-        read::quorum_read(&self.inner, &view, key, r, opts.timeout).await
+        let set = read::quorum_read(&self.inner, &view, key, r, opts.timeout).await?;
+        self.inner.stats.reads_served.inc();
+        Ok(set)
     }
 
     pub async fn put(
@@ -150,9 +174,8 @@ impl Coordinator {
         seen: Option<VersionVector>,
         payload: Payload,
         opts: &RequestOpts,
-    ) -> Result<SiblingSet, CoordError> {
-        let (_, set) = self.route_write(key, seen, payload, opts).await?;
-        Ok(set)
+    ) -> Result<Written, CoordError> {
+        self.route_write(key, seen, payload, opts).await
     }
 
     pub async fn delete(
@@ -161,10 +184,14 @@ impl Coordinator {
         seen: Option<VersionVector>,
         opts: &RequestOpts,
     ) -> Result<Deleted, CoordError> {
-        let (found, set) = self
+        let w = self
             .route_write(key, seen, Payload::Tombstone, opts)
             .await?;
-        Ok(Deleted { found, set })
+        Ok(Deleted {
+            found: w.found,
+            set: w.set,
+            dot: w.dot,
+        })
     }
 
     /// Coordinates here if this node replicates the key, else forwards to a replica that
@@ -175,20 +202,32 @@ impl Coordinator {
         seen: Option<VersionVector>,
         payload: Payload,
         opts: &RequestOpts,
-    ) -> Result<(bool, SiblingSet), CoordError> {
+    ) -> Result<Written, CoordError> {
         let view = self.view();
+        // A joiner that has not yet heard of any member holding data must not coordinate
+        // as a cluster of one: it would issue dots for keys whose history it does not
+        // hold, and a dot issued twice for two writes loses one of them (found by the
+        // simulation, seed 7022).
+        if !view.knows_holders() {
+            return Err(CoordError::NotJoined);
+        }
         let rep = self.inner.effective(&view);
         // Coordinators come from the read ring: they hold the key's history.
         let prefs = view.ring.preference_list(key.as_bytes(), rep.n);
-        if prefs.contains(&view.self_id) || prefs.is_empty() {
-            return self.coordinate_write(&view, key, seen, payload, opts).await;
-        }
-        self.forward(&view, &prefs, key, seen, payload, opts).await
+        let written = if prefs.contains(&view.self_id) || prefs.is_empty() {
+            self.coordinate_write(&view, key, seen, payload, opts)
+                .await?
+        } else {
+            self.forward(&view, &prefs, key, seen, payload, opts)
+                .await?
+        };
+        self.inner.stats.writes_acknowledged.inc();
+        Ok(written)
     }
 
     /// A write forwarded to this node: coordinated here, never forwarded again, so two
     /// nodes with momentarily different views cannot bounce a request between them.
-    pub async fn forwarded(&self, fw: ForwardedWrite) -> Result<(bool, SiblingSet), CoordError> {
+    pub async fn forwarded(&self, fw: ForwardedWrite) -> Result<Written, CoordError> {
         let key = Key::new(fw.key)
             .map_err(|e| CoordError::Remote(RemoteError::BadRequest(e.to_string())))?;
         let opts = RequestOpts {
@@ -208,7 +247,7 @@ impl Coordinator {
         seen: Option<VersionVector>,
         payload: Payload,
         opts: &RequestOpts,
-    ) -> Result<(bool, SiblingSet), CoordError> {
+    ) -> Result<Written, CoordError> {
         let rep = self.inner.effective(view);
         let w = opts.w.map_or(rep.w, |q| q.resolve(rep.n));
         let deadline = tokio::time::Instant::now() + opts.timeout;
@@ -218,15 +257,23 @@ impl Coordinator {
             let read = read::quorum_read(&self.inner, view, &key, rep.r, opts.timeout).await?;
             let found = read.as_ref().is_some_and(|s| s.has_live());
             if !found {
-                return Ok((false, read.unwrap_or_default()));
+                return Ok(Written {
+                    found: false,
+                    set: read.unwrap_or_default(),
+                    dot: None,
+                });
             }
             (true, seen.or_else(|| read.map(|s| s.context().clone())))
         } else {
             (true, seen)
         };
-        let set =
+        let (set, dot) =
             write::replicated_write(&self.inner, view, key, seen, payload, w, deadline).await?;
-        Ok((found, set))
+        Ok(Written {
+            found,
+            set,
+            dot: Some(dot),
+        })
     }
 
     async fn forward(
@@ -237,7 +284,7 @@ impl Coordinator {
         seen: Option<VersionVector>,
         payload: Payload,
         opts: &RequestOpts,
-    ) -> Result<(bool, SiblingSet), CoordError> {
+    ) -> Result<Written, CoordError> {
         let deadline = tokio::time::Instant::now() + opts.timeout;
         let request = ForwardedWrite {
             key: key.as_str().to_owned(),
@@ -263,13 +310,27 @@ impl Coordinator {
                 .call(member.rpc_addr, Request::Forward(request.clone()), left)
                 .await
             {
-                Ok(Response::Written { found, set }) => return Ok((found, set)),
+                Ok(Response::Written { found, set, dot }) => {
+                    return Ok(Written { found, set, dot })
+                }
                 Ok(Response::Error(e)) => return Err(CoordError::Remote(e)),
                 Ok(other) => {
                     tracing::warn!(peer = %id, ?other, "unexpected answer to a forwarded write");
                 }
-                Err(e) => {
+                // Only a write that surely never arrived may go to the next replica: one
+                // that timed out or lost its connection may have been applied there, and
+                // a second coordinator would store the same value again as a sibling.
+                Err(RpcError::Connect(e)) => {
                     tracing::debug!(peer = %id, error = %e, "forwarding failed; trying the next replica");
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %id, error = %e, "forwarded write unanswered; it may still apply");
+                    return Err(CoordError::QuorumFailed {
+                        needed: 1,
+                        replied: 0,
+                        failed: tried,
+                        write: true,
+                    });
                 }
             }
         }

@@ -20,14 +20,23 @@ use super::{CoordError, CoordinatorParts as Inner};
 use crate::cluster::membership::ClusterView;
 use crate::cluster::NodeId;
 use crate::key::Key;
+use crate::kv::{self, KvError};
 use crate::quorum::Tracker;
 use crate::rpc::{Request, Response};
-use crate::version::{Payload, SiblingSet, VersionVector};
+use crate::version::{Dot, Payload, SiblingSet, VersionVector};
 
 /// What one replica's copy came to: stored at a node (for `target`), or lost.
 enum Copy {
-    StoredAt { node: NodeId, target: NodeId },
-    Failed { target: NodeId },
+    StoredAt {
+        node: NodeId,
+        target: NodeId,
+    },
+    Failed {
+        target: NodeId,
+    },
+    /// The coordinator's own commit could not be made durable: the write fails, as it
+    /// would have had the local write come first.
+    LocalFailed(KvError),
 }
 
 /// W counted in the preference list of each ring version.
@@ -84,7 +93,7 @@ pub(super) async fn replicated_write(
     payload: Payload,
     w: usize,
     deadline: Instant,
-) -> Result<SiblingSet, CoordError> {
+) -> Result<(SiblingSet, Dot), CoordError> {
     // Each ring's preference list has the configured N clamped to that ring's size: when
     // a second node joins a lone one, the future ring replicates every key twice.
     let n = inner.config.replication.n;
@@ -102,32 +111,60 @@ pub(super) async fn replicated_write(
         write: true,
     };
 
-    // The local write first: it issues the dot, and every other replica gets its result.
-    let now = inner.clock.now_ms();
-    let applied = tokio::time::timeout_at(
-        deadline,
-        inner.local.update(key.clone(), seen, payload, now),
-    )
-    .await
-    .map_err(|_| timeout_error(0))??;
-    let set = applied.set;
-
     let others: Vec<NodeId> = prefs
         .iter()
         .copied()
         .filter(|id| *id != view.self_id)
         .collect();
-    let mut quorums = Quorums::new(lists, w);
-    quorums.record(&Copy::StoredAt {
-        node: view.self_id,
-        target: view.self_id,
-    });
-    if quorums.is_met() && others.is_empty() {
-        return Ok(set);
+
+    // The local write first: it issues the dot, and every other replica gets its result.
+    let now = inner.clock.now_ms();
+    let no_dot = || CoordError::Kv(KvError::Store("a client write issued no dot".into()));
+    if others.is_empty() {
+        // Alone: one durable commit, nothing to overlap with its fsync.
+        let applied = tokio::time::timeout_at(
+            deadline,
+            inner.local.update(key.clone(), seen, payload, now),
+        )
+        .await
+        .map_err(|_| timeout_error(0))??;
+        let dot = applied.dot.ok_or_else(no_dot)?;
+        return Ok((applied.set, dot));
     }
+    // The set goes out as soon as it is committed here; the local fsync runs meanwhile and
+    // counts towards W like any replica's (see `WriterHandle::submit_staged`).
+    let staged = async {
+        let staged = inner
+            .local
+            .update_staged(key.clone(), seen, payload, now)
+            .await?;
+        let committed = staged.committed.await.map_err(|_| KvError::ShuttingDown)?;
+        Ok::<_, KvError>((kv::applied(committed)?, staged.durable))
+    };
+    let (applied, durable) = tokio::time::timeout_at(deadline, staged)
+        .await
+        .map_err(|_| timeout_error(0))??;
+    let set = applied.set;
+    let dot = applied.dot.ok_or_else(no_dot)?;
+    let local_durable =
+        async move { kv::applied(durable.await.map_err(|_| KvError::ShuttingDown)?).map(|_| ()) };
+
+    let mut quorums = Quorums::new(lists, w);
 
     let stand_ins = Arc::new(StandIns::new(view, &key, &prefs));
-    let (tx, mut rx) = mpsc::channel(others.len());
+    let (tx, mut rx) = mpsc::channel(others.len() + 1);
+    let self_id = view.self_id;
+    let local_tx = tx.clone();
+    tokio::spawn(async move {
+        let copy = match local_durable.await {
+            Ok(()) => Copy::StoredAt {
+                node: self_id,
+                target: self_id,
+            },
+            Err(e) => Copy::LocalFailed(e),
+        };
+        let _ = local_tx.send(copy).await;
+    });
     for target in others {
         tokio::spawn(replicate_one(
             inner.clone(),
@@ -145,6 +182,7 @@ pub(super) async fn replicated_write(
         match tokio::time::timeout_at(deadline, rx.recv()).await {
             Err(_) => return Err(timeout_error(quorums.worst().1)),
             Ok(None) => break,
+            Ok(Some(Copy::LocalFailed(e))) => return Err(e.into()),
             Ok(Some(copy)) => quorums.record(&copy),
         }
         if quorums.is_lost() {
@@ -152,7 +190,7 @@ pub(super) async fn replicated_write(
         }
     }
     if quorums.is_met() {
-        Ok(set)
+        Ok((set, dot))
     } else {
         let (needed, replied, failed) = quorums.worst();
         Err(CoordError::QuorumFailed {

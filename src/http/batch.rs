@@ -139,9 +139,9 @@ async fn run_op(state: &AppState, op: Op, opts: &RequestOpts) -> OpResult {
                 .coord
                 .put(key, seen, payload, opts)
                 .await
-                .map(|set| OpResult {
+                .map(|w| OpResult {
                     status: 204,
-                    causality_token: Some(render::token(&set)),
+                    causality_token: Some(render::token(&w.set)),
                     ..Default::default()
                 })
         }

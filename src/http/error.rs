@@ -91,6 +91,7 @@ impl From<CoordError> for ApiError {
             CoordError::Kv(KvError::ShuttingDown)
             | CoordError::Timeout { .. }
             | CoordError::QuorumFailed { .. }
+            | CoordError::NotJoined
             | CoordError::Remote(RemoteError::Unavailable(_)) => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
             }

@@ -5,13 +5,13 @@ use std::sync::Arc;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
 use crate::key::Key;
-use crate::version::{CausalityToken, Payload, SiblingSet, VersionVector};
+use crate::version::{CausalityToken, Dot, Payload, SiblingSet, VersionVector};
 
 use super::error::ApiError;
 use super::params::Query;
@@ -19,6 +19,7 @@ use super::render::{self, SiblingJson};
 use super::AppState;
 
 pub const TOKEN_HEADER: &str = "x-causality-token";
+pub const DOT_HEADER: &str = "x-ringkv-dot";
 pub const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 
 /// The key is taken from the raw path, not from axum's `Path`, so that decoding is ours
@@ -158,7 +159,7 @@ pub async fn put_key(
             .map_err(|_| ApiError::bad_request("Content-Type is not visible ASCII"))?
             .to_owned(),
     };
-    let set = state
+    let written = state
         .coord
         .put(
             key.clone(),
@@ -167,10 +168,13 @@ pub async fn put_key(
             &opts,
         )
         .await?;
+    let dot = dot_header(written.dot);
     if return_body {
-        return Ok(read_response(&key, Some(set)));
+        let mut response = read_response(&key, Some(written.set));
+        response.headers_mut().extend(dot);
+        return Ok(response);
     }
-    Ok((StatusCode::NO_CONTENT, [token_header(&set)]).into_response())
+    Ok((StatusCode::NO_CONTENT, [token_header(&written.set)], dot).into_response())
 }
 
 pub async fn delete_key(
@@ -187,7 +191,25 @@ pub async fn delete_key(
     if !deleted.found {
         return Err(ApiError::not_found(format!("key {key:?} not found")));
     }
-    Ok((StatusCode::NO_CONTENT, [token_header(&deleted.set)]).into_response())
+    Ok((
+        StatusCode::NO_CONTENT,
+        [token_header(&deleted.set)],
+        dot_header(deleted.dot),
+    )
+        .into_response())
+}
+
+/// `X-Ringkv-Dot: <actor>:<counter>`, the version a write created. Clients need not care;
+/// it lets a history checker (the simulation's) tell exactly which version a write made.
+fn dot_header(dot: Option<Dot>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Some(dot) = dot {
+        let value = format!("{}:{}", dot.actor, dot.counter);
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(DOT_HEADER), value);
+        }
+    }
+    headers
 }
 
 pub fn value_too_large(len: usize, max: usize) -> ApiError {

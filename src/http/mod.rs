@@ -7,6 +7,7 @@ mod debug_keys;
 mod error;
 mod kv;
 mod list;
+mod metrics;
 mod params;
 mod render;
 
@@ -63,6 +64,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/debug/preflist/{*key}", strict(get(cluster::preflist)))
         .route("/debug/replication", strict(get(cluster::replication)))
         .route("/cluster", strict(get(cluster::cluster)))
+        .route("/metrics", strict(get(metrics::metrics)))
         .route("/admin/leave", strict(post(admin_leave)))
         .route("/admin/remove/{id}", strict(post(admin_remove)))
         .fallback(no_route)

@@ -16,7 +16,7 @@ use crate::version::{Payload, SiblingSet, VersionVector};
 
 pub use hints::{HintLedger, HintRecord, Pending};
 use summary::SharedTree;
-pub use writer::{Applied, Mutation, Outcome, WriterHandle, WriterSettings};
+pub use writer::{Applied, Mutation, Outcome, Staged, WriterHandle, WriterSettings};
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -32,6 +32,16 @@ pub enum KvError {
 impl From<StoreError> for KvError {
     fn from(e: StoreError) -> Self {
         KvError::Store(e.to_string())
+    }
+}
+
+/// The outcome of a data mutation, as what it did to the key.
+pub fn applied(outcome: Result<Outcome, KvError>) -> Result<Applied, KvError> {
+    match outcome? {
+        Outcome::Applied(a) => Ok(a),
+        other => Err(KvError::Store(format!(
+            "unexpected writer outcome {other:?}"
+        ))),
     }
 }
 
@@ -75,6 +85,11 @@ impl LocalKv {
         &self.tree
     }
 
+    /// What the group-commit writer did.
+    pub fn storage_stats(&self) -> &crate::stats::StorageStats {
+        self.writer.stats()
+    }
+
     /// Hints held here, per target.
     pub fn hint_ledger(&self) -> &HintLedger {
         &self.hints
@@ -97,18 +112,32 @@ impl LocalKv {
         .await
     }
 
+    /// A client write on this replica, answered twice: the resulting set once committed,
+    /// and again once durable (see [`WriterHandle::submit_staged`]).
+    pub async fn update_staged(
+        &self,
+        key: Key,
+        seen: Option<VersionVector>,
+        payload: Payload,
+        written_at_ms: u64,
+    ) -> Result<writer::Staged, KvError> {
+        self.writer
+            .submit_staged(Mutation::Update {
+                key,
+                seen,
+                payload,
+                written_at_ms,
+            })
+            .await
+    }
+
     /// Merges another replica's set into this one.
     pub async fn merge(&self, key: Key, set: SiblingSet) -> Result<Applied, KvError> {
         self.applied(Mutation::Merge { key, set }).await
     }
 
     async fn applied(&self, mutation: Mutation) -> Result<Applied, KvError> {
-        match self.writer.submit(mutation).await? {
-            Outcome::Applied(a) => Ok(a),
-            other => Err(KvError::Store(format!(
-                "unexpected writer outcome {other:?}"
-            ))),
-        }
+        applied(self.writer.submit(mutation).await)
     }
 
     /// Keeps a hint for `target`; `false` when its bound is full.

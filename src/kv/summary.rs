@@ -178,6 +178,7 @@ mod tests {
                 max_hint_bytes: 0,
                 hints: Arc::new(HintLedger::default()),
                 tree: tree.clone(),
+                sabotage: Default::default(),
             },
             CancellationToken::new(),
         );

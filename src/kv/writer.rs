@@ -16,10 +16,11 @@ use std::collections::BTreeMap;
 use super::hints::{hint_key, HintLedger, HintRecord};
 use super::summary::{SharedTree, TreeDelta};
 use super::{record, KvError};
-use crate::config::{BlockingMode, FsyncMode};
+use crate::config::{BlockingMode, FsyncMode, Sabotage};
 use crate::key::Key;
+use crate::stats::StorageStats;
 use crate::store::{Store, StoreError, Table, WriteTxn};
-use crate::version::{Actor, Payload, SiblingSet, VersionVector};
+use crate::version::{Actor, Dot, Payload, SiblingSet, VersionVector};
 
 /// A change to one key, decided against the key's current state inside the transaction.
 #[derive(Debug)]
@@ -63,6 +64,8 @@ pub struct Applied {
     pub had_live: bool,
     /// Whether anything was written.
     pub changed: bool,
+    /// The new version's dot, for a client write.
+    pub dot: Option<Dot>,
 }
 
 #[derive(Debug, Clone)]
@@ -77,12 +80,28 @@ pub enum Outcome {
 
 struct Job {
     mutation: Mutation,
+    /// Told the outcome as soon as the transaction has committed, before its fsync (see
+    /// [`WriterHandle::submit_staged`]).
+    staged: Option<oneshot::Sender<Result<Outcome, KvError>>>,
+    /// Told the outcome once it is as durable as `--fsync` makes it.
     reply: oneshot::Sender<Result<Outcome, KvError>>,
+}
+
+/// Each job of a batch with its outcome.
+type Answered = Vec<(Job, Result<Outcome, KvError>)>;
+
+/// The two answers of [`WriterHandle::submit_staged`].
+pub struct Staged {
+    /// The outcome, once committed: visible to this node, not yet synced.
+    pub committed: oneshot::Receiver<Result<Outcome, KvError>>,
+    /// The same outcome once synced, or the error that kept it from being synced.
+    pub durable: oneshot::Receiver<Result<Outcome, KvError>>,
 }
 
 #[derive(Clone)]
 pub struct WriterHandle {
     tx: mpsc::Sender<Job>,
+    stats: Arc<StorageStats>,
 }
 
 pub struct WriterSettings {
@@ -96,16 +115,56 @@ pub struct WriterSettings {
     pub max_hint_bytes: u64,
     pub hints: Arc<HintLedger>,
     pub tree: SharedTree,
+    pub sabotage: Sabotage,
+}
+
+impl WriterSettings {
+    /// Whether a commit is durable before it is acknowledged.
+    fn durable(&self) -> bool {
+        self.fsync == FsyncMode::Always && self.sabotage != Sabotage::SkipFsync
+    }
 }
 
 impl WriterHandle {
     pub async fn submit(&self, mutation: Mutation) -> Result<Outcome, KvError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Job { mutation, reply })
+            .send(Job {
+                mutation,
+                staged: None,
+                reply,
+            })
             .await
             .map_err(|_| KvError::ShuttingDown)?;
         rx.await.map_err(|_| KvError::ShuttingDown)?
+    }
+
+    /// Queues a mutation and answers twice: once its transaction has committed, and once
+    /// that commit is durable. A coordinator sends the committed set to the other
+    /// replicas while its own fsync runs, instead of after it.
+    ///
+    /// Releasing a set before its fsync is safe for the dots it carries: the commit is
+    /// already visible to every later transaction here, so no later write issues the same
+    /// dot, even if the fsync fails; and a crash before the fsync makes the node restart
+    /// with a new actor epoch (see `identity`), so the lost commit's dots are not reissued
+    /// either.
+    pub async fn submit_staged(&self, mutation: Mutation) -> Result<Staged, KvError> {
+        let (staged, committed) = oneshot::channel();
+        let (reply, durable) = oneshot::channel();
+        self.tx
+            .send(Job {
+                mutation,
+                staged: Some(staged),
+                reply,
+            })
+            .await
+            .map_err(|_| KvError::ShuttingDown)?;
+        Ok(Staged { committed, durable })
+    }
+
+    /// Commits, fsyncs and mutations so far.
+    pub fn stats(&self) -> &Arc<StorageStats> {
+        &self.stats
     }
 }
 
@@ -117,13 +176,15 @@ pub fn spawn(
     stop: CancellationToken,
 ) -> (WriterHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(settings.queue.max(1));
-    let task = tokio::spawn(run(store, settings, rx, stop));
-    (WriterHandle { tx }, task)
+    let stats = Arc::new(StorageStats::default());
+    let task = tokio::spawn(run(store, settings, stats.clone(), rx, stop));
+    (WriterHandle { tx, stats }, task)
 }
 
 async fn run(
     store: Arc<dyn Store>,
     settings: WriterSettings,
+    stats: Arc<StorageStats>,
     mut rx: mpsc::Receiver<Job>,
     stop: CancellationToken,
 ) {
@@ -139,9 +200,11 @@ async fn run(
                 rx.close();
                 rx.recv().await
             }
-            _ = sync_timer.tick(), if settings.fsync == FsyncMode::Periodic && unsynced => {
-                if let Err(e) = blocking(settings.blocking, store.clone(), |s| s.sync()).await {
-                    tracing::error!(error = %e, "periodic fsync failed");
+            _ = sync_timer.tick(), if settings.fsync == FsyncMode::Periodic && unsynced
+                && settings.sabotage != Sabotage::SkipFsync => {
+                match blocking(settings.blocking, store.clone(), |s| s.sync()).await {
+                    Ok(()) => stats.fsyncs.inc(),
+                    Err(e) => tracing::error!(error = %e, "periodic fsync failed"),
                 }
                 unsynced = false;
                 continue;
@@ -155,37 +218,72 @@ async fn run(
                 Err(_) => break,
             }
         }
-        let durable = settings.fsync == FsyncMode::Always;
+        let durable = settings.durable();
+        // With a staged job in the batch, commit first and sync after, so that its set can
+        // go out between the two (see `submit_staged`); otherwise one durable commit.
+        let split = durable && batch.iter().any(|j| j.staged.is_some());
         let s = settings.clone();
-        let outcomes = blocking(settings.blocking, store.clone(), move |store| {
-            commit(store, &s, batch)
+        let mutations = batch.len() as u64;
+        let (outcomes, committed) = blocking(settings.blocking, store.clone(), move |store| {
+            commit(store, &s, batch, durable && !split)
         })
         .await;
+        if committed {
+            stats.commits.inc();
+            stats.mutations.add(mutations);
+            if durable && !split {
+                stats.fsyncs.inc();
+            }
+        }
         unsynced |= !durable;
+        let mut replies = Vec::with_capacity(outcomes.len());
         for (job, result) in outcomes {
+            if let Some(staged) = job.staged {
+                let _ = staged.send(result.clone());
+            }
+            replies.push((job.reply, result));
+        }
+        let synced = if split && committed {
+            let r = blocking(settings.blocking, store.clone(), |s| s.sync()).await;
+            match &r {
+                Ok(()) => stats.fsyncs.inc(),
+                Err(e) => tracing::error!(error = %e, "fsync after a staged commit failed"),
+            }
+            r.map_err(KvError::from)
+        } else {
+            Ok(())
+        };
+        for (reply, result) in replies {
             // The requester may have timed out and gone; the write stands regardless.
-            let _ = job.reply.send(result);
+            let _ = reply.send(match &synced {
+                Ok(()) => result,
+                Err(e) => Err(e.clone()),
+            });
         }
     }
-    if let Err(e) = blocking(settings.blocking, store, |s| s.sync()).await {
-        tracing::error!(error = %e, "final fsync failed");
+    if settings.sabotage == Sabotage::SkipFsync {
+        return;
+    }
+    match blocking(settings.blocking, store, |s| s.sync()).await {
+        Ok(()) => stats.fsyncs.inc(),
+        Err(e) => tracing::error!(error = %e, "final fsync failed"),
     }
     tracing::debug!("writer stopped");
 }
 
 /// One transaction for the whole batch. A mutation that is refused (the sibling cap, a
 /// full hint bound) is answered alone; a storage error fails the whole batch, and nothing
-/// in it is applied.
+/// in it is applied. The flag says whether the transaction committed.
 fn commit(
     store: &dyn Store,
     settings: &WriterSettings,
     batch: Vec<Job>,
-) -> Vec<(Job, Result<Outcome, KvError>)> {
+    durable: bool,
+) -> (Answered, bool) {
     let mut outcomes: Vec<Result<Outcome, KvError>> = Vec::with_capacity(batch.len());
     // Hint totals and the in-memory tree change only once the commit succeeded.
     let mut ledger = LedgerDelta::default();
     let mut tree = TreeDelta::default();
-    let durable = settings.fsync == FsyncMode::Always;
     let result = store.write(durable, &mut |txn| {
         outcomes.clear();
         ledger = LedgerDelta::default();
@@ -195,6 +293,7 @@ fn commit(
         }
         tree.store(txn)
     });
+    let committed = result.is_ok();
     match result {
         Ok(()) => {
             ledger.commit(&settings.hints);
@@ -208,7 +307,7 @@ fn commit(
                 .collect();
         }
     }
-    batch.into_iter().zip(outcomes).collect()
+    (batch.into_iter().zip(outcomes).collect(), committed)
 }
 
 /// Hint count and byte changes made by one transaction, per target.
@@ -248,7 +347,7 @@ fn apply(
             written_at_ms,
         } => {
             let current = read_set(txn, key)?;
-            let (next, _) = current.update(
+            let (next, dot) = current.update(
                 seen.as_ref(),
                 settings.actor,
                 payload.clone(),
@@ -259,12 +358,12 @@ fn apply(
                     limit: settings.max_siblings,
                 }));
             }
-            write_set(txn, tree, key, current, next).map(Ok)
+            write_set(txn, settings, tree, key, current, next, Some(dot)).map(Ok)
         }
         Mutation::Merge { key, set } => {
             let current = read_set(txn, key)?;
             let next = current.sync(set);
-            write_set(txn, tree, key, current, next).map(Ok)
+            write_set(txn, settings, tree, key, current, next, None).map(Ok)
         }
         Mutation::DropIfDigest { key, digest } => {
             let current = read_set(txn, key)?;
@@ -299,6 +398,9 @@ fn apply(
             let total = settings.hints.pending(*target).bytes as i64 + ledger.bytes(*target);
             if total - old_len + raw.len() as i64 > settings.max_hint_bytes as i64 {
                 return Ok(Ok(Outcome::HintRefused));
+            }
+            if settings.sabotage == Sabotage::AckWithoutStore {
+                return Ok(Ok(Outcome::HintStored));
             }
             txn.put(Table::Hints, &hkey, &raw)?;
             ledger.add(
@@ -335,13 +437,15 @@ fn read_set(txn: &mut dyn WriteTxn, key: &Key) -> Result<SiblingSet, StoreError>
 
 fn write_set(
     txn: &mut dyn WriteTxn,
+    settings: &WriterSettings,
     tree: &mut TreeDelta,
     key: &Key,
     current: SiblingSet,
     next: SiblingSet,
+    dot: Option<Dot>,
 ) -> Result<Outcome, StoreError> {
     let changed = next != current;
-    if changed {
+    if changed && settings.sabotage != Sabotage::AckWithoutStore {
         txn.put(Table::Data, key.as_bytes(), &record::encode(&next))?;
         tree.record(txn, key, &current, &next)?;
     }
@@ -349,6 +453,7 @@ fn write_set(
         had_live: current.has_live(),
         set: next,
         changed,
+        dot,
     }))
 }
 

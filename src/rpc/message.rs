@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::merkle::{Interval, Summary};
 use crate::quorum::Quorum;
-use crate::version::{Payload, SiblingSet, VersionVector};
+use crate::version::{Dot, Payload, SiblingSet, VersionVector};
 
 /// Bumped on any incompatible change; a peer speaking another version is disconnected.
 pub const PROTOCOL_VERSION: u8 = 1;
@@ -90,6 +90,8 @@ pub enum Response {
     Written {
         found: bool,
         set: SiblingSet,
+        /// The new version's dot (none when a delete found nothing to delete).
+        dot: Option<Dot>,
     },
     /// Keys in order; `more` when the range holds keys past the last one.
     Scanned {

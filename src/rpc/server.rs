@@ -277,6 +277,7 @@ pub(crate) mod testing {
             Request::Forward(_) => Response::Written {
                 found: true,
                 set: sample_set(),
+                dot: None,
             },
             Request::Scan(range) => Response::Scanned {
                 entries: vec![(range.start.clone().unwrap_or_default(), sample_set())],

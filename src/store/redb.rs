@@ -31,6 +31,24 @@ impl RedbStore {
             // power loss right after the first commit could lose the whole database.
             sync_dir(dir)?;
         }
+        RedbStore::init(db)
+    }
+
+    /// Opens (or creates) a database on another storage backend: the simulation's disk.
+    /// The caller makes the file's name durable, as [`RedbStore::open`] does with
+    /// `sync_dir`.
+    pub fn open_with_backend(
+        backend: impl redb::StorageBackend,
+        cache_bytes: usize,
+    ) -> Result<Self, StoreError> {
+        let db = redb::Builder::new()
+            .set_cache_size(cache_bytes)
+            .create_with_backend(backend)
+            .map_err(redb::Error::from)?;
+        RedbStore::init(db)
+    }
+
+    fn init(db: Database) -> Result<Self, StoreError> {
         let store = RedbStore { db };
         // Create every table up front so readers never race a missing table.
         store.write(true, &mut |_| Ok(()))?;

@@ -1,0 +1,206 @@
+//! `GET /metrics`: this node's counters in the Prometheus text format.
+//!
+//! The counters live where they are counted (`RpcStats`, `StorageStats`,
+//! `ReplicationStats`); a scrape reads them through one collector, so nothing is counted
+//! twice and the hot paths only bump atomics.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use super::error::ApiError;
+use super::AppState;
+
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let mut registry = Registry::with_prefix("ringkv");
+    registry.register_collector(Box::new(NodeCollector(state)));
+    let mut body = String::with_capacity(4096);
+    prometheus_client::encoding::text::encode(&mut body, &registry).map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "metrics could not be encoded",
+        )
+    })?;
+    Ok((
+        [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
+        body,
+    )
+        .into_response())
+}
+
+struct NodeCollector(Arc<AppState>);
+
+impl std::fmt::Debug for NodeCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeCollector")
+    }
+}
+
+fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> std::fmt::Result {
+    let c = ConstCounter::new(value);
+    c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> std::fmt::Result {
+    let g = ConstGauge::new(value);
+    g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+impl Collector for NodeCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let coord = &self.0.coord;
+        let rpc = coord.rpc_stats().snapshot();
+        let e = &mut enc;
+        counter(
+            e,
+            "rpc_sent_bytes",
+            "Internode bytes written, frame prefix included",
+            rpc.bytes_sent,
+        )?;
+        counter(
+            e,
+            "rpc_received_bytes",
+            "Internode bytes read, frame prefix included",
+            rpc.bytes_received,
+        )?;
+        counter(e, "rpc_calls", "Internode calls this node made", rpc.calls)?;
+        counter(
+            e,
+            "rpc_call_failures",
+            "Internode calls that failed",
+            rpc.failures,
+        )?;
+        counter(
+            e,
+            "rpc_call_timeouts",
+            "Internode calls that timed out",
+            rpc.timeouts,
+        )?;
+        counter(
+            e,
+            "rpc_dials",
+            "Outbound internode connections opened",
+            rpc.dials,
+        )?;
+        counter(
+            e,
+            "rpc_requests_served",
+            "Internode requests this node answered",
+            rpc.requests_served,
+        )?;
+        counter(
+            e,
+            "rpc_protocol_errors",
+            "Connections closed for an invalid frame",
+            rpc.protocol_errors,
+        )?;
+
+        let storage = coord.local().storage_stats();
+        counter(
+            e,
+            "storage_commits",
+            "Write transactions committed",
+            storage.commits.get(),
+        )?;
+        counter(
+            e,
+            "storage_fsyncs",
+            "Commits made durable with an fsync",
+            storage.fsyncs.get(),
+        )?;
+        counter(
+            e,
+            "storage_mutations",
+            "Mutations committed, over every batch",
+            storage.mutations.get(),
+        )?;
+
+        let rep = coord.stats();
+        counter(
+            e,
+            "writes_acknowledged",
+            "Client writes answered as stored at W",
+            rep.writes_acknowledged.get(),
+        )?;
+        counter(
+            e,
+            "reads_served",
+            "Client reads answered",
+            rep.reads_served.get(),
+        )?;
+        counter(
+            e,
+            "writes_forwarded",
+            "Writes forwarded to a replica",
+            rep.forwarded.get(),
+        )?;
+        counter(
+            e,
+            "read_repairs",
+            "Replicas brought up to date after a read",
+            rep.read_repairs.get(),
+        )?;
+        counter(
+            e,
+            "hints_stored",
+            "Hints stored as a stand-in",
+            rep.hints_stored.get(),
+        )?;
+        counter(
+            e,
+            "hints_delivered",
+            "Hints handed back to their target",
+            rep.hints_delivered.get(),
+        )?;
+        counter(
+            e,
+            "replica_write_failures",
+            "Replica writes that fell back to a hint",
+            rep.replica_write_failures.get(),
+        )?;
+        counter(
+            e,
+            "ae_keys_pulled",
+            "Keys taken from fellow replicas by anti-entropy",
+            rep.ae_keys_pulled.get(),
+        )?;
+        counter(
+            e,
+            "ae_keys_pushed",
+            "Keys sent to fellow replicas by anti-entropy",
+            rep.ae_keys_pushed.get(),
+        )?;
+
+        let pending: u64 = coord
+            .local()
+            .hint_ledger()
+            .all()
+            .values()
+            .map(|p| p.count)
+            .sum();
+        gauge(
+            e,
+            "hints_pending",
+            "Hints held here for other nodes",
+            pending as i64,
+        )?;
+        let ready = i64::from(self.0.ready.load(Ordering::Acquire));
+        gauge(
+            e,
+            "ready",
+            "1 once the node has joined and knows the ring",
+            ready,
+        )
+    }
+}
