@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
 # Scale-out check: one node to five, one join at a time, under a light read/write load.
 #
-#   scripts/scale-out.sh [--keys K] [--nodes N] [--keep]
+#   scripts/scale-out.sh [--keys K] [--nodes N] [--keep] [--docker]
+#
+# --docker runs the nodes as containers of docker-compose.yml (image ringkv:local, built
+# by scripts/docker-build.sh when missing) under the compose project "ringkv-scale-out",
+# with HTTP published on 127.0.0.1:RINGKV_DOCKER_BASE_PORT+I (default 28080+I), so it
+# never touches the cluster of a plain `docker compose up` (project of the directory's
+# name, ports 8081..8085). At most 5 nodes. It removes its containers, network and
+# volumes at the end; the load and checks run on the host, as in the local mode.
 #
 # Starts node 1 and loads K keys (default 20000) through it, recording every acknowledged
 # write. Then adds nodes 2..N (default 5) one at a time while `ringkv churn` keeps a light,
@@ -27,20 +34,25 @@
 #   SCALE_JOIN_TIMEOUT  seconds one join may take (default 600)
 #   SCALE_SETTLE_SECS   seconds placement may take to settle after a join (default 120)
 #   SCALE_CHURN_RATE    churn operations per second (default 40)
+#   RINGKV_DOCKER_BASE_PORT  with --docker: node I's HTTP on 127.0.0.1:BASE+I (default 28080)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-keys=20000 nodes=5 keep=0
+keys=20000 nodes=5 keep=0 docker=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --keys) keys=${2:?--keys needs a number}; shift 2 ;;
     --nodes) nodes=${2:?--nodes needs a number}; shift 2 ;;
     --keep) keep=1; shift ;;
-    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+    --docker) docker=1; shift ;;
+    -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
     *) echo "scale-out.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
 [ "$nodes" -ge 2 ] || { echo "scale-out.sh: --nodes must be at least 2" >&2; exit 2; }
+if [ "$docker" -eq 1 ] && [ "$nodes" -gt 5 ]; then
+  echo "scale-out.sh: docker-compose.yml has 5 nodes; --nodes must be at most 5" >&2; exit 2
+fi
 
 export RINGKV_BASE_PORT=${RINGKV_BASE_PORT:-21000}
 join_timeout=${SCALE_JOIN_TIMEOUT:-600}
@@ -83,6 +95,39 @@ orch_start_first() { RINGKV_WAIT_SECS=60 scripts/cluster.sh start 1 >/dev/null; 
 orch_add() { RINGKV_WAIT_SECS=$join_timeout scripts/cluster.sh add "$1" >/dev/null; }
 orch_stop() { scripts/cluster.sh stop >/dev/null 2>&1 || true; }
 orch_logs() { echo "$RINGKV_CLUSTER_DIR/node*.log"; }
+
+# ----- orchestration: containers of docker-compose.yml (--docker) -----
+if [ "$docker" -eq 1 ]; then
+  project=ringkv-scale-out
+  compose_files=()
+  # shellcheck source=scripts/docker-lib.sh
+  . scripts/docker-lib.sh
+  dbase=${RINGKV_DOCKER_BASE_PORT:-28080}
+  for i in 1 2 3 4 5; do export "RINGKV_HOST_PORT_$i=$((dbase + i))"; done
+  orch_url() { echo "http://127.0.0.1:$((dbase + $1))"; }
+  orch_check_ports() {
+    if [ -n "$(dc ps -q 2>/dev/null)" ]; then
+      log "compose project $project has containers (an earlier run?): removing them"
+      dc down -v --remove-orphans >/dev/null 2>&1
+    fi
+    check_host_ports "$dbase" "$nodes" RINGKV_DOCKER_BASE_PORT
+  }
+  # node1 has no depends_on; the others wait for node1's health check (in the compose
+  # file), which node1 passes by then.
+  orch_start_first() {
+    ensure_image >&2
+    dc up -d node1 >"$work/compose.log" 2>&1 || { cat "$work/compose.log" >&2; return 1; }
+    wait_ready_url "$(orch_url 1)" 60
+  }
+  orch_add() {
+    dc up -d --no-deps "node$1" >>"$work/compose.log" 2>&1 || { cat "$work/compose.log" >&2; return 1; }
+    wait_ready_url "$(orch_url "$1")" "$join_timeout"
+  }
+  orch_stop() {
+    save_logs "$RINGKV_CLUSTER_DIR"
+    dc down -v --remove-orphans >>"$work/compose.log" 2>&1 || true
+  }
+fi
 
 cleanup() {
   local rc=$?
@@ -147,7 +192,11 @@ verify() {
 
 orch_check_ports
 : >"$table"
-log "work dir $work; binary $bin; $keys keys; nodes 1..$nodes on ports from $base"
+if [ "$docker" -eq 1 ]; then
+  log "work dir $work; containers of project $project, image ringkv:local; $keys keys; nodes 1..$nodes on ports from $((dbase + 1))"
+else
+  log "work dir $work; binary $bin; $keys keys; nodes 1..$nodes on ports from $base"
+fi
 orch_start_first
 orch_url 1 >"$nodes_file"
 
