@@ -1,7 +1,7 @@
 //! The node's identity: a node id made once and kept in the data dir, and the epoch that
 //! changes after every unclean stop (see [`crate::version::Actor`]).
 
-use crate::store::{Store, StoreError, Table};
+use crate::store::{Store, StoreError, Table, WriteTxn};
 use crate::version::Actor;
 
 const NODE_ID: &[u8] = b"node_id";
@@ -10,12 +10,28 @@ const EPOCH: &[u8] = b"epoch";
 const RUNNING: &[u8] = b"running";
 const JOINED: &[u8] = b"joined";
 const LEFT: &[u8] = b"left";
+/// The highest dot counter this node has issued, over all keys (see [`Identity::dot_floor`]).
+const DOT_COUNTER: &[u8] = b"dot_counter";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Identity {
     pub actor: Actor,
     /// Whether the previous run ended without a clean shutdown.
     pub recovered_from_crash: bool,
+    /// Every dot this node issues has a counter above this one, whatever key it is for.
+    ///
+    /// Counters per key alone are not enough: a key's history can vanish from this node
+    /// (its tombstones collected, or the key handed off when the ring moved) while an old
+    /// copy survives on a replica that was away. Counting again from that key's empty
+    /// history would reissue a dot the old copy holds, for another value: the two
+    /// versions would pass for one, and the stale one could even win over the new write.
+    /// A node-wide floor makes every dot of an actor unique, and a new write then covers
+    /// whatever this actor wrote before. (It also covers a version of this actor that
+    /// the node forgot and never saw again; only a read of the other replicas before the
+    /// write could keep that one, and writes do not read.) It is stored with the writes
+    /// that raise it, so it is as durable as they are; a crash that loses both also moves
+    /// the epoch, which makes a new actor.
+    pub dot_floor: u64,
 }
 
 impl Identity {
@@ -51,9 +67,14 @@ impl Identity {
             txn.put(Table::Meta, EPOCH, &epoch.to_be_bytes())?;
             txn.put(Table::Meta, RUNNING, &[1])
         })?;
+        let dot_floor = match store.get(Table::Meta, DOT_COUNTER)? {
+            Some(raw) => u64::from_be_bytes(fixed(&raw)?),
+            None => 0,
+        };
         Ok(Identity {
             actor: Actor { node, epoch },
             recovered_from_crash: crashed,
+            dot_floor,
         })
     }
 
@@ -75,6 +96,11 @@ impl Identity {
 
     pub fn mark_left(store: &dyn Store) -> Result<(), StoreError> {
         store.write(true, &mut |txn| txn.put(Table::Meta, LEFT, &[1]))
+    }
+
+    /// Records, in the writer's transaction, the highest counter issued so far.
+    pub fn record_dot_floor(txn: &mut dyn WriteTxn, counter: u64) -> Result<(), StoreError> {
+        txn.put(Table::Meta, DOT_COUNTER, &counter.to_be_bytes())
     }
 
     /// Records a clean shutdown, durably: the next start keeps this epoch.
@@ -105,5 +131,16 @@ mod tests {
         let crashed = Identity::load(&store, || 7).unwrap();
         assert_eq!(crashed.actor, Actor { node: 42, epoch: 1 });
         assert!(crashed.recovered_from_crash);
+    }
+
+    #[test]
+    fn dot_floor_survives_a_restart() {
+        let store = MemoryStore::new();
+        assert_eq!(Identity::load(&store, || 42).unwrap().dot_floor, 0);
+        store
+            .write(true, &mut |txn| Identity::record_dot_floor(txn, 17))
+            .unwrap();
+        Identity::mark_clean_shutdown(&store).unwrap();
+        assert_eq!(Identity::load(&store, || 7).unwrap().dot_floor, 17);
     }
 }

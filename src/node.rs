@@ -210,6 +210,7 @@ pub async fn run_with_store<N: Network>(
         store.clone(),
         WriterSettings {
             actor: identity.actor,
+            dot_floor: identity.dot_floor,
             fsync: config.fsync,
             fsync_interval: config.fsync_interval,
             blocking: config.blocking,

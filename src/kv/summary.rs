@@ -169,6 +169,7 @@ mod tests {
             store.clone(),
             WriterSettings {
                 actor: Actor { node: 1, epoch: 0 },
+                dot_floor: 0,
                 fsync: FsyncMode::Always,
                 fsync_interval: Duration::from_secs(1),
                 blocking: BlockingMode::Inline,

@@ -17,6 +17,7 @@ use super::hints::{hint_key, HintLedger, HintRecord};
 use super::summary::{SharedTree, TreeDelta};
 use super::{record, KvError};
 use crate::config::{BlockingMode, FsyncMode, Sabotage};
+use crate::identity::Identity;
 use crate::key::Key;
 use crate::stats::StorageStats;
 use crate::store::{Store, StoreError, Table, WriteTxn};
@@ -106,6 +107,8 @@ pub struct WriterHandle {
 
 pub struct WriterSettings {
     pub actor: Actor,
+    /// The highest dot counter already issued (`Identity::dot_floor`).
+    pub dot_floor: u64,
     pub fsync: FsyncMode,
     pub fsync_interval: Duration,
     pub blocking: BlockingMode,
@@ -189,6 +192,14 @@ async fn run(
     stop: CancellationToken,
 ) {
     let settings = Arc::new(settings);
+    // Raised by every committed update; a batch that failed to commit may have raised it
+    // too, which only skips counters (see `SiblingSet::update_above`).
+    let mut dot_floor = settings.dot_floor;
+    // After a failed fsync the kernel may have dropped the dirty pages and cleared the
+    // error, so a later fsync that succeeds proves nothing about earlier commits. No
+    // further write is acknowledged once one has failed; restarting the node recovers
+    // from the last durable commit, with a new epoch.
+    let mut failed: Option<KvError> = None;
     let mut sync_timer = tokio::time::interval(settings.fsync_interval);
     sync_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut unsynced = false;
@@ -204,7 +215,7 @@ async fn run(
                 && settings.sabotage != Sabotage::SkipFsync => {
                 match blocking(settings.blocking, store.clone(), |s| s.sync()).await {
                     Ok(()) => stats.fsyncs.inc(),
-                    Err(e) => tracing::error!(error = %e, "periodic fsync failed"),
+                    Err(e) => failed = Some(sync_failed("periodic", &e)),
                 }
                 unsynced = false;
                 continue;
@@ -218,16 +229,27 @@ async fn run(
                 Err(_) => break,
             }
         }
+        if let Some(e) = &failed {
+            for job in batch {
+                if let Some(staged) = job.staged {
+                    let _ = staged.send(Err(e.clone()));
+                }
+                let _ = job.reply.send(Err(e.clone()));
+            }
+            continue;
+        }
         let durable = settings.durable();
         // With a staged job in the batch, commit first and sync after, so that its set can
         // go out between the two (see `submit_staged`); otherwise one durable commit.
         let split = durable && batch.iter().any(|j| j.staged.is_some());
         let s = settings.clone();
         let mutations = batch.len() as u64;
-        let (outcomes, committed) = blocking(settings.blocking, store.clone(), move |store| {
-            commit(store, &s, batch, durable && !split)
-        })
-        .await;
+        let (outcomes, committed, floor) =
+            blocking(settings.blocking, store.clone(), move |store| {
+                commit(store, &s, dot_floor, batch, durable && !split)
+            })
+            .await;
+        dot_floor = floor;
         if committed {
             stats.commits.inc();
             stats.mutations.add(mutations);
@@ -244,12 +266,17 @@ async fn run(
             replies.push((job.reply, result));
         }
         let synced = if split && committed {
-            let r = blocking(settings.blocking, store.clone(), |s| s.sync()).await;
-            match &r {
-                Ok(()) => stats.fsyncs.inc(),
-                Err(e) => tracing::error!(error = %e, "fsync after a staged commit failed"),
+            match blocking(settings.blocking, store.clone(), |s| s.sync()).await {
+                Ok(()) => {
+                    stats.fsyncs.inc();
+                    Ok(())
+                }
+                Err(e) => {
+                    let e = sync_failed("after a staged commit", &e);
+                    failed = Some(e.clone());
+                    Err(e)
+                }
             }
-            r.map_err(KvError::from)
         } else {
             Ok(())
         };
@@ -271,15 +298,26 @@ async fn run(
     tracing::debug!("writer stopped");
 }
 
+/// The error every later write gets once an fsync has failed (see `failed` in `run`).
+fn sync_failed(when: &str, e: &StoreError) -> KvError {
+    tracing::error!(error = %e, when, "fsync failed: this node acknowledges no more writes until it restarts");
+    KvError::Store(format!(
+        "fsync failed ({when}: {e}); this node accepts no writes until it restarts"
+    ))
+}
+
 /// One transaction for the whole batch. A mutation that is refused (the sibling cap, a
 /// full hint bound) is answered alone; a storage error fails the whole batch, and nothing
-/// in it is applied. The flag says whether the transaction committed.
+/// in it is applied. The flag says whether the transaction committed; the number is the
+/// dot floor after it.
 fn commit(
     store: &dyn Store,
     settings: &WriterSettings,
+    dot_floor: u64,
     batch: Vec<Job>,
     durable: bool,
-) -> (Answered, bool) {
+) -> (Answered, bool, u64) {
+    let mut floor = dot_floor;
     let mut outcomes: Vec<Result<Outcome, KvError>> = Vec::with_capacity(batch.len());
     // Hint totals and the in-memory tree change only once the commit succeeded.
     let mut ledger = LedgerDelta::default();
@@ -288,8 +326,20 @@ fn commit(
         outcomes.clear();
         ledger = LedgerDelta::default();
         tree = TreeDelta::default();
+        floor = dot_floor;
         for job in &batch {
-            outcomes.push(apply(txn, settings, &mut ledger, &mut tree, &job.mutation)?);
+            outcomes.push(apply(
+                txn,
+                settings,
+                &mut floor,
+                &mut ledger,
+                &mut tree,
+                &job.mutation,
+            )?);
+        }
+        // In the same transaction as the versions that raised it: as durable as they are.
+        if floor != dot_floor {
+            Identity::record_dot_floor(txn, floor)?;
         }
         tree.store(txn)
     });
@@ -307,7 +357,7 @@ fn commit(
                 .collect();
         }
     }
-    (batch.into_iter().zip(outcomes).collect(), committed)
+    (batch.into_iter().zip(outcomes).collect(), committed, floor)
 }
 
 /// Hint count and byte changes made by one transaction, per target.
@@ -335,6 +385,7 @@ impl LedgerDelta {
 fn apply(
     txn: &mut dyn WriteTxn,
     settings: &WriterSettings,
+    dot_floor: &mut u64,
     ledger: &mut LedgerDelta,
     tree: &mut TreeDelta,
     mutation: &Mutation,
@@ -347,9 +398,10 @@ fn apply(
             written_at_ms,
         } => {
             let current = read_set(txn, key)?;
-            let (next, dot) = current.update(
+            let (next, dot) = current.update_above(
                 seen.as_ref(),
                 settings.actor,
+                *dot_floor,
                 payload.clone(),
                 *written_at_ms,
             );
@@ -358,6 +410,7 @@ fn apply(
                     limit: settings.max_siblings,
                 }));
             }
+            *dot_floor = dot.counter;
             write_set(txn, settings, tree, key, current, next, Some(dot)).map(Ok)
         }
         Mutation::Merge { key, set } => {
@@ -472,5 +525,145 @@ async fn blocking<T: Send + 'static>(
                 Err(e) => std::panic::resume_unwind(e.into_panic()),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::summary::digest;
+    use crate::store::MemoryStore;
+    use bytes::Bytes;
+
+    fn settings(dot_floor: u64) -> WriterSettings {
+        WriterSettings {
+            actor: Actor { node: 1, epoch: 0 },
+            dot_floor,
+            fsync: FsyncMode::Always,
+            fsync_interval: Duration::from_secs(1),
+            blocking: BlockingMode::Inline,
+            queue: 16,
+            max_batch: 8,
+            max_siblings: 64,
+            max_hint_bytes: 0,
+            hints: Arc::new(HintLedger::default()),
+            tree: Arc::default(),
+            sabotage: Sabotage::None,
+        }
+    }
+
+    fn put(key: &Key, value: &str) -> Mutation {
+        Mutation::Update {
+            key: key.clone(),
+            seen: None,
+            payload: Payload::Value {
+                data: Bytes::from(value.to_owned()),
+                content_type: "t".into(),
+            },
+            written_at_ms: 1,
+        }
+    }
+
+    async fn applied(w: &WriterHandle, m: Mutation) -> Applied {
+        match w.submit(m).await.unwrap() {
+            Outcome::Applied(a) => a,
+            other => panic!("not applied: {other:?}"),
+        }
+    }
+
+    /// The case the node-wide floor exists for: this node loses a key's history (here it
+    /// drops the key, as after a handoff; collecting its tombstones is the same) while a
+    /// stale copy survives on a replica that was away, and the node then writes the key
+    /// again, also after a restart.
+    #[tokio::test]
+    async fn a_key_written_again_after_its_history_is_gone_gets_a_fresh_dot() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let key = Key::new("k").unwrap();
+        let (w, task) = spawn(store.clone(), settings(0), CancellationToken::new());
+        // The replica that was away keeps the first version; this node goes on to a second.
+        let stale = applied(&w, put(&key, "v1")).await;
+        let second = applied(&w, put(&key, "v2")).await;
+        let dropped = w
+            .submit(Mutation::DropIfDigest {
+                key: key.clone(),
+                digest: digest(&second.set),
+            })
+            .await
+            .unwrap();
+        assert!(matches!(dropped, Outcome::Dropped(true)));
+        let new = applied(&w, put(&key, "new")).await;
+        let new_dot = new.dot.unwrap();
+        // Counting from the key's empty history would have issued v1's dot again, for
+        // "new": the stale copy and the new write would pass for one version, and
+        // whichever side won, an acknowledged write would be gone.
+        assert!(new_dot.counter > second.dot.unwrap().counter);
+        assert_ne!(Some(new_dot), stale.dot);
+        // The stale copy meets the new write: the new write stands, v1 does not come back.
+        for met in [stale.set.sync(&new.set), new.set.sync(&stale.set)] {
+            let values: Vec<_> = met.live().map(|v| &v.payload).collect();
+            assert_eq!(values, [&new.set.live().next().unwrap().payload], "{met:?}");
+        }
+        drop(w);
+        task.await.unwrap();
+
+        // The floor was stored with the write: a restarted writer counts on from it.
+        let floor = crate::identity::Identity::load(store.as_ref(), || 1)
+            .unwrap()
+            .dot_floor;
+        assert_eq!(floor, new_dot.counter);
+        let (w, task) = spawn(store.clone(), settings(floor), CancellationToken::new());
+        let other = applied(&w, put(&Key::new("fresh").unwrap(), "x")).await;
+        assert!(other.dot.unwrap().counter > floor);
+        drop(w);
+        task.await.unwrap();
+    }
+
+    /// A store whose fsync fails from the first call on, as a disk that went bad.
+    struct SyncFails(MemoryStore);
+
+    impl Store for SyncFails {
+        fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.0.get(table, key)
+        }
+        fn scan(
+            &self,
+            table: Table,
+            from: std::ops::Bound<&[u8]>,
+            to: std::ops::Bound<&[u8]>,
+            limit: usize,
+        ) -> Result<Vec<crate::store::Entry>, StoreError> {
+            self.0.scan(table, from, to, limit)
+        }
+        fn write(&self, durable: bool, body: crate::store::TxnBody<'_>) -> Result<(), StoreError> {
+            self.0.write(durable, body)
+        }
+        fn sync(&self) -> Result<(), StoreError> {
+            Err(StoreError::Io(std::io::Error::other("EIO")))
+        }
+    }
+
+    /// A staged write whose fsync fails is not acknowledged, and neither is any write
+    /// after it, even one whose own commit would have gone through.
+    #[tokio::test]
+    async fn no_write_is_acknowledged_after_a_failed_fsync() {
+        let store: Arc<dyn Store> = Arc::new(SyncFails(MemoryStore::new()));
+        let (w, task) = spawn(store, settings(0), CancellationToken::new());
+        let key = Key::new("k").unwrap();
+        let staged = w.submit_staged(put(&key, "a")).await.unwrap();
+        assert!(
+            staged.committed.await.unwrap().is_ok(),
+            "visible before the fsync"
+        );
+        let durable = staged.durable.await.unwrap();
+        assert!(matches!(durable, Err(KvError::Store(_))), "{durable:?}");
+        for value in ["b", "c"] {
+            let later = w.submit(put(&key, value)).await;
+            assert!(
+                matches!(&later, Err(KvError::Store(m)) if m.contains("fsync failed")),
+                "{later:?}"
+            );
+        }
+        drop(w);
+        task.await.unwrap();
     }
 }

@@ -92,11 +92,26 @@ impl SiblingSet {
         payload: Payload,
         written_at_ms: u64,
     ) -> (SiblingSet, Dot) {
+        self.update_above(seen, actor, 0, payload, written_at_ms)
+    }
+
+    /// [`Self::update`] with a dot counter above `floor` too: the highest counter `actor`
+    /// has issued for any key (see [`crate::identity::Identity::dot_floor`]). Counters of
+    /// one actor may then skip numbers within a key; that is harmless, because a version
+    /// vector entry only ever covers dots the actor issued, and skipped ones never exist.
+    pub fn update_above(
+        &self,
+        seen: Option<&VersionVector>,
+        actor: Actor,
+        floor: u64,
+        payload: Payload,
+        written_at_ms: u64,
+    ) -> (SiblingSet, Dot) {
         let seen = seen.unwrap_or(&self.context);
         // The counter must be above anything either history has for this actor: a token
         // may carry a counter this replica has not stored (it came from another replica),
         // and a dot that the token already covers would be dropped as "seen" elsewhere.
-        let counter = self.context.get(&actor).max(seen.get(&actor)) + 1;
+        let counter = self.context.get(&actor).max(seen.get(&actor)).max(floor) + 1;
         let dot = Dot { actor, counter };
         let mut versions: Vec<Version> = self
             .versions

@@ -23,15 +23,16 @@ impl fmt::Display for Actor {
     }
 }
 
-/// One event: the `counter`-th version created by `actor` for one key.
+/// One event: a version created by `actor`, unique among all its versions of all keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Dot {
     pub actor: Actor,
     pub counter: u64,
 }
 
-/// A version vector: for each actor, the highest counter seen. Counters are contiguous per
-/// key, so "seen counter c" means "seen every event of that actor up to c".
+/// A version vector: for each actor, the highest counter seen. An actor's counters only
+/// grow, so "seen counter c" means "seen every event of that actor up to c" (counters it
+/// skipped for this key were events of other keys, and never occur here).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct VersionVector(BTreeMap<Actor, u64>);
 
