@@ -639,14 +639,13 @@ fn ring_of(cluster: &Value) -> Result<(Ring, usize), String> {
     if read.is_empty() {
         read = with(&["normal", "joining"]);
     }
-    let vnodes = read.first().map(|(_, v)| *v).ok_or("the ring is empty")?;
-    if read.iter().any(|(_, v)| *v != vnodes) {
-        return Err("members disagree on the vnode count".into());
+    if read.is_empty() {
+        return Err("the ring is empty".into());
     }
     let n = cluster["effective"]["n"]
         .as_u64()
         .ok_or("/cluster has no effective.n")? as usize;
-    Ok((Ring::new(read.into_iter().map(|(id, _)| id), vnodes), n))
+    Ok((Ring::weighted(read), n))
 }
 
 /// One stored key on one node: (digest, live).

@@ -142,13 +142,14 @@ impl ClusterView {
             .any(|m| matches!(m.state, MemberState::Normal | MemberState::Leaving))
     }
 
-    /// The two rings of a member set (see [`ClusterView`]).
-    pub fn rings(members: &BTreeMap<NodeId, Member>, vnodes: u16) -> (Ring, Ring) {
-        let with = |states: &[MemberState]| -> Vec<NodeId> {
+    /// The two rings of a member set (see [`ClusterView`]), each member with the vnode
+    /// count it gossips.
+    pub fn rings(members: &BTreeMap<NodeId, Member>) -> (Ring, Ring) {
+        let with = |states: &[MemberState]| -> Vec<(NodeId, u16)> {
             members
                 .values()
                 .filter(|m| states.contains(&m.state))
-                .map(|m| m.id)
+                .map(|m| (m.id, m.vnodes))
                 .collect()
         };
         let mut read = with(&[MemberState::Normal, MemberState::Leaving]);
@@ -161,7 +162,7 @@ impl ClusterView {
         if write.is_empty() {
             write = read.clone();
         }
-        (Ring::new(read, vnodes), Ring::new(write, vnodes))
+        (Ring::weighted(read), Ring::weighted(write))
     }
 }
 
@@ -340,7 +341,7 @@ async fn refresh(
         if current.members == members {
             continue;
         }
-        let (read, write) = ClusterView::rings(&members, me.vnodes);
+        let (read, write) = ClusterView::rings(&members);
         let same = |old: &Arc<Ring>, new: Ring| {
             if old.hash() == new.hash() {
                 old.clone()
@@ -405,11 +406,13 @@ fn collect_members(
             m.to_move = to_move;
             m
         } else {
-            let (Some(http), Some(rpc)) = (
+            let (Some(http), Some(rpc), Some(vnodes)) = (
                 state.get(KEY_HTTP_ADDR).and_then(|a| a.parse().ok()),
                 state.get(KEY_RPC_ADDR).and_then(|a| a.parse().ok()),
+                state.get(KEY_VNODES).and_then(|v| v.parse().ok()),
             ) else {
-                // Not fully published yet: not a member until it is.
+                // Not fully published yet: not a member until it is. (A default vnode
+                // count would be a guess, and nodes guessing apart build different rings.)
                 continue;
             };
             Member {
@@ -422,10 +425,7 @@ fn collect_members(
                     .and_then(MemberState::parse)
                     .unwrap_or(MemberState::Normal),
                 live: live.contains(cid),
-                vnodes: state
-                    .get(KEY_VNODES)
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(me.vnodes),
+                vnodes,
                 to_move,
             }
         };

@@ -27,7 +27,7 @@ const RING_SIZE: u128 = 1 << 64;
 
 /// Prefixed to the bytes of [`Ring::hash`], so the hash of a member set can never be
 /// mistaken for some other xxh3 value that nodes exchange.
-const HASH_DOMAIN: &[u8] = b"ringkv/ring/v1";
+const HASH_DOMAIN: &[u8] = b"ringkv/ring/v2";
 
 /// Where a key sits on the ring.
 pub fn key_position(key: &[u8]) -> u64 {
@@ -79,13 +79,14 @@ impl TokenRange {
     }
 }
 
-/// The ring of a member set. Equal member sets and vnode counts give equal rings, with
-/// equal [`Ring::hash`]es, on every node.
+/// The ring of a member set. Equal member sets with equal vnode counts give equal rings,
+/// with equal [`Ring::hash`]es, on every node.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Ring {
     /// Sorted and distinct.
     members: Vec<NodeId>,
-    vnodes: u16,
+    /// Each member's vnode count, in the order of `members`.
+    vnodes: Vec<u16>,
     /// Sorted by `(token, node)`. Ordering ties by node id makes the owner of a tied
     /// position (the lowest id comes first on the walk) the same on every node.
     tokens: Vec<(u64, NodeId)>,
@@ -99,19 +100,33 @@ impl Ring {
     /// on a walk, and preference lists would come up shorter than `min(n, members)`,
     /// which the quorum clamping relies on.
     pub fn new(members: impl IntoIterator<Item = NodeId>, vnodes: u16) -> Ring {
-        let mut members: Vec<NodeId> = members.into_iter().collect();
-        members.sort_unstable();
-        members.dedup();
-        let vnodes = vnodes.max(1);
-        let mut tokens = Vec::with_capacity(members.len() * usize::from(vnodes));
-        for &node in &members {
+        Ring::weighted(members.into_iter().map(|m| (m, vnodes)))
+    }
+
+    /// The ring of members that each bring their own vnode count (the one they gossip).
+    ///
+    /// Every node builds the ring from what each member says of itself, never from its
+    /// own setting: two nodes started with different `--vnodes` still route alike, and a
+    /// bigger machine may take a larger share. A member listed twice keeps its first count
+    /// after sorting by (id, count), so the result does not depend on the input order.
+    pub fn weighted(members: impl IntoIterator<Item = (NodeId, u16)>) -> Ring {
+        let mut pairs: Vec<(NodeId, u16)> = members
+            .into_iter()
+            .map(|(node, vnodes)| (node, vnodes.max(1)))
+            .collect();
+        pairs.sort_unstable();
+        pairs.dedup_by_key(|(node, _)| *node);
+        let total: usize = pairs.iter().map(|&(_, v)| usize::from(v)).sum();
+        let mut tokens = Vec::with_capacity(total);
+        for &(node, vnodes) in &pairs {
             tokens.extend((0..u32::from(vnodes)).map(|i| (token(node, i), node)));
         }
         tokens.sort_unstable();
         // Two vnodes of one node colliding would list the node twice at one position:
         // harmless to walks, but it would make an empty arc in `ranges`.
         tokens.dedup();
-        let hash = set_hash(&members, vnodes);
+        let hash = set_hash(&pairs);
+        let (members, vnodes) = pairs.into_iter().unzip();
         Ring {
             members,
             vnodes,
@@ -137,9 +152,11 @@ impl Ring {
         self.members.binary_search(&node).is_ok()
     }
 
-    /// The vnode count in force (at least 1).
-    pub fn vnodes(&self) -> u16 {
-        self.vnodes
+    /// The vnode count of `node` (at least 1), or 0 for a node outside the ring.
+    pub fn vnodes_of(&self, node: NodeId) -> u16 {
+        self.members
+            .binary_search(&node)
+            .map_or(0, |i| self.vnodes[i])
     }
 
     /// Every token with its node, sorted by `(token, node)`.
@@ -147,7 +164,7 @@ impl Ring {
         &self.tokens
     }
 
-    /// A hash of the member set and the vnode count, the same on every node: two nodes
+    /// A hash of the member set and the vnode counts, the same on every node: two nodes
     /// with equal hashes route every key alike.
     pub fn hash(&self) -> u64 {
         self.hash
@@ -363,12 +380,12 @@ fn fraction(width: u128) -> f64 {
 /// The ring hash: xxh3 over the domain tag, the vnode count (u16 BE) and the sorted
 /// member ids (u64 BE each). Nodes compare it, so this encoding is fixed: every field is
 /// fixed-width, so distinct sets can't encode alike.
-fn set_hash(members: &[NodeId], vnodes: u16) -> u64 {
-    let mut bytes = Vec::with_capacity(HASH_DOMAIN.len() + 2 + 8 * members.len());
+fn set_hash(members: &[(NodeId, u16)]) -> u64 {
+    let mut bytes = Vec::with_capacity(HASH_DOMAIN.len() + 10 * members.len());
     bytes.extend_from_slice(HASH_DOMAIN);
-    bytes.extend_from_slice(&vnodes.to_be_bytes());
-    for node in members {
+    for (node, vnodes) in members {
         bytes.extend_from_slice(&node.0.to_be_bytes());
+        bytes.extend_from_slice(&vnodes.to_be_bytes());
     }
     xxh3_64(&bytes)
 }
@@ -433,9 +450,29 @@ mod tests {
     }
 
     #[test]
+    fn each_member_brings_its_own_vnode_count() {
+        let a = Ring::weighted([(NodeId(1), 64), (NodeId(2), 256), (NodeId(3), 128)]);
+        let b = Ring::weighted([(NodeId(3), 128), (NodeId(1), 64), (NodeId(2), 256)]);
+        assert!(a == b, "the order members come in does not matter");
+        assert_eq!(a.hash(), b.hash());
+        assert_ne!(a.hash(), Ring::new(ids([1, 2, 3]), 128).hash());
+        assert_eq!(a.tokens().len(), 64 + 256 + 128);
+        assert_eq!(a.vnodes_of(NodeId(2)), 256);
+        // Shares follow the counts: 1/7, 4/7 and 2/7 of the keys.
+        let mut first = [0u32; 3];
+        for i in 0..20_000u32 {
+            let owner = a.preference_list(format!("key-{i}").as_bytes(), 1)[0];
+            first[(owner.0 - 1) as usize] += 1;
+        }
+        assert!(first[1] > 3 * first[0], "{first:?}");
+        assert!(first[2] > first[0] && first[1] > first[2], "{first:?}");
+    }
+
+    #[test]
     fn zero_vnodes_is_raised_to_one() {
         let ring = Ring::new(ids([1, 2, 3]), 0);
-        assert_eq!(ring.vnodes(), 1);
+        assert_eq!(ring.vnodes_of(NodeId(2)), 1);
+        assert_eq!(ring.vnodes_of(NodeId(9)), 0);
         assert_eq!(ring.tokens().len(), 3);
         assert_eq!(ring.preference_list(b"k", 3).len(), 3);
         assert_eq!(ring.hash(), Ring::new(ids([1, 2, 3]), 1).hash());
@@ -458,10 +495,11 @@ mod tests {
         let bytes = [0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 2];
         assert_eq!(token(NodeId(1), 2), xxh3_64(&bytes));
         assert_eq!(key_position(b"abc"), xxh3_64(b"abc"));
-        let mut expected = b"ringkv/ring/v1".to_vec();
-        expected.extend_from_slice(&[0, 128]);
-        expected.extend_from_slice(&1u64.to_be_bytes());
-        expected.extend_from_slice(&2u64.to_be_bytes());
+        let mut expected = b"ringkv/ring/v2".to_vec();
+        for id in [1u64, 2] {
+            expected.extend_from_slice(&id.to_be_bytes());
+            expected.extend_from_slice(&128u16.to_be_bytes());
+        }
         let ring = Ring::new(ids([2, 1]), 128);
         assert_eq!(ring.hash(), xxh3_64(&expected));
         assert_eq!(ring.hash_hex(), format!("{:016x}", xxh3_64(&expected)));
@@ -696,7 +734,10 @@ mod tests {
             if a != b {
                 prop_assert_ne!(ring.hash(), Ring::new(b, vnodes).hash());
             }
-            prop_assert_ne!(ring.hash(), Ring::new(a, vnodes + 1).hash());
+            // An empty ring routes nothing, whatever its vnode count.
+            if !a.is_empty() {
+                prop_assert_ne!(ring.hash(), Ring::new(a, vnodes + 1).hash());
+            }
         }
     }
 }
