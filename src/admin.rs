@@ -12,7 +12,12 @@ use crate::antientropy::AntiEntropy;
 use crate::cluster::membership::{MemberState, MembershipCtl};
 use crate::cluster::NodeId;
 use crate::identity::Identity;
+use crate::rpc::{Request, Response};
 use crate::store::Store;
+
+/// How long a node that left waits for its live peers to see it gone (see
+/// `Admin::wait_for_peers_to_see_the_leave`).
+const LEFT_CONFIRM_LIMIT: Duration = Duration::from_secs(30);
 
 pub struct Admin {
     pub ctl: MembershipCtl,
@@ -144,10 +149,57 @@ impl Admin {
             return;
         }
         self.ctl.set_state(MemberState::Left).await;
-        // Let gossip carry "left" to every peer before this node goes quiet.
-        tokio::time::sleep(self.gossip_interval * 10).await;
+        self.wait_for_peers_to_see_the_leave().await;
         tracing::info!("left the cluster; stopping");
         self.node_shutdown.cancel();
+    }
+
+    /// Keeps gossiping "left" until every live peer says this node is out of its rings,
+    /// for at most `LEFT_CONFIRM_LIMIT`. Stopping after a fixed number of rounds is not
+    /// enough on a slow or lossy network: a peer that never heard "left" keeps this node
+    /// as a dead leaving member, in its read ring and its hint targets, until an operator
+    /// removes it. A peer that is down now hears it later from the others.
+    async fn wait_for_peers_to_see_the_leave(&self) {
+        let deadline = tokio::time::Instant::now() + LEFT_CONFIRM_LIMIT;
+        let rpc_timeout = self.ae.config.rpc_timeout;
+        loop {
+            let view = self.ae.view.borrow().clone();
+            let me = view.self_id;
+            let peers: Vec<_> = view
+                .members
+                .values()
+                .filter(|m| m.id != me && m.live && m.state != MemberState::Left)
+                .map(|m| (m.id, m.rpc_addr))
+                .collect();
+            let asks = peers.iter().map(|&(id, addr)| async move {
+                let r = self
+                    .ae
+                    .rpc
+                    .call(addr, Request::Departed { node: me.0 }, rpc_timeout)
+                    .await;
+                (id, matches!(r, Ok(Response::Departed(true))))
+            });
+            let unaware: Vec<NodeId> = futures::future::join_all(asks)
+                .await
+                .into_iter()
+                .filter(|(_, seen)| !seen)
+                .map(|(id, _)| id)
+                .collect();
+            if unaware.is_empty() {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    ?unaware,
+                    "peers still have this node in their rings; stopping anyway"
+                );
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.gossip_interval) => {}
+                _ = self.tasks.cancelled() => return,
+            }
+        }
     }
 
     pub async fn remove(&self, id: NodeId) {

@@ -56,6 +56,11 @@ impl RpcHandler for ReplicaService {
             Request::Ping => Response::Pong {
                 node_id: self.node_id.0,
             },
+            Request::Departed { node } => {
+                let view = self.coordinator.view();
+                let node = NodeId(node);
+                Response::Departed(!view.ring.contains(node) && !view.write_ring.contains(node))
+            }
             Request::Read { key } => match Key::new(key) {
                 Err(e) => bad_key(e),
                 Ok(key) => match local.read(&key) {

@@ -105,6 +105,12 @@ impl Collector for NodeCollector {
             "Connections closed for an invalid frame",
             rpc.protocol_errors,
         )?;
+        counter(
+            e,
+            "rpc_idle_closed",
+            "Inbound internode connections closed for idleness",
+            rpc.idle_closed,
+        )?;
 
         let storage = coord.local().storage_stats();
         counter(

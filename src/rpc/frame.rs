@@ -61,6 +61,11 @@ pub struct RpcConfig {
     pub max_connections: usize,
     /// How long the client waits for a dial (the call's own timeout still applies).
     pub connect_timeout: Duration,
+    /// The server closes an inbound connection that has nothing in flight and sends
+    /// nothing for this long. A peer that vanished without closing (power loss, a cut
+    /// network) would otherwise hold one of `max_connections` forever. The client dials
+    /// again on its next call.
+    pub idle_timeout: Duration,
 }
 
 impl Default for RpcConfig {
@@ -70,6 +75,7 @@ impl Default for RpcConfig {
             max_in_flight_per_conn: 256,
             max_connections: 1024,
             connect_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -95,6 +101,8 @@ pub struct RpcStats {
     pub requests_served: AtomicU64,
     /// Connections closed because the peer sent something that is not a valid frame.
     pub protocol_errors: AtomicU64,
+    /// Inbound connections closed for idleness (`RpcConfig::idle_timeout`).
+    pub idle_closed: AtomicU64,
 }
 
 /// A plain copy of [`RpcStats`] at one moment.
@@ -109,6 +117,7 @@ pub struct RpcStatsSnapshot {
     pub accepted: u64,
     pub requests_served: u64,
     pub protocol_errors: u64,
+    pub idle_closed: u64,
 }
 
 impl RpcStats {
@@ -124,6 +133,7 @@ impl RpcStats {
             accepted: get(&self.accepted),
             requests_served: get(&self.requests_served),
             protocol_errors: get(&self.protocol_errors),
+            idle_closed: get(&self.idle_closed),
         }
     }
 

@@ -8,7 +8,7 @@ use crate::quorum::Quorum;
 use crate::version::{Dot, Payload, SiblingSet, VersionVector};
 
 /// Bumped on any incompatible change; a peer speaking another version is disconnected.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// A request or a response, with the id that pairs them on a multiplexed connection.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -50,6 +50,9 @@ pub enum Request {
     /// Drop these keys if their stored digest is still the one given: tombstones every
     /// replica holds (GC), or data this node handed to its new owners.
     DropIfDigest { entries: Vec<(String, u64)> },
+    /// Whether `node` is out of this node's rings (it left, or was removed): a leaving
+    /// node asks its peers before it stops, so no one keeps it as a dead member.
+    Departed { node: u64 },
 }
 
 /// A key range: from `start` (inclusive, or exclusive when `start_exclusive`) to `end`
@@ -107,6 +110,7 @@ pub enum Response {
     ReadMany(Vec<(String, Option<SiblingSet>)>),
     /// How many of the keys were dropped.
     Dropped(usize),
+    Departed(bool),
     Error(RemoteError),
 }
 

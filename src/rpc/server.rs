@@ -73,6 +73,8 @@ pub async fn serve<L>(
 enum End {
     /// The peer closed its side: answer what is in flight, then close.
     Eof,
+    /// Nothing in flight and nothing received for `RpcConfig::idle_timeout`.
+    Idle,
     /// The peer sent something that is not a valid frame.
     Protocol(FrameError),
     /// The socket failed.
@@ -113,7 +115,7 @@ async fn connection<S>(
         _ = shutdown.cancelled() => End::Shutdown,
     };
     match end {
-        End::Eof => {
+        End::Eof | End::Idle => {
             // The writer ends once every handler has queued its response and dropped its
             // sender (the reader's sender is gone already).
             let drain = async {
@@ -126,7 +128,12 @@ async fn connection<S>(
                 _ = drain => {}
                 _ = shutdown.cancelled() => {}
             }
-            tracing::debug!(peer = %peer, "RPC peer closed the connection");
+            if matches!(end, End::Idle) {
+                RpcStats::add(&stats.idle_closed, 1);
+                tracing::debug!(peer = %peer, "closed an idle RPC connection");
+            } else {
+                tracing::debug!(peer = %peer, "RPC peer closed the connection");
+            }
         }
         End::Protocol(e) => {
             RpcStats::add(&stats.protocol_errors, 1);
@@ -160,10 +167,16 @@ async fn read_requests<R: AsyncRead + Unpin>(
             },
             Some(_) = handlers.join_next() => continue,
         };
+        // The idle clock runs only while no handler runs: a slow request is not idleness.
+        let idle = tokio::time::sleep(config.idle_timeout);
+        tokio::pin!(idle);
         let next = loop {
             tokio::select! {
                 next = frames.next() => break next,
-                Some(_) = handlers.join_next() => {}
+                Some(_) = handlers.join_next() => {
+                    idle.as_mut().reset(tokio::time::Instant::now() + config.idle_timeout);
+                }
+                _ = &mut idle, if handlers.is_empty() => return End::Idle,
             }
         };
         let payload = match next {
@@ -302,6 +315,7 @@ pub(crate) mod testing {
                     .collect(),
             ),
             Request::DropIfDigest { entries } => Response::Dropped(entries.len()),
+            Request::Departed { .. } => Response::Departed(false),
         }
     }
 
@@ -579,6 +593,29 @@ mod tests {
         }
         let max = server.handler.max_running.load(Ordering::SeqCst);
         assert!((2..=4).contains(&max), "max concurrent handlers {max}");
+        client.close_all().await;
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_closed_and_the_client_dials_again() {
+        let config = RpcConfig {
+            max_connections: 1,
+            idle_timeout: Duration::from_millis(200),
+            ..RpcConfig::default()
+        };
+        let server = TestServer::start(super::testing::loopback(0), config).await;
+        // A peer that connects and goes silent loses its slot...
+        server_closes_after(&server, &[]).await;
+        // ...and a connection that was busy a while ago is closed once it goes quiet.
+        let client = client();
+        ping(&client, &server).await;
+        wait_for("the idle close", CALL, || {
+            server.stats.idle_closed.load(Ordering::SeqCst) >= 2
+        })
+        .await;
+        // The only slot is free again, and the client redials by itself.
+        ping(&client, &server).await;
         client.close_all().await;
         server.stop().await;
     }
