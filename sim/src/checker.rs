@@ -13,6 +13,9 @@ pub enum Invariant {
     LostWrite,
     /// Two acknowledged writes of one key that claim the same dot.
     DotReissued,
+    /// One write stored as two versions (two dots, one value): a retried write applied
+    /// twice. Every value the workload writes is unique, so equal siblings are a bug.
+    AppliedTwice,
     /// Replicas of a key hold different sibling sets.
     Diverged,
     /// Nodes disagree on the ring, or data is still moving.
@@ -32,6 +35,7 @@ impl fmt::Display for Invariant {
         f.write_str(match self {
             Invariant::LostWrite => "lost-write",
             Invariant::DotReissued => "dot-reissued",
+            Invariant::AppliedTwice => "applied-twice",
             Invariant::Diverged => "replicas-diverged",
             Invariant::RingSplit => "ring-split",
             Invariant::HintsPending => "hints-pending",
@@ -236,6 +240,26 @@ pub fn check(
         }
     }
 
+    // One write, one version: in what a read saw and in what is stored at the end.
+    for e in history.iter().filter(|e| e.kind == OpKind::Read) {
+        if let Some(twice) = repeated(e.read.iter().map(String::as_str)) {
+            out.push(v(
+                Invariant::AppliedTwice,
+                Some(&e.key),
+                format!("read {twice:?} as two siblings: {e}"),
+            ));
+        }
+    }
+    for (key, set) in &finals {
+        if let Some(twice) = repeated(set.versions.iter().filter_map(|x| x.value.as_deref())) {
+            out.push(v(
+                Invariant::AppliedTwice,
+                Some(key),
+                format!("{twice:?} is stored twice: {}", describe(set)),
+            ));
+        }
+    }
+
     // Read-your-writes at R+W>N, with no faults in flight.
     for p in collected.probes.iter().filter(|_| strict_quorums) {
         let read_ok = matches!(p.read, Outcome::Status(200 | 300));
@@ -251,6 +275,12 @@ pub fn check(
         }
     }
     out
+}
+
+/// The first value that occurs twice.
+fn repeated<'a>(values: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let mut seen = BTreeSet::new();
+    values.into_iter().find(|v| !seen.insert(*v))
 }
 
 pub fn describe(set: &StoredSet) -> String {

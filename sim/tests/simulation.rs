@@ -188,6 +188,45 @@ const PINNED: &[(&str, &[&str])] = &[
             "2s",
         ],
     ),
+    (
+        "a node that left stopped after a fixed 10 gossip rounds; on a slow network some \
+         peers never heard `left` and kept it as a dead leaving member: hints-pending",
+        &[
+            "--seed",
+            "5102",
+            "--scenario",
+            "churn",
+            "--clients",
+            "8",
+            "--keys",
+            "2",
+            "--max-latency",
+            "300ms",
+            "--fault-interval",
+            "500ms",
+            "--fault-length",
+            "2s",
+        ],
+    ),
+    (
+        "the same, with faults: a departed node stayed in preference lists",
+        &[
+            "--seed",
+            "5007",
+            "--scenario",
+            "all",
+            "--clients",
+            "8",
+            "--keys",
+            "2",
+            "--max-latency",
+            "300ms",
+            "--fault-interval",
+            "500ms",
+            "--fault-length",
+            "2s",
+        ],
+    ),
 ];
 
 #[test]
