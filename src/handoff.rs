@@ -60,9 +60,11 @@ impl Handoff {
                     return;
                 }
                 let view = self.view.borrow().clone();
-                // Members that left or were removed drop out of the view. A view of this
-                // node alone (it just started and has heard from no one) proves nothing.
-                let gone = view.member(target).is_none() && view.members.len() > 1;
+                // Gossip says the target left or was removed; or it is simply not a
+                // member. The latter proves nothing in a view of this node alone (it just
+                // started and has heard from no one yet).
+                let gone = view.departed.contains(&target)
+                    || (view.member(target).is_none() && view.members.len() > 1);
                 if gone {
                     if let Err(e) = self.reroute(target, &view, &shutdown).await {
                         tracing::warn!(peer = %target, error = %e, "rerouting hints failed; will retry");

@@ -1,7 +1,8 @@
 //! A node down in a 3-node cluster (N=3, R=2, W=2): reads and writes through the other two
 //! keep succeeding, the writes leave hints for the dead node, and once it is back (same
 //! addresses, same data dir) the hints are handed off: it holds every key written while
-//! it was down, by its own copies.
+//! it was down, by its own copies. And hints for a peer removed for good drain too, even
+//! when the node holding them is left alone.
 
 mod common;
 
@@ -329,5 +330,44 @@ async fn the_hint_for_a_down_replica_is_held_by_the_node_outside_the_preference_
         } else if let Some(set) = local(node4, &k).await {
             panic!("{k:?} reached node 4, outside its preference list {p:?}: {set}");
         }
+    }
+}
+
+/// A two-node cluster loses its second node for good: the survivor holds hints for it (it
+/// is its own stand-in), the operator removes the dead node, and the survivor, now alone in
+/// its view, hands the hints to the keys' owner (itself) at once instead of keeping them
+/// until they expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hints_for_a_removed_peer_drain_when_the_holder_is_left_alone() {
+    const WRITES: usize = 20;
+    let mut cluster = Cluster::start(2, &HINTS_ONLY).await;
+    let dead_id = cluster.nodes[1].node_id.clone();
+    cluster.nodes[1].sigkill().await;
+    let q = [("timeout_ms", TIMEOUT_MS), ("w", "1")];
+    let pair_key = |i: usize| format!("pair/{i:02}");
+    for i in 0..WRITES {
+        try_put(&cluster.nodes[0], &pair_key(i), b"alone", None, &q)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let held = cluster.hints_pending_total(&[0]).await;
+    assert!(held > 0, "the survivor holds no hints for the dead node");
+
+    let (status, body) = post_empty(&cluster.nodes[0], &format!("/admin/remove/{dead_id}")).await;
+    assert_eq!(
+        status,
+        reqwest::StatusCode::ACCEPTED,
+        "POST /admin/remove: {body}"
+    );
+    // The default hint age is an hour: draining within seconds means they were rerouted.
+    cluster
+        .wait_hints_drained(&[0], Duration::from_secs(30))
+        .await;
+    let r1 = [("timeout_ms", TIMEOUT_MS), ("r", "1")];
+    for i in 0..WRITES {
+        let got = try_get_value(&cluster.nodes[0], &pair_key(i), &r1)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(got, b"alone", "{}", pair_key(i));
     }
 }

@@ -89,6 +89,10 @@ pub struct Member {
 pub struct ClusterView {
     pub self_id: NodeId,
     pub members: BTreeMap<NodeId, Member>,
+    /// Nodes gossip says are gone for good: they left, or an operator removed them. They
+    /// are in no ring and not in `members`; unlike a node merely not heard of yet, they
+    /// will not come back under this id.
+    pub departed: BTreeSet<NodeId>,
     pub ring: Arc<Ring>,
     pub write_ring: Arc<Ring>,
 }
@@ -128,6 +132,7 @@ impl ClusterView {
         ClusterView {
             self_id: me.id,
             members: BTreeMap::from([(me.id, me)]),
+            departed: BTreeSet::new(),
             write_ring: ring.clone(),
             ring,
         }
@@ -331,14 +336,14 @@ async fn refresh(
             _ = ticker.tick() => {}
             _ = shutdown.cancelled() => return,
         }
-        let members = {
+        let (members, departed) = {
             let c = chitchat.lock().await;
             let live: BTreeSet<&ChitchatId> = c.live_nodes().collect();
             let leaving: BTreeSet<&ChitchatId> = c.scheduled_for_deletion_nodes().collect();
             collect_members(c.node_states(), &live, &leaving, &me)
         };
         let current = tx.borrow().clone();
-        if current.members == members {
+        if current.members == members && current.departed == departed {
             continue;
         }
         let (read, write) = ClusterView::rings(&members);
@@ -358,6 +363,12 @@ async fn refresh(
                 write_ring = %write_ring.hash_hex(),
                 "membership changed; rings rebuilt"
             );
+            tracing::debug!(
+                me = %me.id,
+                members = ?members.values().map(|m| (m.id.to_string(), m.state.as_str(), m.live)).collect::<Vec<_>>(),
+                departed = ?departed,
+                "members"
+            );
         }
         for (id, m) in &members {
             if let Some(old) = current.members.get(id) {
@@ -369,6 +380,7 @@ async fn refresh(
         let _ = tx.send(Arc::new(ClusterView {
             self_id: me.id,
             members,
+            departed,
             ring,
             write_ring,
         }));
@@ -376,13 +388,13 @@ async fn refresh(
 }
 
 /// One member per node id: a restarted node has a new chitchat generation, and only the
-/// newest one counts.
+/// newest one counts. Also returns the ids that departed (see [`ClusterView::departed`]).
 fn collect_members(
     states: &BTreeMap<ChitchatId, NodeState>,
     live: &BTreeSet<&ChitchatId>,
     deleted: &BTreeSet<&ChitchatId>,
     me: &Member,
-) -> BTreeMap<NodeId, Member> {
+) -> (BTreeMap<NodeId, Member>, BTreeSet<NodeId>) {
     let removed: BTreeSet<NodeId> = states
         .values()
         .flat_map(|s| s.key_values())
@@ -406,13 +418,16 @@ fn collect_members(
             m.to_move = to_move;
             m
         } else {
-            let (Some(http), Some(rpc), Some(vnodes)) = (
+            let (Some(http), Some(rpc), Some(vnodes), Some(member_state)) = (
                 state.get(KEY_HTTP_ADDR).and_then(|a| a.parse().ok()),
                 state.get(KEY_RPC_ADDR).and_then(|a| a.parse().ok()),
                 state.get(KEY_VNODES).and_then(|v| v.parse().ok()),
+                state.get(KEY_STATE).and_then(MemberState::parse),
             ) else {
-                // Not fully published yet: not a member until it is. (A default vnode
-                // count would be a guess, and nodes guessing apart build different rings.)
+                // Not fully published yet (a delta can carry part of a node's keys): not
+                // a member until it is. A default would be a guess, and nodes guessing
+                // apart build different rings; a guessed "normal" for a node that left
+                // would bring it back.
                 continue;
             };
             Member {
@@ -420,10 +435,7 @@ fn collect_members(
                 http_addr: http,
                 rpc_addr: rpc,
                 gossip_addr: cid.gossip_advertise_addr,
-                state: state
-                    .get(KEY_STATE)
-                    .and_then(MemberState::parse)
-                    .unwrap_or(MemberState::Normal),
+                state: member_state,
                 live: live.contains(cid),
                 vnodes,
                 to_move,
@@ -447,11 +459,14 @@ fn collect_members(
     );
     // A member that left, or that an operator removed, is in no ring. This node stays in
     // its own view while it runs, so it can finish leaving.
-    newest
+    let (members, gone): (BTreeMap<_, _>, BTreeMap<_, _>) = newest
         .into_iter()
-        .filter(|(id, (_, m))| {
-            *id == me.id || (m.state != MemberState::Left && !removed.contains(id))
-        })
         .map(|(id, (_, m))| (id, m))
-        .collect()
+        .partition(|(id, m)| {
+            *id == me.id || (m.state != MemberState::Left && !removed.contains(id))
+        });
+    let mut departed = removed;
+    departed.extend(gone.into_keys());
+    departed.remove(&me.id);
+    (members, departed)
 }
