@@ -29,6 +29,9 @@ pub struct Admin {
     pub tasks: CancellationToken,
     pub gossip_interval: Duration,
     leaving: AtomicBool,
+    /// Held while this node's own state changes (joining → normal, → leaving), so that a
+    /// leave that starts while the join is finishing cannot be overwritten by "normal".
+    transition: tokio::sync::Mutex<()>,
 }
 
 impl Admin {
@@ -48,6 +51,7 @@ impl Admin {
             tasks,
             gossip_interval,
             leaving: AtomicBool::new(false),
+            transition: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -79,7 +83,7 @@ impl Admin {
         let started = tokio::time::Instant::now();
         loop {
             let failed = self.ae.sync_all(true, &self.tasks, Some(&self.ctl)).await;
-            if self.tasks.is_cancelled() {
+            if self.tasks.is_cancelled() || self.leaving.load(Ordering::Acquire) {
                 return;
             }
             if failed == 0 {
@@ -88,6 +92,12 @@ impl Admin {
             tracing::warn!(failed, "some ranges could not be pulled yet; retrying");
             self.ctl.set_to_move(Some(failed as u64)).await;
             tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let _transition = self.transition.lock().await;
+        if self.leaving.load(Ordering::Acquire) {
+            // Turning normal now would undo the leave's "leaving" or "left".
+            tracing::info!("a leave began before the join finished; not turning normal");
+            return;
         }
         if let Err(e) = Identity::mark_joined(self.store.as_ref()) {
             tracing::error!(error = %e, "could not record the join");
@@ -112,7 +122,11 @@ impl Admin {
     }
 
     async fn leave(self: Arc<Self>) {
+        // `leaving` is set already (`start_leave`): a join finishing after this point
+        // sees it under the same lock and stays out of the way.
+        let transition = self.transition.lock().await;
         self.ctl.set_state(MemberState::Leaving).await;
+        drop(transition);
         // Wait until this node's own view has it leaving, so handoff targets the ring
         // without it.
         let mut view = self.ae.view.clone();
@@ -186,6 +200,10 @@ impl Admin {
                 .map(|(id, _)| id)
                 .collect();
             if unaware.is_empty() {
+                tracing::debug!(
+                    peers = peers.len(),
+                    "every live peer has this node out of its rings"
+                );
                 return;
             }
             if tokio::time::Instant::now() >= deadline {

@@ -186,6 +186,12 @@ const PINNED: &[(&str, &str, &str)] = &[
         "5007",
         "all",
     ),
+    (
+        "a node asked to leave while it was still joining finished the join afterwards and \
+         turned `normal` over its own `left`: every peer took it back as a dead member",
+        "5638",
+        "churn",
+    ),
 ];
 
 #[test]
