@@ -168,7 +168,7 @@ impl Admin {
         self.node_shutdown.cancel();
     }
 
-    /// Keeps gossiping "left" until every live peer says this node is out of its rings,
+    /// Keeps gossiping "left" until every live peer says it has heard this node departed,
     /// for at most `LEFT_CONFIRM_LIMIT`. Stopping after a fixed number of rounds is not
     /// enough on a slow or lossy network: a peer that never heard "left" keeps this node
     /// as a dead leaving member, in its read ring and its hint targets, until an operator
@@ -202,14 +202,14 @@ impl Admin {
             if unaware.is_empty() {
                 tracing::debug!(
                     peers = peers.len(),
-                    "every live peer has this node out of its rings"
+                    "every live peer has heard this node departed"
                 );
                 return;
             }
             if tokio::time::Instant::now() >= deadline {
                 tracing::warn!(
                     ?unaware,
-                    "peers still have this node in their rings; stopping anyway"
+                    "peers have not heard this node left; stopping anyway"
                 );
                 return;
             }

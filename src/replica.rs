@@ -57,9 +57,7 @@ impl RpcHandler for ReplicaService {
                 node_id: self.node_id.0,
             },
             Request::Departed { node } => {
-                let view = self.coordinator.view();
-                let node = NodeId(node);
-                Response::Departed(!view.ring.contains(node) && !view.write_ring.contains(node))
+                Response::Departed(self.coordinator.view().departed.contains(&NodeId(node)))
             }
             Request::Read { key } => match Key::new(key) {
                 Err(e) => bad_key(e),

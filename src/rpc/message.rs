@@ -50,8 +50,8 @@ pub enum Request {
     /// Drop these keys if their stored digest is still the one given: tombstones every
     /// replica holds (GC), or data this node handed to its new owners.
     DropIfDigest { entries: Vec<(String, u64)> },
-    /// Whether `node` is out of this node's rings (it left, or was removed): a leaving
-    /// node asks its peers before it stops, so no one keeps it as a dead member.
+    /// Whether this node has heard that `node` departed (it left, or was removed): a
+    /// leaving node asks its peers before it stops, so no one keeps it as a dead member.
     Departed { node: u64 },
 }
 
