@@ -101,14 +101,10 @@ impl Handoff {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
-            let hints = self
-                .local
-                .scan_hints(target.0, after.as_ref(), self.config.batch)
-                .map_err(|e| e.to_string())?;
-            let Some(last) = hints.last() else {
+            let hints = self.next_batch(target, &mut after)?;
+            if hints.is_empty() {
                 return Ok(());
-            };
-            after = Some(last.key.clone());
+            }
             let mut by_owner: std::collections::BTreeMap<NodeId, Vec<&StoredHint>> =
                 Default::default();
             for h in &hints {
@@ -152,12 +148,10 @@ impl Handoff {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
-            let hints = self
-                .local
-                .scan_hints(target.0, after.as_ref(), self.config.batch)
-                .map_err(|e| e.to_string())?;
-            let Some(last) = hints.last() else { break };
-            after = Some(last.key.clone());
+            let hints = self.next_batch(target, &mut after)?;
+            if hints.is_empty() {
+                break;
+            }
             let now = self.clock.now_ms();
             let max_age_ms = self.config.max_age.as_millis() as u64;
             let (expired, fresh): (Vec<StoredHint>, Vec<StoredHint>) = hints
@@ -184,6 +178,23 @@ impl Handoff {
             tracing::info!(peer = %target, delivered, "hints handed off");
         }
         Ok(())
+    }
+
+    /// The next batch of `target`'s hints after the key `after`, which moves past it;
+    /// empty at the end.
+    fn next_batch(
+        &self,
+        target: NodeId,
+        after: &mut Option<crate::key::Key>,
+    ) -> Result<Vec<StoredHint>, String> {
+        let hints = self
+            .local
+            .scan_hints(target.0, after.as_ref(), self.config.batch)
+            .map_err(|e| e.to_string())?;
+        if let Some(last) = hints.last() {
+            *after = Some(last.key.clone());
+        }
+        Ok(hints)
     }
 
     /// Merges `hints` into the node at `addr`.
