@@ -1,6 +1,7 @@
 //! Membership changes an operator asks for, and the tasks that carry them out: joining
 //! (pull every future range, then turn normal), leaving (hand everything off, then leave
-//! the ring and exit), and removing a dead member.
+//! the ring and exit), removing a dead member, and keeping the departed ids (every node
+//! gossips and stores them; a node that hears it was removed stops serving).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -9,9 +10,11 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::antientropy::AntiEntropy;
+use crate::cluster::departed::{Departure, DepartureKind, Departures};
 use crate::cluster::membership::{MemberState, MembershipCtl};
 use crate::cluster::NodeId;
 use crate::identity::Identity;
+use crate::readiness::{Readiness, REMOVED_MESSAGE};
 use crate::rpc::{Request, Response};
 use crate::store::Store;
 
@@ -32,6 +35,11 @@ pub struct Admin {
     /// Held while this node's own state changes (joining → normal, → leaving), so that a
     /// leave that starts while the join is finishing cannot be overwritten by "normal".
     transition: tokio::sync::Mutex<()>,
+    /// This node's copy of the departed ids. A tokio mutex: it is held while the set is
+    /// saved and published, so a removal and the keeper's round cannot interleave.
+    departures: tokio::sync::Mutex<Departures>,
+    /// Fenced through this when the cluster removed this node.
+    readiness: Arc<Readiness>,
 }
 
 impl Admin {
@@ -52,7 +60,16 @@ impl Admin {
             gossip_interval,
             leaving: AtomicBool::new(false),
             transition: tokio::sync::Mutex::new(()),
+            departures: tokio::sync::Mutex::new(Departures::default()),
+            readiness: Arc::new(Readiness::default()),
         }
+    }
+
+    /// Starts from the departed ids kept on disk, and fences through `readiness`.
+    pub fn with_departures(mut self, departures: Departures, readiness: Arc<Readiness>) -> Self {
+        self.departures = tokio::sync::Mutex::new(departures);
+        self.readiness = readiness;
+        self
     }
 
     /// Joins: waits for a normal member to pull from, pulls every range this node will
@@ -220,8 +237,86 @@ impl Admin {
         }
     }
 
-    pub async fn remove(&self, id: NodeId) {
-        tracing::warn!(node = %id, "removing a member on an operator's request");
-        self.ctl.remove(id).await;
+    /// Takes `id` out of the ring for good, on an operator's word: the removal is stored
+    /// here first, then gossiped; every node that hears it keeps and gossips it too.
+    /// Whether `id` may be removed (not live, or forced) is the caller's check.
+    pub async fn remove(&self, id: NodeId, forced: bool) -> Result<(), crate::store::StoreError> {
+        tracing::warn!(node = %id, forced, "removing a member on an operator's request");
+        let mut departures = self.departures.lock().await;
+        let dep = Departure {
+            kind: DepartureKind::Removed,
+            at_ms: self.ae.clock.now_ms(),
+        };
+        if departures.insert(id, dep) {
+            departures.save(self.store.as_ref())?;
+        }
+        self.ctl.publish_departures(&departures).await;
+        Ok(())
+    }
+
+    /// Once per gossip round: takes in the departures any node gossips (and the members
+    /// gossip shows left), stores and republishes the set when it grew, and fences this
+    /// node if it was removed. Stops on the tasks' shutdown.
+    pub async fn keep_departures(self: Arc<Self>) {
+        self.ctl
+            .publish_departures(&*self.departures.lock().await)
+            .await;
+        let mut ticker = tokio::time::interval(self.gossip_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = self.tasks.cancelled() => return,
+            }
+            self.departures_round().await;
+        }
+    }
+
+    async fn departures_round(&self) {
+        let now_ms = self.ae.clock.now_ms();
+        let heard = self.ctl.heard_departures(now_ms).await;
+        let view = self.ae.view.borrow().clone();
+        let mut departures = self.departures.lock().await;
+        let mut grew = false;
+        let mut published = std::collections::BTreeSet::new();
+        for (id, dep) in heard {
+            published.insert(id);
+            grew |= departures.insert(id, dep);
+        }
+        // A member gossiping "left" is gone for good too; recorded so the leave is
+        // remembered once its own gossip state expires. Only ids no node publishes yet:
+        // one the set just dropped as the oldest must not come back as a new leave.
+        for id in &view.departed {
+            if !published.contains(id) && departures.get(*id).is_none() {
+                let left = Departure {
+                    kind: DepartureKind::Left,
+                    at_ms: now_ms,
+                };
+                grew |= departures.insert(*id, left);
+            }
+        }
+        if departures.get(view.self_id).map(|d| d.kind) == Some(DepartureKind::Removed) {
+            self.fence_removed();
+        }
+        if grew {
+            // Stored before it is republished: what this node gossips, it also remembers.
+            if let Err(e) = departures.save(self.store.as_ref()) {
+                tracing::error!(error = %e, "could not store the departed ids");
+            }
+            self.ctl.publish_departures(&departures).await;
+        }
+    }
+
+    /// This node heard it was removed: mark the data dir (its next start refuses), then
+    /// stop serving. Logged once.
+    fn fence_removed(&self) {
+        if self.readiness.is_removed() {
+            return;
+        }
+        if let Err(e) = Identity::mark_removed(self.store.as_ref()) {
+            tracing::error!(error = %e, "could not record the removal in the data dir");
+        }
+        self.readiness.set_removed();
+        tracing::error!("the cluster removed this node (an operator ran `ringkv remove`): {REMOVED_MESSAGE}");
     }
 }

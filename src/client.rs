@@ -314,6 +314,14 @@ impl Client {
         Ok(resp.json().await?)
     }
 
+    /// `POST /admin/remove/{id}`: takes a member out of the ring. A live one is refused
+    /// (409 `member_live`) unless `force`.
+    pub async fn remove(&self, id: &str, force: bool) -> Result<serde_json::Value, ClientError> {
+        let id = utf8_percent_encode(id, KEY_ESCAPES);
+        let query = if force { "?force=true" } else { "" };
+        self.admin(&format!("/admin/remove/{id}{query}")).await
+    }
+
     /// `GET /ready`: `Ok` once the node serves requests, its error (`not_ready`) before.
     pub async fn ready(&self) -> Result<(), ClientError> {
         self.get_json("/ready").await.map(|_| ())

@@ -10,6 +10,8 @@ const EPOCH: &[u8] = b"epoch";
 const RUNNING: &[u8] = b"running";
 const JOINED: &[u8] = b"joined";
 const LEFT: &[u8] = b"left";
+/// Set once this node learns its cluster removed it (see [`Identity::mark_removed`]).
+const REMOVED: &[u8] = b"removed";
 /// The highest dot counter this node has issued, over all keys (see [`Identity::dot_floor`]).
 const DOT_COUNTER: &[u8] = b"dot_counter";
 
@@ -98,6 +100,18 @@ impl Identity {
         store.write(true, &mut |txn| txn.put(Table::Meta, LEFT, &[1]))
     }
 
+    /// Whether this data dir belongs to a node its cluster removed. Like a node that left,
+    /// its data is stale and its ranges have new owners, so it must not serve again.
+    pub fn has_removed(store: &dyn Store) -> Result<bool, StoreError> {
+        Ok(store.get(Table::Meta, REMOVED)?.as_deref() == Some(&[1]))
+    }
+
+    /// Recorded, durably, as soon as the node hears it was removed: it may be stopped any
+    /// moment after, and its next start must refuse.
+    pub fn mark_removed(store: &dyn Store) -> Result<(), StoreError> {
+        store.write(true, &mut |txn| txn.put(Table::Meta, REMOVED, &[1]))
+    }
+
     /// Records, in the writer's transaction, the highest counter issued so far.
     pub fn record_dot_floor(txn: &mut dyn WriteTxn, counter: u64) -> Result<(), StoreError> {
         txn.put(Table::Meta, DOT_COUNTER, &counter.to_be_bytes())
@@ -131,6 +145,16 @@ mod tests {
         let crashed = Identity::load(&store, || 7).unwrap();
         assert_eq!(crashed.actor, Actor { node: 42, epoch: 1 });
         assert!(crashed.recovered_from_crash);
+    }
+
+    #[test]
+    fn the_removed_mark_is_kept() {
+        let store = MemoryStore::new();
+        Identity::load(&store, || 42).unwrap();
+        assert!(!Identity::has_removed(&store).unwrap());
+        Identity::mark_removed(&store).unwrap();
+        assert!(Identity::has_removed(&store).unwrap());
+        assert!(!Identity::has_left(&store).unwrap());
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //!   [`net::Network`], so the same node runs on tokio sockets and inside turmoil.
 //! - [`http`]: the axum API, its error shape and limits.
 //! - [`node`]: starts and stops a whole node.
+//! - [`readiness`]: why a node is not ready (the reasons `/ready` reports), and the report
+//!   of seeds nobody answers.
 //! - [`client`]: an HTTP client for the API (pooled keep-alive), used by the CLI and
 //!   by `ringkv bench`.
 //! - [`bench`]: the load generator behind `ringkv bench`: targets (ringkv, etcd, Redis,
@@ -36,6 +38,7 @@ pub mod merkle;
 pub mod net;
 pub mod node;
 pub mod quorum;
+pub mod readiness;
 pub mod replica;
 pub mod rpc;
 pub mod stats;

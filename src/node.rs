@@ -16,6 +16,7 @@ use crate::antientropy::{AntiEntropy, AntiEntropyConfig};
 use crate::cluster::membership::{
     Member, MemberState, Membership, MembershipConfig, MembershipError,
 };
+use crate::cluster::departed::{DepartureKind, Departures};
 use crate::cluster::NodeId;
 use crate::config::{NodeConfig, StorageKind};
 use crate::coordinator::{Coordinator, CoordinatorConfig, CoordinatorParts};
@@ -25,6 +26,7 @@ use crate::identity::Identity;
 use crate::kv::summary::SharedTree;
 use crate::kv::{self, HintLedger, LocalKv, WriterSettings};
 use crate::net::{LimitedListener, Network};
+use crate::readiness::Readiness;
 use crate::replica::ReplicaService;
 use crate::rpc::client::{connector_for, RpcClient};
 use crate::rpc::frame::{RpcConfig, RpcStats};
@@ -65,6 +67,8 @@ pub enum NodeError {
     Gossip(#[from] MembershipError),
     #[error("serving HTTP: {0}")]
     Serve(#[source] std::io::Error),
+    #[error("the node of {dir} was removed from its cluster; its data is stale. Start with a fresh --data-dir to join again")]
+    Removed { dir: String },
 }
 
 /// What a started node tells its caller.
@@ -188,6 +192,7 @@ pub async fn run_with_store<N: Network>(
         let id = Identity::stored_node_id(store.as_ref()).map_err(store_err)?;
         return Err(announce_left(&config, net.as_ref(), id, &shutdown).await);
     }
+    let departures = refuse_if_removed(&config, store.as_ref())?;
     let mut rng = match config.rng_seed {
         Some(seed) => StdRng::seed_from_u64(seed),
         None => StdRng::from_entropy(),
@@ -290,6 +295,7 @@ pub async fn run_with_store<N: Network>(
     )
     .await?;
 
+    let readiness = Arc::new(Readiness::default());
     let rpc_stats = Arc::new(RpcStats::default());
     let rpc_config = RpcConfig::default();
     let rpc = Arc::new(RpcClient::new(
@@ -316,6 +322,7 @@ pub async fn run_with_store<N: Network>(
         clock: net.clock(),
         stats: stats.clone(),
         max_scan_rows: MAX_SCAN_ROWS,
+        readiness: readiness.clone(),
     });
     let rpc_server = tokio::spawn(crate::rpc::server::serve(
         rpc_listener,
@@ -365,15 +372,25 @@ pub async fn run_with_store<N: Network>(
             }
         }
     });
-    let admin = Arc::new(Admin::new(
-        membership.control(),
-        ae,
-        store.clone(),
-        shutdown.clone(),
-        tasks.clone(),
-        cluster.gossip_interval,
-    ));
+    let admin = Arc::new(
+        Admin::new(
+            membership.control(),
+            ae,
+            store.clone(),
+            shutdown.clone(),
+            tasks.clone(),
+            cluster.gossip_interval,
+        )
+        .with_departures(departures, readiness.clone()),
+    );
     let join = joining.then(|| tokio::spawn(admin.clone().join()));
+    let departures_task = tokio::spawn(admin.clone().keep_departures());
+    let seeds_task = tokio::spawn(crate::readiness::report_unreached_seeds(
+        readiness.clone(),
+        membership.watch(),
+        other_seeds(&cluster.seeds, me.gossip_addr),
+        tasks.clone(),
+    ));
 
     let state = Arc::new(AppState {
         admin: Some(admin),
@@ -381,6 +398,7 @@ pub async fn run_with_store<N: Network>(
         config: config.clone(),
         cluster_id: cluster.cluster_id.clone(),
         ready: Default::default(),
+        readiness,
     });
     let readiness = tokio::spawn(track_readiness(
         state.clone(),
@@ -430,6 +448,8 @@ pub async fn run_with_store<N: Network>(
         ("handoff", handoff),
         ("readiness", readiness),
         ("anti-entropy", anti_entropy),
+        ("departures", departures_task),
+        ("seed report", seeds_task),
     ] {
         if let Err(e) = task.await {
             tracing::error!(task = name, error = %e, "task failed");
@@ -447,6 +467,38 @@ pub async fn run_with_store<N: Network>(
     Identity::mark_clean_shutdown(store.as_ref()).map_err(store_err)?;
     tracing::info!("node stopped");
     served
+}
+
+/// Refuses to start a node its cluster removed (the mark it stored when it heard, or its
+/// own id among the removals it keeps); otherwise returns the departed ids it keeps.
+fn refuse_if_removed(config: &NodeConfig, store: &dyn Store) -> Result<Departures, NodeError> {
+    let store_err = |source| NodeError::Store {
+        dir: config.data_dir.display().to_string(),
+        source,
+    };
+    let removed = NodeError::Removed {
+        dir: config.data_dir.display().to_string(),
+    };
+    if Identity::has_removed(store).map_err(store_err)? {
+        return Err(removed);
+    }
+    let departures = Departures::load(store).map_err(store_err)?;
+    if let Some(id) = Identity::stored_node_id(store).map_err(store_err)? {
+        if departures.get(NodeId(id)).map(|d| d.kind) == Some(DepartureKind::Removed) {
+            Identity::mark_removed(store).map_err(store_err)?;
+            return Err(removed);
+        }
+    }
+    Ok(departures)
+}
+
+/// The seeds that are not this node itself: the ones a node must hear from to have joined.
+fn other_seeds(seeds: &[String], me: SocketAddr) -> Vec<String> {
+    seeds
+        .iter()
+        .filter(|s| s.parse::<SocketAddr>().map_or(true, |a| a != me))
+        .cloned()
+        .collect()
 }
 
 /// Whether every seed is this node itself (the first node of a cluster may list itself).

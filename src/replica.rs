@@ -20,6 +20,8 @@ pub struct ReplicaService {
     pub stats: Arc<ReplicationStats>,
     /// Bound on the rows one `Scan` may return.
     pub max_scan_rows: usize,
+    /// A node the cluster removed refuses data requests (see [`Self::fenced`]).
+    pub readiness: Arc<crate::readiness::Readiness>,
 }
 
 /// Intervals one `Summaries` call may ask about.
@@ -51,6 +53,12 @@ impl From<CoordError> for RemoteError {
 #[async_trait]
 impl RpcHandler for ReplicaService {
     async fn handle(&self, request: Request) -> Response {
+        if self.fenced(&request) {
+            return Response::Error(RemoteError::Unavailable(format!(
+                "node {} was removed from the cluster and serves no data",
+                self.node_id
+            )));
+        }
         let local = self.coordinator.local();
         match request {
             Request::Ping => Response::Pong {
@@ -174,6 +182,23 @@ impl RpcHandler for ReplicaService {
 }
 
 impl ReplicaService {
+    /// Whether to refuse `request` because this node was removed: every read or write of
+    /// data. A peer that has not heard of the removal yet would otherwise count this
+    /// node's answer toward its quorum. Pings, departure questions and the anti-entropy
+    /// comparisons still answer; they store nothing and serve no client.
+    fn fenced(&self, request: &Request) -> bool {
+        self.readiness.is_removed()
+            && matches!(
+                request,
+                Request::Read { .. }
+                    | Request::Merge { .. }
+                    | Request::Hint { .. }
+                    | Request::Forward(_)
+                    | Request::Scan(_)
+                    | Request::ReadMany { .. }
+            )
+    }
+
     fn scan(&self, range: ScanRange) -> Response {
         let list = ListRange {
             start: range.start.map(String::into_bytes),

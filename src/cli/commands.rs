@@ -97,10 +97,8 @@ pub async fn run_client(command: Command) -> Result<(), CommandError> {
             let answer = Client::new(&node.node)?.admin("/admin/leave").await?;
             println!("{}", answer["status"].as_str().unwrap_or("leaving"));
         }
-        Command::Remove { id, node } => {
-            let answer = Client::new(&node.node)?
-                .admin(&format!("/admin/remove/{id}"))
-                .await?;
+        Command::Remove { id, force, node } => {
+            let answer = Client::new(&node.node)?.remove(&id, force).await?;
             println!("{} {}", answer["status"].as_str().unwrap_or("removed"), id);
         }
         Command::List {

@@ -87,6 +87,10 @@ pub enum Command {
     Remove {
         /// The member's id, as `ringkv status` shows it.
         id: String,
+        /// Remove it even though it is live (it then stops serving, and never starts
+        /// again on its data dir). Without it, a live member is refused.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         node: NodeArg,
     },

@@ -18,6 +18,7 @@ use chitchat::{
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::departed::{Departure, Departures};
 use super::ring::Ring;
 use super::NodeId;
 
@@ -27,7 +28,8 @@ pub const KEY_HTTP_ADDR: &str = "http_addr";
 pub const KEY_RPC_ADDR: &str = "rpc_addr";
 pub const KEY_STATE: &str = "state";
 pub const KEY_VNODES: &str = "vnodes";
-/// `removed:<node id>`, published by whichever node an operator asked to remove a member.
+/// `removed:<node id>` = `removed,<ms>` or `left,<ms>`: the departed ids, published by
+/// every node (see [`super::departed`]).
 pub const KEY_REMOVED_PREFIX: &str = "removed:";
 /// How much a joining or leaving node still has to move (ranges or keys), for status.
 pub const KEY_TO_MOVE: &str = "to_move";
@@ -224,14 +226,39 @@ impl MembershipCtl {
         }
     }
 
-    /// Takes a member out of the ring for good, on an operator's word: every node learns
-    /// it through this node's gossip.
-    pub async fn remove(&self, id: NodeId) {
-        self.chitchat
-            .lock()
-            .await
-            .self_node_state()
-            .set(format!("{KEY_REMOVED_PREFIX}{id}"), "1");
+    /// Publishes this node's copy of the departed ids (`removed:<id>` keys), and withdraws
+    /// the ones the set no longer holds. Every node publishes the whole set, so a removal
+    /// outlives the node that made it (see [`super::departed`]).
+    pub async fn publish_departures(&self, departures: &Departures) {
+        let mut c = self.chitchat.lock().await;
+        let state = c.self_node_state();
+        let stale: Vec<String> = state
+            .key_values()
+            .filter_map(|(k, _)| {
+                let id: NodeId = k.strip_prefix(KEY_REMOVED_PREFIX)?.parse().ok()?;
+                departures.get(id).is_none().then(|| k.to_owned())
+            })
+            .collect();
+        for key in stale {
+            state.delete(&key);
+        }
+        for (id, dep) in departures.iter() {
+            state.set(format!("{KEY_REMOVED_PREFIX}{id}"), dep.encode());
+        }
+    }
+
+    /// Every departure any node publishes, as this node has heard them (ids that do not
+    /// parse are skipped; times are clamped to `now_ms`).
+    pub async fn heard_departures(&self, now_ms: u64) -> Vec<(NodeId, Departure)> {
+        let c = self.chitchat.lock().await;
+        c.node_states()
+            .values()
+            .flat_map(|s| s.key_values())
+            .filter_map(|(k, v)| {
+                let id = k.strip_prefix(KEY_REMOVED_PREFIX)?.parse().ok()?;
+                Some((id, Departure::decode(v, now_ms)?))
+            })
+            .collect()
     }
 }
 

@@ -1,5 +1,6 @@
 //! The cluster: who the members are (gossip), where keys live (the ring).
 
+pub mod departed;
 pub mod membership;
 pub mod ring;
 

@@ -201,7 +201,12 @@ impl Collector for NodeCollector {
             "Hints held here for other nodes",
             pending as i64,
         )?;
-        let ready = i64::from(self.0.ready.load(Ordering::Acquire));
+        let ready = i64::from(
+            self.0
+                .readiness
+                .check(self.0.ready.load(Ordering::Acquire))
+                .is_ok(),
+        );
         gauge(
             e,
             "ready",

@@ -36,6 +36,9 @@ pub struct AppState {
     pub cluster_id: String,
     /// Joined and knows the ring (see `node`).
     pub ready: AtomicBool,
+    /// Why the node is not ready beyond `ready` (seeds unreached, removed), and the fence
+    /// a removed node answers KV requests with.
+    pub readiness: Arc<crate::readiness::Readiness>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -68,6 +71,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/leave", strict(post(admin_leave)))
         .route("/admin/remove/{id}", strict(post(admin_remove)))
         .fallback(no_route)
+        .layer(middleware::from_fn_with_state(state.clone(), fence_removed))
         .layer(middleware::from_fn(log_request))
         .with_state(state)
 }
@@ -106,11 +110,15 @@ async fn admin_leave(State(state): State<Arc<AppState>>) -> Result<Response, Api
     }
 }
 
-/// `POST /admin/remove/{id}`: takes a (dead) member out of the ring.
+/// `POST /admin/remove/{id}[?force=true]`: takes a dead member out of the ring. A member
+/// the failure detector holds live is refused (409 `member_live`) unless forced: it would
+/// keep serving a ring of its own. Forced, it hears of the removal and stops serving.
 async fn admin_remove(
     State(state): State<Arc<AppState>>,
     axum::extract::Path(id): axum::extract::Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> Result<Response, ApiError> {
+    let force = params::Query::parse(query.as_deref(), &["force"])?.bool("force")?;
     let id: crate::cluster::NodeId = id
         .parse()
         .map_err(|_| ApiError::bad_param(format!("{id:?} is not a node id (16 hex digits)")))?;
@@ -120,15 +128,49 @@ async fn admin_remove(
             "a node cannot remove itself: use /admin/leave",
         ));
     }
-    if !view.members.contains_key(&id) {
+    let Some(member) = view.members.get(&id) else {
         return Err(ApiError::not_found(format!("{id} is not a member")));
+    };
+    if member.live && !force {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "member_live",
+            format!(
+                "{id} is live: stop it first and remove it once it shows DOWN, or make it \
+                 leave (`ringkv leave --node http://{}`), which hands its data off; \
+                 --force removes it anyway, and it then stops serving",
+                member.http_addr
+            ),
+        ));
     }
-    admin(&state)?.remove(id).await;
+    admin(&state)?.remove(id, force).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("could not record the removal: {e}"),
+        )
+    })?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"status": "removed", "id": id.to_string()})),
+        Json(json!({"status": "removed", "id": id.to_string(), "forced": force})),
     )
         .into_response())
+}
+
+/// A node the cluster removed answers every KV request with 503 `removed`: its ring is its
+/// own by now, and what it acknowledged would live on it alone.
+async fn fence_removed(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    let kv = path == "/kv" || path.starts_with("/kv/") || path == "/batch";
+    if kv && state.readiness.is_removed() {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "removed",
+            crate::readiness::REMOVED_MESSAGE,
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 async fn no_route(uri: Uri) -> ApiError {
@@ -139,16 +181,24 @@ async fn health() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// `GET /ready`: 200, or 503 with the error shape plus `status` and `reason` (the one
+/// list of reasons is `readiness::NotReady`).
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
-    if state.ready.load(Ordering::Acquire) {
-        Json(json!({"status": "ready"})).into_response()
-    } else {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            "the node is starting",
-        )
-        .into_response()
+    match state.readiness.check(state.ready.load(Ordering::Acquire)) {
+        Ok(()) => Json(json!({"status": "ready"})).into_response(),
+        Err(why) => {
+            let reason = why.reason();
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({
+                    "error": why.code(),
+                    "message": reason,
+                    "status": "not_ready",
+                    "reason": reason,
+                })),
+            )
+                .into_response()
+        }
     }
 }
 

@@ -1,0 +1,152 @@
+//! Why a node is not ready: the one list of reasons `/ready` reports ([`NotReady`]), the
+//! flags behind them ([`Readiness`]), and the task that reports seeds nobody answers.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::membership::ClusterView;
+
+/// How often a node that has reached no seed says so.
+pub const SEED_WARN_INTERVAL: Duration = Duration::from_secs(5);
+
+/// One reason a node is not ready. Each has its own code for the JSON error, so a script
+/// (or `ringkv health`) can tell them apart without parsing the text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NotReady {
+    /// Not joined yet: not in its own ring, or no peer seen live yet.
+    Starting,
+    /// It was given seeds, and none of them has answered.
+    NoSeedAnswered { seeds: Vec<String> },
+    /// The cluster removed this node: it serves nothing, for good.
+    Removed,
+}
+
+impl NotReady {
+    /// The `error` code of the 503.
+    pub fn code(&self) -> &'static str {
+        match self {
+            NotReady::Starting | NotReady::NoSeedAnswered { .. } => "not_ready",
+            NotReady::Removed => "removed",
+        }
+    }
+
+    /// The `reason` (and `message`) of the 503.
+    pub fn reason(&self) -> String {
+        match self {
+            NotReady::Starting => "the node is starting".to_owned(),
+            NotReady::NoSeedAnswered { seeds } => {
+                format!("no seed answered: {}", seeds.join(", "))
+            }
+            NotReady::Removed => REMOVED_MESSAGE.to_owned(),
+        }
+    }
+}
+
+/// What a removed node answers, to clients and in its log.
+pub const REMOVED_MESSAGE: &str = "this node was removed from its cluster by an operator and \
+serves no data; its data dir cannot be used again: start a node with a fresh --data-dir";
+
+/// The state behind `/ready`, beside the `joined` flag the node keeps in `AppState`.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    removed: AtomicBool,
+    /// The seeds tried, while none has answered.
+    unreached_seeds: Mutex<Option<Vec<String>>>,
+}
+
+impl Readiness {
+    /// Whether the node serves, given whether it has joined; the reason if not. Removal
+    /// comes first: a removed node must not look merely "starting".
+    pub fn check(&self, joined: bool) -> Result<(), NotReady> {
+        if self.is_removed() {
+            return Err(NotReady::Removed);
+        }
+        if joined {
+            return Ok(());
+        }
+        match self.unreached_seeds.lock().ok().and_then(|s| s.clone()) {
+            Some(seeds) => Err(NotReady::NoSeedAnswered { seeds }),
+            None => Err(NotReady::Starting),
+        }
+    }
+
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
+    }
+
+    /// Fences the node for good; true the first time.
+    pub fn set_removed(&self) -> bool {
+        !self.removed.swap(true, Ordering::AcqRel)
+    }
+
+    fn set_unreached_seeds(&self, seeds: Option<Vec<String>>) {
+        if let Ok(mut s) = self.unreached_seeds.lock() {
+            *s = seeds;
+        }
+    }
+}
+
+/// Whether this node has heard of any other node: then some seed answered (gossip knows
+/// nobody else before one does).
+fn heard_of_others(view: &ClusterView) -> bool {
+    view.members.keys().any(|id| *id != view.self_id) || !view.departed.is_empty()
+}
+
+/// Until some seed answers, keeps `/ready`'s reason on the seeds and warns every
+/// [`SEED_WARN_INTERVAL`] naming them: a typo in `--seed`, or a firewall, otherwise looks
+/// like a node that is slow to start. `seeds` excludes this node's own address.
+pub async fn report_unreached_seeds(
+    readiness: Arc<Readiness>,
+    mut view: watch::Receiver<Arc<ClusterView>>,
+    seeds: Vec<String>,
+    shutdown: CancellationToken,
+) {
+    if seeds.is_empty() {
+        return;
+    }
+    readiness.set_unreached_seeds(Some(seeds.clone()));
+    let mut warn = tokio::time::interval_at(
+        tokio::time::Instant::now() + SEED_WARN_INTERVAL,
+        SEED_WARN_INTERVAL,
+    );
+    warn.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if heard_of_others(&view.borrow_and_update()) {
+            readiness.set_unreached_seeds(None);
+            tracing::info!("a seed answered");
+            return;
+        }
+        tokio::select! {
+            _ = warn.tick() => {
+                tracing::warn!(seeds = %seeds.join(", "), "no seed answered yet; still trying");
+            }
+            changed = view.changed() => if changed.is_err() { return },
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removal_outranks_every_other_reason() {
+        let r = Readiness::default();
+        assert_eq!(r.check(false), Err(NotReady::Starting));
+        assert_eq!(r.check(true), Ok(()));
+        r.set_unreached_seeds(Some(vec!["127.0.0.1:7946".into()]));
+        let why = r.check(false).unwrap_err();
+        assert_eq!(why.code(), "not_ready");
+        assert_eq!(why.reason(), "no seed answered: 127.0.0.1:7946");
+        assert!(r.set_removed());
+        assert!(!r.set_removed());
+        assert_eq!(r.check(true), Err(NotReady::Removed));
+        assert_eq!(r.check(false).unwrap_err().code(), "removed");
+    }
+}
