@@ -40,6 +40,9 @@ pub struct Admin {
     departures: tokio::sync::Mutex<Departures>,
     /// Fenced through this when the cluster removed this node.
     readiness: Arc<Readiness>,
+    /// Whether this node was given seeds other than itself: then it knows it was not
+    /// removed only once it has heard from another node.
+    needs_peer: bool,
 }
 
 impl Admin {
@@ -62,13 +65,21 @@ impl Admin {
             transition: tokio::sync::Mutex::new(()),
             departures: tokio::sync::Mutex::new(Departures::default()),
             readiness: Arc::new(Readiness::default()),
+            needs_peer: false,
         }
     }
 
     /// Starts from the departed ids kept on disk, and fences through `readiness`.
-    pub fn with_departures(mut self, departures: Departures, readiness: Arc<Readiness>) -> Self {
+    /// `needs_peer`: the node has seeds other than itself.
+    pub fn with_departures(
+        mut self,
+        departures: Departures,
+        readiness: Arc<Readiness>,
+        needs_peer: bool,
+    ) -> Self {
         self.departures = tokio::sync::Mutex::new(departures);
         self.readiness = readiness;
+        self.needs_peer = needs_peer;
         self
     }
 
@@ -254,6 +265,11 @@ impl Admin {
         Ok(())
     }
 
+    /// A copy of the departed ids this node keeps and gossips.
+    pub async fn departures(&self) -> Departures {
+        self.departures.lock().await.clone()
+    }
+
     /// Once per gossip round: takes in the departures any node gossips (and the members
     /// gossip shows left), stores and republishes the set when it grew, and fences this
     /// node if it was removed. Stops on the tasks' shutdown.
@@ -274,8 +290,11 @@ impl Admin {
 
     async fn departures_round(&self) {
         let now_ms = self.ae.clock.now_ms();
-        let heard = self.ctl.heard_departures(now_ms).await;
+        // The view first: every node it shows has had its gossip state read by the time
+        // `heard` is taken, so "heard from a peer, and not removed" cannot be decided on
+        // a peer's state that came in between.
         let view = self.ae.view.borrow().clone();
+        let heard = self.ctl.heard_departures(now_ms).await;
         let mut departures = self.departures.lock().await;
         let mut grew = false;
         let mut published = std::collections::BTreeSet::new();
@@ -297,6 +316,9 @@ impl Admin {
         }
         if departures.get(view.self_id).map(|d| d.kind) == Some(DepartureKind::Removed) {
             self.fence_removed();
+        } else if view.members.len() > 1 || !self.needs_peer {
+            // Heard from some other node (or has none to hear from) and was not removed.
+            self.readiness.set_departures_checked();
         }
         if grew {
             // Stored before it is republished: what this node gossips, it also remembers.
@@ -317,6 +339,14 @@ impl Admin {
             tracing::error!(error = %e, "could not record the removal in the data dir");
         }
         self.readiness.set_removed();
-        tracing::error!("the cluster removed this node (an operator ran `ringkv remove`): {REMOVED_MESSAGE}");
+        if self.readiness.departures_checked() {
+            tracing::error!("the cluster removed this node (an operator ran `ringkv remove`): {REMOVED_MESSAGE}");
+        } else {
+            // Removed while it was down: it never served this run, so it stops now, as
+            // a node that left does on its old data dir.
+            tracing::error!("the cluster removed this node while it was down; refusing to start");
+            self.readiness.set_refused_start();
+            self.node_shutdown.cancel();
+        }
     }
 }

@@ -13,10 +13,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::Admin;
 use crate::antientropy::{AntiEntropy, AntiEntropyConfig};
+use crate::cluster::departed::{DepartureKind, Departures};
 use crate::cluster::membership::{
     Member, MemberState, Membership, MembershipConfig, MembershipError,
 };
-use crate::cluster::departed::{DepartureKind, Departures};
 use crate::cluster::NodeId;
 use crate::config::{NodeConfig, StorageKind};
 use crate::coordinator::{Coordinator, CoordinatorConfig, CoordinatorParts};
@@ -381,7 +381,7 @@ pub async fn run_with_store<N: Network>(
             tasks.clone(),
             cluster.gossip_interval,
         )
-        .with_departures(departures, readiness.clone()),
+        .with_departures(departures, readiness.clone(), !alone),
     );
     let join = joining.then(|| tokio::spawn(admin.clone().join()));
     let departures_task = tokio::spawn(admin.clone().keep_departures());
@@ -466,6 +466,11 @@ pub async fn run_with_store<N: Network>(
     }
     Identity::mark_clean_shutdown(store.as_ref()).map_err(store_err)?;
     tracing::info!("node stopped");
+    if state.readiness.refused_start() {
+        return Err(NodeError::Removed {
+            dir: config.data_dir.display().to_string(),
+        });
+    }
     served
 }
 

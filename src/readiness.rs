@@ -55,6 +55,11 @@ serves no data; its data dir cannot be used again: start a node with a fresh --d
 #[derive(Debug, Default)]
 pub struct Readiness {
     removed: AtomicBool,
+    /// Set once the node has compared its id with the departures its peers gossip (or
+    /// has no peers to ask): until then it cannot know it was not removed while down.
+    departures_checked: AtomicBool,
+    /// The node heard it was removed before it was ever ready: it refuses to start.
+    refused_start: AtomicBool,
     /// The seeds tried, while none has answered.
     unreached_seeds: Mutex<Option<Vec<String>>>,
 }
@@ -66,13 +71,33 @@ impl Readiness {
         if self.is_removed() {
             return Err(NotReady::Removed);
         }
-        if joined {
+        if joined && self.departures_checked() {
             return Ok(());
         }
         match self.unreached_seeds.lock().ok().and_then(|s| s.clone()) {
             Some(seeds) => Err(NotReady::NoSeedAnswered { seeds }),
             None => Err(NotReady::Starting),
         }
+    }
+
+    pub fn departures_checked(&self) -> bool {
+        self.departures_checked.load(Ordering::Acquire)
+    }
+
+    pub fn set_departures_checked(&self) {
+        self.departures_checked.store(true, Ordering::Release);
+    }
+
+    /// Whether the node learned it was removed before it was ever ready (see
+    /// [`Readiness::set_refused_start`]).
+    pub fn refused_start(&self) -> bool {
+        self.refused_start.load(Ordering::Acquire)
+    }
+
+    /// A node removed while it was down hears of it on its first gossip rounds: it then
+    /// stops and exits as a node that left does, rather than stay up fenced.
+    pub fn set_refused_start(&self) {
+        self.refused_start.store(true, Ordering::Release);
     }
 
     pub fn is_removed(&self) -> bool {
@@ -139,6 +164,9 @@ mod tests {
     fn removal_outranks_every_other_reason() {
         let r = Readiness::default();
         assert_eq!(r.check(false), Err(NotReady::Starting));
+        // Joined, but not yet compared with the departures the peers gossip.
+        assert_eq!(r.check(true), Err(NotReady::Starting));
+        r.set_departures_checked();
         assert_eq!(r.check(true), Ok(()));
         r.set_unreached_seeds(Some(vec!["127.0.0.1:7946".into()]));
         let why = r.check(false).unwrap_err();

@@ -40,7 +40,7 @@ pub enum DepartureKind {
 }
 
 impl DepartureKind {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             DepartureKind::Left => "left",
             DepartureKind::Removed => "removed",
@@ -170,9 +170,7 @@ impl Departures {
             return Ok(set);
         };
         let corrupt = |why: String| StoreError::Corrupt(format!("departed ids: {why}"));
-        let (format, body) = raw
-            .split_first()
-            .ok_or_else(|| corrupt("empty".into()))?;
+        let (format, body) = raw.split_first().ok_or_else(|| corrupt("empty".into()))?;
         if *format != FORMAT {
             return Err(corrupt(format!("unknown format {format}")));
         }
@@ -189,7 +187,8 @@ impl Departures {
         let stored = Stored(self.entries.iter().map(|(id, d)| (id.0, *d)).collect());
         let mut raw = vec![FORMAT];
         raw.extend(
-            rmp_serde::to_vec(&stored).map_err(|e| StoreError::Corrupt(format!("encoding departed ids: {e}")))?,
+            rmp_serde::to_vec(&stored)
+                .map_err(|e| StoreError::Corrupt(format!("encoding departed ids: {e}")))?,
         );
         store.write(true, &mut |txn| txn.put(Table::Meta, META_KEY, &raw))
     }
@@ -257,7 +256,9 @@ mod tests {
     fn a_corrupt_copy_is_an_error() {
         let store = MemoryStore::new();
         store
-            .write(true, &mut |txn| txn.put(Table::Meta, META_KEY, &[FORMAT, 0xc1]))
+            .write(true, &mut |txn| {
+                txn.put(Table::Meta, META_KEY, &[FORMAT, 0xc1])
+            })
             .unwrap();
         assert!(Departures::load(&store).is_err());
         store

@@ -59,6 +59,33 @@ pub struct ClusterJson {
     effective: Factors,
     /// Hints this node holds, per target node id.
     hints_pending: BTreeMap<String, Pending>,
+    /// The ids that left or were removed, as this node keeps and gossips them.
+    departed: Vec<DepartedJson>,
+}
+
+#[derive(Serialize)]
+pub struct DepartedJson {
+    id: String,
+    /// `left` or `removed`.
+    kind: &'static str,
+    /// When the departure was first recorded (ms since the Unix epoch).
+    at_ms: u64,
+}
+
+async fn departed(state: &AppState) -> Vec<DepartedJson> {
+    let Some(admin) = &state.admin else {
+        return Vec::new();
+    };
+    admin
+        .departures()
+        .await
+        .iter()
+        .map(|(id, d)| DepartedJson {
+            id: id.to_string(),
+            kind: d.kind.as_str(),
+            at_ms: d.at_ms,
+        })
+        .collect()
 }
 
 fn pending(state: &AppState) -> BTreeMap<String, Pending> {
@@ -111,6 +138,7 @@ pub async fn cluster(State(state): State<Arc<AppState>>) -> Json<ClusterJson> {
             w: eff.w,
         },
         hints_pending: pending(&state),
+        departed: departed(&state).await,
     })
 }
 

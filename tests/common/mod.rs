@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod removal;
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
