@@ -353,6 +353,8 @@ async fn hints_for_a_removed_peer_drain_when_the_holder_is_left_alone() {
     let held = cluster.hints_pending_total(&[0]).await;
     assert!(held > 0, "the survivor holds no hints for the dead node");
 
+    // `remove` refuses a member the failure detector still holds live (409 member_live).
+    cluster.wait_health(&[0], CONVERGE_TIMEOUT).await;
     let (status, body) = post_empty(&cluster.nodes[0], &format!("/admin/remove/{dead_id}")).await;
     assert_eq!(
         status,
