@@ -501,7 +501,7 @@ fn refuse_if_removed(config: &NodeConfig, store: &dyn Store) -> Result<Departure
 fn other_seeds(seeds: &[String], me: SocketAddr) -> Vec<String> {
     seeds
         .iter()
-        .filter(|s| s.parse::<SocketAddr>().map_or(true, |a| a != me))
+        .filter(|s| s.parse::<SocketAddr>() != Ok(me))
         .cloned()
         .collect()
 }

@@ -157,6 +157,10 @@ async fn a_live_member_is_refused_and_a_forced_removal_fences_it() {
         body["reason"].as_str().unwrap_or("").contains("removed"),
         "{body}"
     );
+    // Nor does it change the membership of a cluster it is no longer in.
+    let (status, body) = post_empty(n3, &format!("/admin/remove/{id1}?force=true")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"], "removed", "{body}");
 
     // The other two agree on one ring, without node 3.
     let want = BTreeSet::from([id1.clone(), id2.clone()]);

@@ -158,11 +158,15 @@ async fn admin_remove(
 }
 
 /// A node the cluster removed answers every KV request with 503 `removed`: its ring is its
-/// own by now, and what it acknowledged would live on it alone.
+/// own by now, and what it acknowledged would live on it alone. Nor does it change the
+/// membership of a cluster it is no longer in (`/admin/…`).
 async fn fence_removed(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    let kv = path == "/kv" || path.starts_with("/kv/") || path == "/batch";
-    if kv && state.readiness.is_removed() {
+    let fenced = path == "/kv"
+        || path.starts_with("/kv/")
+        || path == "/batch"
+        || path.starts_with("/admin/");
+    if fenced && state.readiness.is_removed() {
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "removed",
