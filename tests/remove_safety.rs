@@ -17,6 +17,8 @@ use common::cluster::{
 };
 use common::removal::{ringkv_cli, ServeRun};
 use common::TestNode;
+use ringkv::net::TokioNetwork;
+use ringkv::rpc::{connector_for, RemoteError, Request, Response, RpcClient, RpcConfig, RpcStats};
 
 /// How long a node started on a removed member's data dir may take to refuse and exit
 /// (it hears of the removal on its first gossip rounds).
@@ -31,6 +33,25 @@ async fn answer(resp: reqwest::Response) -> (StatusCode, Value) {
     let status = resp.status();
     let body = resp.bytes().await.unwrap_or_default();
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+/// Asks `addr` for `key` over internode RPC, as a peer coordinating a read would.
+async fn rpc_read(addr: std::net::SocketAddr, key: &str) -> Response {
+    use std::sync::Arc;
+    let rpc = RpcClient::new(
+        connector_for(Arc::new(TokioNetwork)),
+        RpcConfig::default(),
+        Arc::new(RpcStats::default()),
+    );
+    let request = Request::Read {
+        key: key.to_owned(),
+    };
+    let answer = rpc
+        .call(addr, request, Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("RPC read from {addr}: {e}"));
+    rpc.close_all().await;
+    answer
 }
 
 /// Whether `node` lists `id` among the departed ids it keeps, with this kind.
@@ -98,6 +119,9 @@ async fn a_live_member_is_refused_and_a_forced_removal_fences_it() {
         .filter_map(|m| m["id"].as_str().map(str::to_owned))
         .collect();
     assert!(members.contains(&id3), "{members:?}");
+    // As a replica it serves too, so far.
+    let before = rpc_read(c.nodes[2].rpc_addr, "k").await;
+    assert!(matches!(before, Response::Read(None)), "{before:?}");
 
     let out = ringkv_cli(&["remove", &id3, "--force", "--node", &n1_url]).await;
     assert!(out.status.success(), "forced remove: {}", text(&out.stderr));
@@ -157,6 +181,12 @@ async fn a_live_member_is_refused_and_a_forced_removal_fences_it() {
         body["reason"].as_str().unwrap_or("").contains("removed"),
         "{body}"
     );
+    // As a replica over RPC, it refuses too (a peer that has not heard yet must not count
+    // it toward a quorum).
+    match rpc_read(n3.rpc_addr, "k").await {
+        Response::Error(RemoteError::Unavailable(m)) if m.contains("removed") => {}
+        other => panic!("RPC read from the removed node: {other:?}"),
+    }
     // Nor does it change the membership of a cluster it is no longer in.
     let (status, body) = post_empty(n3, &format!("/admin/remove/{id1}?force=true")).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
