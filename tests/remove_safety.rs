@@ -312,12 +312,18 @@ async fn a_member_down_during_its_removal_learns_of_it_after_the_remover_left() 
             .is_some(),
         "node 2 did not finish leaving"
     );
+    // Node 1 records the leave on its next round after hearing it (node 2 may exit first).
+    let id2 = c.nodes[1].node_id.clone();
+    let n1 = &c.nodes[0];
+    wait_until(CONVERGE_TIMEOUT, "node 1 to keep node 2's leave", || {
+        keeps_departed(n1, &id2, "left")
+    })
+    .await;
     // Node 1 restarts: all it knows of the removal now is what it stored.
     c.nodes[0].sigterm_and_wait().await;
     c.nodes[0].restart_same_addrs().await;
     let n1 = &c.nodes[0];
     keeps_departed(n1, &id3, "removed").await.unwrap();
-    let id2 = c.nodes[1].node_id.clone();
     keeps_departed(n1, &id2, "left").await.unwrap();
 
     // Node 3 returns on its old data dir, seeded by node 1 only: it learns, and refuses.
