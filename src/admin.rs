@@ -298,7 +298,11 @@ impl Admin {
         let mut departures = self.departures.lock().await;
         let mut grew = false;
         let mut published = std::collections::BTreeSet::new();
+        // Straight from gossip, not from the kept set: a full set may drop this node's
+        // own (old) removal, and the node must obey it all the same.
+        let mut removed_me = false;
         for (id, dep) in heard {
+            removed_me |= id == view.self_id && dep.kind == DepartureKind::Removed;
             published.insert(id);
             grew |= departures.insert(id, dep);
         }
@@ -314,7 +318,8 @@ impl Admin {
                 grew |= departures.insert(*id, left);
             }
         }
-        if departures.get(view.self_id).map(|d| d.kind) == Some(DepartureKind::Removed) {
+        removed_me |= departures.get(view.self_id).map(|d| d.kind) == Some(DepartureKind::Removed);
+        if removed_me {
             self.fence_removed();
         } else if view.members.len() > 1 || !self.needs_peer {
             // Heard from some other node (or has none to hear from) and was not removed.
