@@ -3,6 +3,10 @@
 //! than `--max-hint-age` are dropped and counted; anti-entropy repairs what they held.
 //! Hints for a member that left or was removed go to their keys' owners instead: they may
 //! hold the only second copy of an acknowledged write.
+//!
+//! Hints go out in `Merge` calls cut by bytes (`rpc::batch`), not by count: a page of
+//! large hints would otherwise exceed the frame and fail on every retry, and the hints
+//! would never drain.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +18,7 @@ use crate::cluster::membership::ClusterView;
 use crate::cluster::NodeId;
 use crate::kv::{LocalKv, StoredHint};
 use crate::net::Clock;
+use crate::rpc::batch::{self, encoded_len, BatchLimit};
 use crate::rpc::client::RpcClient;
 use crate::rpc::{Request, Response};
 use crate::stats::ReplicationStats;
@@ -25,8 +30,10 @@ const EXPIRY_SWEEP_ROUNDS: u64 = 60;
 pub struct HandoffConfig {
     /// How often pending hints are looked at.
     pub interval: Duration,
-    /// Hints sent in one call.
+    /// Hints read from the store at once (a page; it goes out in byte-bounded calls).
     pub batch: usize,
+    /// How much one delivery call carries.
+    pub limit: BatchLimit,
     pub max_age: Duration,
     pub rpc_timeout: Duration,
     /// The configured N: hints for a member that is gone go to the key's owners.
@@ -127,7 +134,9 @@ impl Handoff {
                     .filter(|_| view.is_healthy(owner))
                     .map(|m| m.rpc_addr)
                     .ok_or_else(|| format!("owner {owner} is not reachable"))?;
-                self.send(addr, owned).await?;
+                for part in self.batches(owned) {
+                    self.send(addr, &part).await?;
+                }
             }
             self.delete_delivered(target, &hints).await?;
             tracing::info!(peer = %target, hints = hints.len(), "hints for a departed member handed to the keys' owners");
@@ -171,8 +180,13 @@ impl Handoff {
             if fresh.is_empty() {
                 continue;
             }
-            self.send(addr, fresh.iter().collect()).await?;
-            delivered += self.delete_delivered(target, &fresh).await?;
+            // Each call's hints are deleted once it is acknowledged, so a later call that
+            // fails does not send the earlier ones again.
+            for part in self.batches(fresh.iter().collect()) {
+                self.send(addr, &part).await?;
+                let part: Vec<StoredHint> = part.into_iter().cloned().collect();
+                delivered += self.delete_delivered(target, &part).await?;
+            }
         }
         if delivered > 0 {
             tracing::info!(peer = %target, delivered, "hints handed off");
@@ -197,12 +211,15 @@ impl Handoff {
         Ok(hints)
     }
 
-    /// Merges `hints` into the node at `addr`.
-    async fn send(
-        &self,
-        addr: std::net::SocketAddr,
-        hints: Vec<&StoredHint>,
-    ) -> Result<(), String> {
+    /// `hints` cut into calls within the configured byte limit, in order.
+    fn batches<'a>(&self, hints: Vec<&'a StoredHint>) -> Vec<Vec<&'a StoredHint>> {
+        batch::split(hints, self.config.limit, |h| {
+            encoded_len(&(h.key.as_str(), &h.record.set))
+        })
+    }
+
+    /// Merges `hints` into the node at `addr`, in one call.
+    async fn send(&self, addr: std::net::SocketAddr, hints: &[&StoredHint]) -> Result<(), String> {
         let entries = hints
             .iter()
             .map(|h| (h.key.as_str().to_owned(), h.record.set.clone()))

@@ -5,6 +5,10 @@
 //! [`FANOUT`] and the parts compared, down to parts small enough to list: then the two
 //! sides' key digests are compared and only the keys that differ move, in both
 //! directions, each side merging with DVV sync. Both end with the same sets.
+//!
+//! Keys move in calls cut by bytes (`rpc::batch`): a `ReadMany` reply stops at its byte
+//! budget and this side asks again for the rest; pushes are built by the batcher as the
+//! sets are read, so no call exceeds a frame however large the values.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,6 +17,7 @@ use std::time::Duration;
 use crate::key::Key;
 use crate::kv::LocalKv;
 use crate::merkle::{Interval, Summary};
+use crate::rpc::batch::{self, encoded_len, BatchLimit, Batcher};
 use crate::rpc::client::RpcClient;
 use crate::rpc::{Request, Response};
 use crate::version::SiblingSet;
@@ -21,10 +26,14 @@ use crate::version::SiblingSet;
 const FANOUT: usize = 16;
 /// An interval with at most this many keys on both sides is listed, not split further.
 const LIST_BELOW: u64 = 256;
-/// Keys listed, read or pushed in one call.
+/// Keys listed per `Digests` call (their replies are small: a key and a digest each).
 const BATCH: usize = 512;
 /// Intervals summarised in one call.
 const SUMMARY_BATCH: usize = 256;
+// Summaries are a few dozen bytes per interval, so a count bounds their bytes too; the
+// count must stay within what a peer admits.
+const _: () = assert!(SUMMARY_BATCH <= crate::rpc::bounds::MAX_INTERVALS);
+const _: () = assert!(BATCH <= crate::rpc::bounds::MAX_SCAN_ROWS);
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Exchanged {
@@ -48,6 +57,8 @@ pub struct Peer<'a> {
     pub rpc: &'a RpcClient,
     pub addr: SocketAddr,
     pub timeout: Duration,
+    /// How much one `ReadMany` or `Merge` carries.
+    pub limit: BatchLimit,
 }
 
 impl Peer<'_> {
@@ -164,34 +175,80 @@ async fn exchange_keys(
         .map(|(k, _)| k.clone())
         .collect();
     let mut done = Exchanged::default();
-    for keys in pull.chunks(BATCH) {
-        let request = Request::ReadMany {
-            keys: keys.iter().map(|k| k.as_str().to_owned()).collect(),
-        };
-        let Response::ReadMany(sets) = peer.call(request).await? else {
+    let names = pull.iter().map(|k| k.as_str().to_owned());
+    for keys in batch::split_encoded(names, peer.limit) {
+        done.pulled += pull_keys(local, peer, keys).await?;
+    }
+    done.pushed += push_keys(local, peer, &push).await?;
+    Ok(done)
+}
+
+/// Reads `keys` from the peer and merges them here. The peer's reply may stop at its
+/// byte budget; then the rest is asked for again, until every key is answered.
+async fn pull_keys(
+    local: &LocalKv,
+    peer: &Peer<'_>,
+    mut keys: Vec<String>,
+) -> Result<u64, ExchangeError> {
+    let mut pulled = 0;
+    while !keys.is_empty() {
+        let request = Request::ReadMany { keys: keys.clone() };
+        let Response::ReadMany { entries, more } = peer.call(request).await? else {
             return Err(ExchangeError::Rpc("unexpected answer to ReadMany".into()));
         };
-        let merges = sets.into_iter().filter_map(|(k, set)| {
+        // A reply answers a prefix of the keys, in order; anything else is a broken peer,
+        // and an empty partial reply would loop forever.
+        let answered = entries.len();
+        let in_order = entries.iter().zip(&keys).all(|((k, _), want)| k == want);
+        if answered > keys.len() || !in_order || (more && answered == 0) {
+            return Err(ExchangeError::Rpc(
+                "ReadMany reply does not answer the keys asked".into(),
+            ));
+        }
+        let merges = entries.into_iter().filter_map(|(k, set)| {
             let key = Key::new(k).ok()?;
             set.map(|s| local.merge(key, s))
         });
         for result in futures::future::join_all(merges).await {
             result.map_err(local_err)?;
-            done.pulled += 1;
+            pulled += 1;
+        }
+        if !more && answered < keys.len() {
+            return Err(ExchangeError::Rpc(format!(
+                "ReadMany answered {answered} of {} keys without saying there is more",
+                keys.len()
+            )));
+        }
+        keys.drain(..answered);
+    }
+    Ok(pulled)
+}
+
+/// Sends this node's copies of `keys` to the peer, in calls the batcher cuts as the sets
+/// are read (only one call's worth is held at a time).
+async fn push_keys(local: &LocalKv, peer: &Peer<'_>, keys: &[Key]) -> Result<u64, ExchangeError> {
+    let mut pushed = 0;
+    let mut batcher: Batcher<(String, SiblingSet)> = Batcher::new(peer.limit);
+    for k in keys {
+        let Some(set) = local.read(k).map_err(local_err)? else {
+            continue;
+        };
+        let entry = (k.as_str().to_owned(), set);
+        let size = encoded_len(&entry);
+        if let Some(full) = batcher.push(entry, size) {
+            pushed += merge(peer, full).await?;
         }
     }
-    for keys in push.chunks(BATCH) {
-        let mut entries: Vec<(String, SiblingSet)> = Vec::with_capacity(keys.len());
-        for k in keys {
-            if let Some(set) = local.read(k).map_err(local_err)? {
-                entries.push((k.as_str().to_owned(), set));
-            }
-        }
-        let n = entries.len() as u64;
-        match peer.call(Request::Merge { entries }).await? {
-            Response::Merged => done.pushed += n,
-            other => return Err(ExchangeError::Rpc(format!("unexpected answer {other:?}"))),
-        }
+    if let Some(last) = batcher.take() {
+        pushed += merge(peer, last).await?;
     }
-    Ok(done)
+    Ok(pushed)
+}
+
+async fn merge(peer: &Peer<'_>, entries: Vec<(String, SiblingSet)>) -> Result<u64, ExchangeError> {
+    let n = entries.len() as u64;
+    match peer.call(Request::Merge { entries }).await? {
+        Response::Merged => Ok(n),
+        other => Err(ExchangeError::Rpc(format!("unexpected answer {other:?}"))),
+    }
 }

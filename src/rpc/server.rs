@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
+use super::bounds;
 use super::frame::{self, write_loop, FrameCodec, FrameError, RpcConfig, RpcStats};
 use super::message::{Envelope, RemoteError, Request, Response};
 use crate::net::LimitedListener;
@@ -209,8 +210,13 @@ async fn read_requests<R: AsyncRead + Unpin>(
     }
 }
 
-/// Runs the handler; a panic becomes an error response instead of a silent timeout.
+/// Clamps the request into its bounds ([`bounds::admit`]), then runs the handler; a
+/// panic becomes an error response instead of a silent timeout.
 async fn answer(handler: &dyn RpcHandler, request: Request) -> Response {
+    let request = match bounds::admit(request) {
+        Ok(request) => request,
+        Err(e) => return Response::Error(e),
+    };
     match AssertUnwindSafe(handler.handle(request))
         .catch_unwind()
         .await
@@ -309,11 +315,13 @@ pub(crate) mod testing {
                 entries: vec![("k".into(), interval.lo)],
                 more: false,
             },
-            Request::ReadMany { keys } => Response::ReadMany(
-                keys.iter()
+            Request::ReadMany { keys } => Response::ReadMany {
+                entries: keys
+                    .iter()
                     .map(|k| (k.clone(), Some(sample_set())))
                     .collect(),
-            ),
+                more: false,
+            },
             Request::DropIfDigest { entries } => Response::Dropped(entries.len()),
             Request::Departed { .. } => Response::Departed(false),
         }
