@@ -1,0 +1,198 @@
+//! Large values move in byte-bounded batches: hint delivery, anti-entropy refill and a
+//! leave's handoff all finish when their keys hold 1 MiB values.
+//!
+//! The frame limit is lowered (`--max-frame-bytes 6 MiB`, with `--max-siblings 4` so the
+//! startup check passes) so that 48 values of 1 MiB overflow a frame many times over in
+//! every batch the old count-bounded way (128 hints, 512 keys per call): the same
+//! overflow as 200 values against the default 96 MiB frame, at a fraction of the I/O.
+//!
+//! 1. Three nodes (N=3, W=2); node 3 is stopped while the values are written. Once it is
+//!    back, every hint drains and it holds every key.
+//! 2. Node 2's data dir is wiped and it starts again (a new node id). It joins, the old id
+//!    is removed, and anti-entropy alone (no hints exist, no client writes) refills it.
+//! 3. Node 3 leaves: it hands everything off and exits.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::*;
+use common::TestNode;
+use reqwest::StatusCode;
+
+const KEYS: usize = 48;
+const VALUE_BYTES: usize = 1024 * 1024;
+const FLAGS: [&str; 10] = [
+    "--gossip-interval",
+    "100ms",
+    "--max-frame-bytes",
+    "6291456",
+    "--max-siblings",
+    "4",
+    "--anti-entropy-interval",
+    "2s",
+    "--fsync",
+    "periodic",
+];
+const STEP: Duration = Duration::from_secs(40);
+
+fn key(i: usize) -> String {
+    format!("large/{i:03}")
+}
+
+fn value(i: usize) -> Vec<u8> {
+    (0..VALUE_BYTES)
+        .map(|j| ((i * 31 + j) % 251) as u8)
+        .collect()
+}
+
+/// Every key stored on `node` with exactly its value.
+async fn holds_every_key(node: &TestNode) -> Result<(), String> {
+    let mut missing = Vec::new();
+    for i in 0..KEYS {
+        let want = value(i);
+        if let Err(e) = local_has_exactly(node, &key(i), &[&want]).await {
+            // The stored set is 1 MiB of base64: keep the message short.
+            missing.push(format!(
+                "{}: {}",
+                key(i),
+                e.chars().take(120).collect::<String>()
+            ));
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} of {KEYS} keys missing or wrong on {}; first: {}",
+            missing.len(),
+            node.addr,
+            missing[0]
+        ))
+    }
+}
+
+/// Node ids `node` sees as live members.
+async fn live_ids(node: &TestNode) -> Result<Vec<String>, String> {
+    let c = try_json(node, "/cluster").await?;
+    let mut ids: Vec<String> = c["members"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|m| m["live"].as_bool() == Some(true))
+        .filter_map(|m| m["id"].as_str().map(str::to_owned))
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_values_drain_refill_and_leave_in_bounded_batches() {
+    let started = Instant::now();
+    let mut cluster = Cluster::start(3, &FLAGS).await;
+
+    // ---- 1. Hints of 1 MiB values drain. ----
+    cluster.nodes[2].sigkill().await;
+    cluster.wait_health(&[0, 1], CONVERGE_TIMEOUT).await;
+    let errors = for_each_bounded(0..KEYS, 4, |i| {
+        let node = &cluster.nodes[i % 2];
+        async move {
+            try_put(node, &key(i), &value(i), None, &[("timeout_ms", "20000")])
+                .await
+                .map(|_| ())
+        }
+    })
+    .await;
+    assert_no_errors(&errors, "writes with node 3 down");
+    let pending = cluster.hints_pending_total(&[0, 1]).await;
+    assert!(
+        pending >= KEYS as u64,
+        "every write left a hint for node 3: {pending} pending"
+    );
+    eprintln!(
+        "{KEYS} values written, {pending} hints pending ({:?})",
+        started.elapsed()
+    );
+    cluster.nodes[2].restart_same_addrs().await;
+    cluster.wait_health(&cluster.all(), CONVERGE_TIMEOUT).await;
+    cluster.wait_hints_drained(&cluster.all(), STEP).await;
+    let delivered = counters_sum(
+        &[&cluster.nodes[0], &cluster.nodes[1]],
+        &["hints_delivered"],
+    )
+    .await;
+    assert!(delivered >= KEYS as u64, "hints delivered: {delivered}");
+    wait_until(STEP, "node 3 to hold every key", || {
+        holds_every_key(&cluster.nodes[2])
+    })
+    .await;
+    eprintln!("hints drained ({:?})", started.elapsed());
+
+    // ---- 2. A node that lost its disk is refilled by anti-entropy. ----
+    let old_id = cluster.nodes[1].node_id.clone();
+    cluster.nodes[1].sigkill().await;
+    let dir = cluster.nodes[1].data_dir().to_path_buf();
+    std::fs::remove_dir_all(&dir).expect("wipe node 2's data dir");
+    std::fs::create_dir_all(&dir).expect("recreate node 2's data dir");
+    cluster.nodes[1].restart().await;
+    let new_id = cluster.nodes[1].node_id.clone();
+    assert_ne!(new_id, old_id, "a wiped data dir means a new node id");
+    // The old identity is gone for good: an operator removes it.
+    let remove = format!("/admin/remove/{old_id}");
+    wait_until(STEP, "the old id to be removed", || {
+        let node = &cluster.nodes[0];
+        let remove = remove.clone();
+        async move {
+            let (status, body) = post_empty(node, &remove).await;
+            if status.is_success() {
+                Ok(())
+            } else {
+                Err(format!("POST {remove}: {status} {body}"))
+            }
+        }
+    })
+    .await;
+    let mut want: Vec<String> = cluster.nodes.iter().map(|n| n.node_id.clone()).collect();
+    want.sort();
+    wait_until(STEP, "every node to see the three live members", || {
+        let nodes = &cluster.nodes;
+        let want = want.clone();
+        async move {
+            for node in nodes {
+                let ids = live_ids(node).await?;
+                if ids != want {
+                    return Err(format!("{} sees live {ids:?}, want {want:?}", node.addr));
+                }
+            }
+            Ok(())
+        }
+    })
+    .await;
+    wait_until(STEP, "the wiped node to hold every key again", || {
+        holds_every_key(&cluster.nodes[1])
+    })
+    .await;
+    let pulled = counter(&replication_json(&cluster.nodes[1]).await, "ae_keys_pulled");
+    let hinted = counter(&replication_json(&cluster.nodes[1]).await, "hints_stored");
+    assert!(pulled >= KEYS as u64, "the wiped node pulled {pulled} keys");
+    assert_eq!(hinted, 0);
+    eprintln!("wiped node refilled ({:?})", started.elapsed());
+
+    // ---- 3. A leave hands 1 MiB values off and finishes. ----
+    let (status, body) = post_empty(&cluster.nodes[2], "/admin/leave").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "POST /admin/leave: {body}");
+    let exit = cluster.nodes[2].wait_exited(STEP).await;
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "node 3 did not finish its leave within {STEP:?}: {exit:?}\n--- log ---\n{}",
+        cluster.nodes[2].log_tail(60)
+    );
+    for i in [0, 1] {
+        wait_until(STEP, "the remaining nodes to hold every key", || {
+            holds_every_key(&cluster.nodes[i])
+        })
+        .await;
+    }
+    eprintln!("leave finished ({:?})", started.elapsed());
+}
