@@ -232,3 +232,42 @@ async fn large_values_drain_refill_and_leave_in_bounded_batches() {
     }
     eprintln!("leave finished ({:?})", started.elapsed());
 }
+
+/// A config whose frame cannot carry a key's largest sibling set is refused at startup
+/// with a clear error, before the node binds anything.
+#[tokio::test]
+async fn a_frame_too_small_for_the_largest_value_is_refused_at_startup() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cases: [&[&str]; 2] = [
+        // 2 MiB values x 64 siblings cannot fit the default 96 MiB frame.
+        &["--max-value-bytes", "2097152"],
+        &["--max-frame-bytes", "1048576"],
+    ];
+    for args in cases {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ringkv"))
+            .arg("serve")
+            .args(["--data-dir", &tmp.path().join("data").display().to_string()])
+            .args(["--http-addr", "127.0.0.1:0", "--rpc-addr", "127.0.0.1:0"])
+            .args(["--gossip-addr", "127.0.0.1:0"])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn ringkv serve");
+        let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("ringkv serve {args:?} did not exit on its own"))
+            .expect("wait");
+        let mut stderr = String::new();
+        if let Some(mut err) = child.stderr.take() {
+            use tokio::io::AsyncReadExt;
+            err.read_to_string(&mut stderr).await.expect("stderr");
+        }
+        assert!(!status.success(), "{args:?} was accepted: {stderr}");
+        assert!(
+            stderr.contains("--max-frame-bytes") && stderr.contains("--max-siblings"),
+            "{args:?}: the error names the flags: {stderr}"
+        );
+    }
+}

@@ -1,5 +1,8 @@
 //! Internode RPC: length-delimited rmp-serde frames over the network seam's streams, with
 //! pooled, multiplexed connections and a timeout on every call.
+//!
+//! - [`batch`]: cuts every bulk message by encoded bytes against the frame limit (pure).
+//! - [`bounds`]: clamps or refuses what a peer asks for, before any handler runs.
 
 pub mod batch;
 pub mod bounds;
