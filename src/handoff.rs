@@ -23,6 +23,9 @@ use crate::rpc::client::RpcClient;
 use crate::rpc::{Request, Response};
 use crate::stats::ReplicationStats;
 
+/// Hints read from the store at once while filling a page.
+const HINT_READ_CHUNK: usize = 16;
+
 /// Rounds between expiry sweeps of hints whose target is down.
 const EXPIRY_SWEEP_ROUNDS: u64 = 60;
 
@@ -194,21 +197,36 @@ impl Handoff {
         Ok(())
     }
 
-    /// The next batch of `target`'s hints after the key `after`, which moves past it;
-    /// empty at the end.
+    /// The next page of `target`'s hints after the key `after`, which moves past it;
+    /// empty at the end. A page holds at most `batch` hints, and stops once it holds a
+    /// call's worth of bytes: hints of large values are read a few at a time, so the
+    /// page never holds much more than one delivery call carries.
     fn next_batch(
         &self,
         target: NodeId,
         after: &mut Option<crate::key::Key>,
     ) -> Result<Vec<StoredHint>, String> {
-        let hints = self
-            .local
-            .scan_hints(target.0, after.as_ref(), self.config.batch)
-            .map_err(|e| e.to_string())?;
-        if let Some(last) = hints.last() {
-            *after = Some(last.key.clone());
+        let mut page: Vec<StoredHint> = Vec::new();
+        let mut bytes = 0usize;
+        while page.len() < self.config.batch && bytes < self.config.limit.max_bytes {
+            let want = (self.config.batch - page.len()).min(HINT_READ_CHUNK);
+            let hints = self
+                .local
+                .scan_hints(target.0, after.as_ref(), want)
+                .map_err(|e| e.to_string())?;
+            let last_chunk = hints.len() < want;
+            if let Some(last) = hints.last() {
+                *after = Some(last.key.clone());
+            }
+            bytes = hints
+                .iter()
+                .fold(bytes, |b, h| b.saturating_add(h.raw.len()));
+            page.extend(hints);
+            if last_chunk {
+                break;
+            }
         }
-        Ok(hints)
+        Ok(page)
     }
 
     /// `hints` cut into calls within the configured byte limit, in order.
