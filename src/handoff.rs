@@ -187,8 +187,7 @@ impl Handoff {
             // fails does not send the earlier ones again.
             for part in self.batches(fresh.iter().collect()) {
                 self.send(addr, &part).await?;
-                let part: Vec<StoredHint> = part.into_iter().cloned().collect();
-                delivered += self.delete_delivered(target, &part).await?;
+                delivered += self.delete_delivered(target, part).await?;
             }
         }
         if delivered > 0 {
@@ -255,7 +254,11 @@ impl Handoff {
 
     /// Deletes hints that were delivered; returns how many. A hint merged again since it
     /// was read stays, and goes out next round.
-    async fn delete_delivered(&self, target: NodeId, hints: &[StoredHint]) -> Result<u64, String> {
+    async fn delete_delivered<'a>(
+        &self,
+        target: NodeId,
+        hints: impl IntoIterator<Item = &'a StoredHint>,
+    ) -> Result<u64, String> {
         let mut deleted = 0;
         for hint in hints {
             if self
