@@ -252,3 +252,141 @@ async fn merge(peer: &Peer<'_>, entries: Vec<(String, SiblingSet)>) -> Result<u6
         other => Err(ExchangeError::Rpc(format!("unexpected answer {other:?}"))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use async_trait::async_trait;
+    use bytes::Bytes;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::config::{BlockingMode, FsyncMode};
+    use crate::kv::writer::{self, WriterSettings};
+    use crate::kv::HintLedger;
+    use crate::net::{Network, TokioNetwork};
+    use crate::rpc::frame::{RpcConfig, RpcStats};
+    use crate::rpc::server::{serve, RpcHandler};
+    use crate::store::{MemoryStore, Store};
+    use crate::version::{Actor, Payload};
+
+    fn set_of(key: &str) -> SiblingSet {
+        let value = Payload::Value {
+            data: Bytes::from(format!("value of {key}")),
+            content_type: "text/plain".into(),
+        };
+        SiblingSet::new()
+            .update(None, Actor { node: 9, epoch: 0 }, value, 1)
+            .0
+    }
+
+    /// A peer whose `ReadMany` replies answer one key at a time and say there is more, as
+    /// a reply cut at its byte budget does; or, `broken`, claim more and answer nothing.
+    struct OneAtATime {
+        broken: bool,
+    }
+
+    #[async_trait]
+    impl RpcHandler for OneAtATime {
+        async fn handle(&self, request: Request) -> Response {
+            let Request::ReadMany { keys } = request else {
+                return Response::Error(crate::rpc::RemoteError::Internal("unexpected".into()));
+            };
+            if self.broken {
+                return Response::ReadMany {
+                    entries: Vec::new(),
+                    more: true,
+                };
+            }
+            Response::ReadMany {
+                more: keys.len() > 1,
+                entries: keys
+                    .first()
+                    .map(|k| (k.clone(), Some(set_of(k))))
+                    .into_iter()
+                    .collect(),
+            }
+        }
+    }
+
+    fn local_kv() -> LocalKv {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let hints = Arc::new(HintLedger::default());
+        let tree = Arc::default();
+        let (writer, _task) = writer::spawn(
+            store.clone(),
+            WriterSettings {
+                actor: Actor { node: 1, epoch: 0 },
+                dot_floor: 0,
+                fsync: FsyncMode::Always,
+                fsync_interval: Duration::from_secs(1),
+                blocking: BlockingMode::Inline,
+                queue: 64,
+                max_batch: 16,
+                max_siblings: 64,
+                max_hint_bytes: 0,
+                hints: hints.clone(),
+                tree: Arc::clone(&tree),
+                sabotage: Default::default(),
+            },
+            CancellationToken::new(),
+        );
+        LocalKv::new(store, writer, hints, tree)
+    }
+
+    async fn peer_server(broken: bool, shutdown: CancellationToken) -> SocketAddr {
+        let listener = TokioNetwork
+            .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .expect("bind");
+        let addr = axum::serve::Listener::local_addr(&listener).expect("addr");
+        tokio::spawn(serve(
+            listener,
+            Arc::new(OneAtATime { broken }),
+            RpcConfig::default(),
+            Arc::new(RpcStats::default()),
+            shutdown,
+        ));
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_cut_read_many_reply_is_followed_up_until_every_key_is_answered() {
+        let shutdown = CancellationToken::new();
+        let local = local_kv();
+        let rpc = RpcClient::new(
+            crate::rpc::connector_for(Arc::new(TokioNetwork)),
+            RpcConfig::default(),
+            Arc::new(RpcStats::default()),
+        );
+        for broken in [false, true] {
+            let peer = Peer {
+                rpc: &rpc,
+                addr: peer_server(broken, shutdown.clone()).await,
+                timeout: Duration::from_secs(5),
+                limit: BatchLimit::default(),
+            };
+            let keys: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+            let pulled =
+                tokio::time::timeout(Duration::from_secs(10), pull_keys(&local, &peer, keys))
+                    .await
+                    .expect("pull_keys is bounded");
+            if broken {
+                // A reply that claims more but answers nothing would loop forever.
+                assert!(matches!(pulled, Err(ExchangeError::Rpc(_))), "{pulled:?}");
+                continue;
+            }
+            assert_eq!(pulled.expect("pulled"), 3);
+            for k in ["a", "b", "c"] {
+                let stored = local
+                    .read(&Key::new(k.to_string()).expect("key"))
+                    .expect("read");
+                assert_eq!(stored, Some(set_of(k)), "{k}");
+            }
+        }
+        rpc.close_all().await;
+        shutdown.cancel();
+    }
+}
