@@ -53,6 +53,9 @@ pub struct Limits {
     pub write_queue: usize,
     /// Mutations folded into one transaction at most.
     pub max_commit_batch: usize,
+    /// The largest internode frame either end sends or accepts. It must carry a key's
+    /// largest sibling set (`rpc::batch::check_frame_fits`).
+    pub max_frame_bytes: usize,
 }
 
 impl Default for Limits {
@@ -65,6 +68,7 @@ impl Default for Limits {
             max_connections: 1024,
             write_queue: 4096,
             max_commit_batch: 512,
+            max_frame_bytes: crate::rpc::frame::DEFAULT_MAX_FRAME_BYTES,
         }
     }
 }

@@ -3,6 +3,10 @@
 //! than `--max-hint-age` are dropped and counted; anti-entropy repairs what they held.
 //! Hints for a member that left or was removed go to their keys' owners instead: they may
 //! hold the only second copy of an acknowledged write.
+//!
+//! Hints go out in `Merge` calls cut by bytes (`rpc::batch`), not by count: a page of
+//! large hints would otherwise exceed the frame and fail on every retry, and the hints
+//! would never drain.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,9 +18,13 @@ use crate::cluster::membership::ClusterView;
 use crate::cluster::NodeId;
 use crate::kv::{LocalKv, StoredHint};
 use crate::net::Clock;
+use crate::rpc::batch::{self, encoded_len, BatchLimit};
 use crate::rpc::client::RpcClient;
 use crate::rpc::{Request, Response};
 use crate::stats::ReplicationStats;
+
+/// Hints read from the store at once while filling a page.
+const HINT_READ_CHUNK: usize = 16;
 
 /// Rounds between expiry sweeps of hints whose target is down.
 const EXPIRY_SWEEP_ROUNDS: u64 = 60;
@@ -25,8 +33,10 @@ const EXPIRY_SWEEP_ROUNDS: u64 = 60;
 pub struct HandoffConfig {
     /// How often pending hints are looked at.
     pub interval: Duration,
-    /// Hints sent in one call.
+    /// Hints read from the store at once (a page; it goes out in byte-bounded calls).
     pub batch: usize,
+    /// How much one delivery call carries.
+    pub limit: BatchLimit,
     pub max_age: Duration,
     pub rpc_timeout: Duration,
     /// The configured N: hints for a member that is gone go to the key's owners.
@@ -127,7 +137,9 @@ impl Handoff {
                     .filter(|_| view.is_healthy(owner))
                     .map(|m| m.rpc_addr)
                     .ok_or_else(|| format!("owner {owner} is not reachable"))?;
-                self.send(addr, owned).await?;
+                for part in self.batches(owned) {
+                    self.send(addr, &part).await?;
+                }
             }
             self.delete_delivered(target, &hints).await?;
             tracing::info!(peer = %target, hints = hints.len(), "hints for a departed member handed to the keys' owners");
@@ -171,8 +183,12 @@ impl Handoff {
             if fresh.is_empty() {
                 continue;
             }
-            self.send(addr, fresh.iter().collect()).await?;
-            delivered += self.delete_delivered(target, &fresh).await?;
+            // Each call's hints are deleted once it is acknowledged, so a later call that
+            // fails does not send the earlier ones again.
+            for part in self.batches(fresh.iter().collect()) {
+                self.send(addr, &part).await?;
+                delivered += self.delete_delivered(target, part).await?;
+            }
         }
         if delivered > 0 {
             tracing::info!(peer = %target, delivered, "hints handed off");
@@ -180,29 +196,47 @@ impl Handoff {
         Ok(())
     }
 
-    /// The next batch of `target`'s hints after the key `after`, which moves past it;
-    /// empty at the end.
+    /// The next page of `target`'s hints after the key `after`, which moves past it;
+    /// empty at the end. A page holds at most `batch` hints, and stops once it holds a
+    /// call's worth of bytes: hints of large values are read a few at a time, so the
+    /// page never holds much more than one delivery call carries.
     fn next_batch(
         &self,
         target: NodeId,
         after: &mut Option<crate::key::Key>,
     ) -> Result<Vec<StoredHint>, String> {
-        let hints = self
-            .local
-            .scan_hints(target.0, after.as_ref(), self.config.batch)
-            .map_err(|e| e.to_string())?;
-        if let Some(last) = hints.last() {
-            *after = Some(last.key.clone());
+        let mut page: Vec<StoredHint> = Vec::new();
+        let mut bytes = 0usize;
+        while page.len() < self.config.batch && bytes < self.config.limit.max_bytes {
+            let want = (self.config.batch - page.len()).min(HINT_READ_CHUNK);
+            let hints = self
+                .local
+                .scan_hints(target.0, after.as_ref(), want)
+                .map_err(|e| e.to_string())?;
+            let last_chunk = hints.len() < want;
+            if let Some(last) = hints.last() {
+                *after = Some(last.key.clone());
+            }
+            bytes = hints
+                .iter()
+                .fold(bytes, |b, h| b.saturating_add(h.raw.len()));
+            page.extend(hints);
+            if last_chunk {
+                break;
+            }
         }
-        Ok(hints)
+        Ok(page)
     }
 
-    /// Merges `hints` into the node at `addr`.
-    async fn send(
-        &self,
-        addr: std::net::SocketAddr,
-        hints: Vec<&StoredHint>,
-    ) -> Result<(), String> {
+    /// `hints` cut into calls within the configured byte limit, in order.
+    fn batches<'a>(&self, hints: Vec<&'a StoredHint>) -> Vec<Vec<&'a StoredHint>> {
+        batch::split(hints, self.config.limit, |h| {
+            encoded_len(&(h.key.as_str(), &h.record.set))
+        })
+    }
+
+    /// Merges `hints` into the node at `addr`, in one call.
+    async fn send(&self, addr: std::net::SocketAddr, hints: &[&StoredHint]) -> Result<(), String> {
         let entries = hints
             .iter()
             .map(|h| (h.key.as_str().to_owned(), h.record.set.clone()))
@@ -220,7 +254,11 @@ impl Handoff {
 
     /// Deletes hints that were delivered; returns how many. A hint merged again since it
     /// was read stays, and goes out next round.
-    async fn delete_delivered(&self, target: NodeId, hints: &[StoredHint]) -> Result<u64, String> {
+    async fn delete_delivered<'a>(
+        &self,
+        target: NodeId,
+        hints: impl IntoIterator<Item = &'a StoredHint>,
+    ) -> Result<u64, String> {
         let mut deleted = 0;
         for hint in hints {
             if self

@@ -35,8 +35,6 @@ use crate::store::{MemoryStore, RedbStore, Store, StoreError};
 
 /// How long in-flight requests get to finish once shutdown starts.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
-/// Rows one internode scan returns at most.
-const MAX_SCAN_ROWS: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -69,6 +67,8 @@ pub enum NodeError {
     Serve(#[source] std::io::Error),
     #[error("the node of {dir} was removed from its cluster; its data is stale. Start with a fresh --data-dir to join again")]
     Removed { dir: String },
+    #[error(transparent)]
+    FrameTooSmall(#[from] crate::rpc::batch::FrameTooSmall),
 }
 
 /// What a started node tells its caller.
@@ -175,6 +175,18 @@ pub async fn run<N: Network>(
     run_with_store(config, net, store, shutdown, on_ready).await
 }
 
+/// A node whose frames cannot carry its largest sibling set could never replicate it:
+/// refuse to start rather than fail on every batch that holds it.
+fn check_limits(config: &NodeConfig) -> Result<(), NodeError> {
+    let limits = &config.limits;
+    crate::rpc::batch::check_frame_fits(
+        limits.max_frame_bytes,
+        limits.max_value_bytes,
+        limits.max_siblings,
+    )?;
+    Ok(())
+}
+
 /// [`run`] on a store the caller opened: the simulation puts redb on its simulated disk.
 pub async fn run_with_store<N: Network>(
     config: NodeConfig,
@@ -183,6 +195,7 @@ pub async fn run_with_store<N: Network>(
     shutdown: CancellationToken,
     on_ready: impl FnOnce(&Started),
 ) -> Result<(), NodeError> {
+    check_limits(&config)?;
     let net = Arc::new(net);
     let store_err = |source| NodeError::Store {
         dir: config.data_dir.display().to_string(),
@@ -297,7 +310,11 @@ pub async fn run_with_store<N: Network>(
 
     let readiness = Arc::new(Readiness::default());
     let rpc_stats = Arc::new(RpcStats::default());
-    let rpc_config = RpcConfig::default();
+    let rpc_config = RpcConfig {
+        max_frame_bytes: config.limits.max_frame_bytes,
+        ..RpcConfig::default()
+    };
+    let batch = crate::rpc::BatchLimit::for_frame(rpc_config.max_frame_bytes);
     let rpc = Arc::new(RpcClient::new(
         connector_for(net.clone()),
         rpc_config.clone(),
@@ -321,8 +338,8 @@ pub async fn run_with_store<N: Network>(
         coordinator: coord.clone(),
         clock: net.clock(),
         stats: stats.clone(),
-        max_scan_rows: MAX_SCAN_ROWS,
         readiness: readiness.clone(),
+        batch,
     });
     let rpc_server = tokio::spawn(crate::rpc::server::serve(
         rpc_listener,
@@ -341,6 +358,7 @@ pub async fn run_with_store<N: Network>(
             config: HandoffConfig {
                 interval: cluster.handoff_interval,
                 batch: 128,
+                limit: batch,
                 max_age: cluster.max_hint_age,
                 rpc_timeout: cluster.rpc_timeout,
                 n: config.replication.n,
@@ -361,6 +379,7 @@ pub async fn run_with_store<N: Network>(
             rpc_timeout: cluster.rpc_timeout,
             tombstone_grace: cluster.tombstone_grace,
             settle: cluster.gossip_interval * 10,
+            batch,
         },
     };
     // An interval of zero turns anti-entropy off (tests of hints and read repair alone).

@@ -1,5 +1,8 @@
 //! The replica side of the internode protocol: what this node does when a peer calls it.
+//! Requests arrive already clamped into their bounds (`rpc::bounds`); replies that carry
+//! many rows stop at a byte budget (`rpc::batch`) and say there is more.
 
+use std::ops::Bound;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -9,6 +12,7 @@ use crate::coordinator::{CoordError, Coordinator, ListRange};
 use crate::key::Key;
 use crate::kv::KvError;
 use crate::net::Clock;
+use crate::rpc::batch::{encoded_len, BatchLimit, Batcher};
 use crate::rpc::server::RpcHandler;
 use crate::rpc::{RemoteError, Request, Response, ScanRange};
 use crate::stats::ReplicationStats;
@@ -18,14 +22,11 @@ pub struct ReplicaService {
     pub coordinator: Coordinator,
     pub clock: Arc<dyn Clock>,
     pub stats: Arc<ReplicationStats>,
-    /// Bound on the rows one `Scan` may return.
-    pub max_scan_rows: usize,
     /// A node the cluster removed refuses data requests (see [`Self::fenced`]).
     pub readiness: Arc<crate::readiness::Readiness>,
+    /// How much one reply of many rows (`Scan`, `Digests`, `ReadMany`) may carry.
+    pub batch: BatchLimit,
 }
-
-/// Intervals one `Summaries` call may ask about.
-const MAX_INTERVALS: usize = 4096;
 
 fn bad_key(e: impl std::fmt::Display) -> Response {
     Response::Error(RemoteError::BadRequest(format!("bad key: {e}")))
@@ -120,11 +121,8 @@ impl RpcHandler for ReplicaService {
             },
             Request::Scan(range) => self.scan(range),
             Request::Summaries { intervals } => {
-                let sums: Result<Vec<_>, _> = intervals
-                    .into_iter()
-                    .take(MAX_INTERVALS)
-                    .map(|iv| local.summary(iv))
-                    .collect();
+                let sums: Result<Vec<_>, _> =
+                    intervals.into_iter().map(|iv| local.summary(iv)).collect();
                 sums.map_or_else(kv_error, Response::Summaries)
             }
             Request::Digests {
@@ -136,35 +134,48 @@ impl RpcHandler for ReplicaService {
                     Ok(a) => a,
                     Err(e) => return bad_key(e),
                 };
-                let limit = limit.clamp(1, self.max_scan_rows);
                 match local.digests(interval, after.as_ref(), limit) {
-                    Ok((rows, more)) => Response::Digests {
-                        entries: rows
-                            .into_iter()
-                            .map(|(k, d)| (k.as_str().to_owned(), d))
-                            .collect(),
-                        more,
-                    },
+                    Ok((rows, more)) => {
+                        let rows = rows.into_iter().map(|(k, d)| (k.as_str().to_owned(), d));
+                        let (entries, cut) = self.fill(rows);
+                        Response::Digests {
+                            entries,
+                            more: more || cut,
+                        }
+                    }
                     Err(e) => kv_error(e),
                 }
             }
             Request::ReadMany { keys } => {
-                let mut out = Vec::with_capacity(keys.len().min(self.max_scan_rows));
-                for key in keys.into_iter().take(self.max_scan_rows) {
+                let mut batcher = Batcher::new(self.batch);
+                for key in keys {
                     let k = match Key::new(key) {
                         Ok(k) => k,
                         Err(e) => return bad_key(e),
                     };
-                    match local.read(&k) {
-                        Ok(set) => out.push((k.as_str().to_owned(), set)),
+                    let entry = match local.read(&k) {
+                        Ok(set) => (k.as_str().to_owned(), set),
                         Err(e) => return kv_error(e),
+                    };
+                    let size = encoded_len(&entry);
+                    // The first key that does not fit ends the reply; the caller asks
+                    // again from there. The first key always fits, however large.
+                    if batcher.would_close(size) {
+                        return Response::ReadMany {
+                            entries: batcher.take().unwrap_or_default(),
+                            more: true,
+                        };
                     }
+                    batcher.push(entry, size);
                 }
-                Response::ReadMany(out)
+                Response::ReadMany {
+                    entries: batcher.take().unwrap_or_default(),
+                    more: false,
+                }
             }
             Request::DropIfDigest { entries } => {
                 let mut dropped = 0;
-                for (key, digest) in entries.into_iter().take(self.max_scan_rows) {
+                for (key, digest) in entries {
                     let k = match Key::new(key) {
                         Ok(k) => k,
                         Err(e) => return bad_key(e),
@@ -199,27 +210,70 @@ impl ReplicaService {
             )
     }
 
+    /// The leading rows that fit one reply, and whether any were left out.
+    fn fill<T: serde::Serialize>(&self, rows: impl IntoIterator<Item = T>) -> (Vec<T>, bool) {
+        let mut batcher = Batcher::new(self.batch);
+        for row in rows {
+            let size = encoded_len(&row);
+            if batcher.would_close(size) {
+                return (batcher.take().unwrap_or_default(), true);
+            }
+            batcher.push(row, size);
+        }
+        (batcher.take().unwrap_or_default(), false)
+    }
+
+    /// Up to `range.limit` keys, read a page at a time so that no more than one reply's
+    /// worth of large sets is held in memory, and cut at the reply's byte budget.
     fn scan(&self, range: ScanRange) -> Response {
         let list = ListRange {
             start: range.start.map(String::into_bytes),
             start_exclusive: range.start_exclusive,
             end: range.end.map(String::into_bytes),
         };
-        let limit = range.limit.clamp(1, self.max_scan_rows);
         let (start, end) = list.bounds();
-        match self.coordinator.local().scan(start, end, limit + 1) {
-            Ok(mut rows) => {
-                let more = rows.len() > limit;
-                rows.truncate(limit);
-                Response::Scanned {
-                    entries: rows
-                        .into_iter()
-                        .map(|(k, s)| (k.as_str().to_owned(), s))
-                        .collect(),
-                    more,
+        let mut batcher = Batcher::new(self.batch);
+        let mut after: Option<Key> = None;
+        loop {
+            let lower = after
+                .as_ref()
+                .map_or(start, |k| Bound::Excluded(k.as_bytes()));
+            let want = range.limit.saturating_sub(batcher.len());
+            // One extra row tells whether the range holds more past the limit.
+            let page = match self
+                .coordinator
+                .local()
+                .scan(lower, end, want.min(SCAN_PAGE) + 1)
+            {
+                Ok(page) => page,
+                Err(e) => return kv_error(e),
+            };
+            let exhausted = page.len() <= want.min(SCAN_PAGE);
+            for (key, set) in page {
+                if batcher.len() == range.limit {
+                    return scanned(&mut batcher, true);
                 }
+                let entry = (key.as_str().to_owned(), set);
+                let size = encoded_len(&entry);
+                if batcher.would_close(size) {
+                    return scanned(&mut batcher, true);
+                }
+                batcher.push(entry, size);
+                after = Some(key);
             }
-            Err(e) => kv_error(e),
+            if exhausted {
+                return scanned(&mut batcher, false);
+            }
         }
+    }
+}
+
+/// Rows read from the store at once by a `Scan`.
+const SCAN_PAGE: usize = 64;
+
+fn scanned(batcher: &mut Batcher<(String, crate::version::SiblingSet)>, more: bool) -> Response {
+    Response::Scanned {
+        entries: batcher.take().unwrap_or_default(),
+        more,
     }
 }

@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// `rpc::message::PROTOCOL_VERSION`.
-const PROTOCOL_VERSION: u8 = 2;
+const PROTOCOL_VERSION: u8 = 3;
 /// `rpc::frame::DEFAULT_MAX_FRAME_BYTES`: the largest frame (version byte + body) accepted.
 const MAX_FRAME_BYTES: u32 = 96 * 1024 * 1024;
 /// The server's warning for a connection it closes over a bad frame (`rpc/server.rs`).

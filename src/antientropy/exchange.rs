@@ -5,6 +5,10 @@
 //! [`FANOUT`] and the parts compared, down to parts small enough to list: then the two
 //! sides' key digests are compared and only the keys that differ move, in both
 //! directions, each side merging with DVV sync. Both end with the same sets.
+//!
+//! Keys move in calls cut by bytes (`rpc::batch`): a `ReadMany` reply stops at its byte
+//! budget and this side asks again for the rest; pushes are built by the batcher as the
+//! sets are read, so no call exceeds a frame however large the values.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,6 +17,7 @@ use std::time::Duration;
 use crate::key::Key;
 use crate::kv::LocalKv;
 use crate::merkle::{Interval, Summary};
+use crate::rpc::batch::{self, encoded_len, BatchLimit, Batcher};
 use crate::rpc::client::RpcClient;
 use crate::rpc::{Request, Response};
 use crate::version::SiblingSet;
@@ -21,10 +26,14 @@ use crate::version::SiblingSet;
 const FANOUT: usize = 16;
 /// An interval with at most this many keys on both sides is listed, not split further.
 const LIST_BELOW: u64 = 256;
-/// Keys listed, read or pushed in one call.
+/// Keys listed per `Digests` call (their replies are small: a key and a digest each).
 const BATCH: usize = 512;
 /// Intervals summarised in one call.
 const SUMMARY_BATCH: usize = 256;
+// Summaries are a few dozen bytes per interval, so a count bounds their bytes too; the
+// count must stay within what a peer admits.
+const _: () = assert!(SUMMARY_BATCH <= crate::rpc::bounds::MAX_INTERVALS);
+const _: () = assert!(BATCH <= crate::rpc::bounds::MAX_SCAN_ROWS);
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Exchanged {
@@ -48,6 +57,8 @@ pub struct Peer<'a> {
     pub rpc: &'a RpcClient,
     pub addr: SocketAddr,
     pub timeout: Duration,
+    /// How much one `ReadMany` or `Merge` carries.
+    pub limit: BatchLimit,
 }
 
 impl Peer<'_> {
@@ -164,34 +175,218 @@ async fn exchange_keys(
         .map(|(k, _)| k.clone())
         .collect();
     let mut done = Exchanged::default();
-    for keys in pull.chunks(BATCH) {
-        let request = Request::ReadMany {
-            keys: keys.iter().map(|k| k.as_str().to_owned()).collect(),
-        };
-        let Response::ReadMany(sets) = peer.call(request).await? else {
+    let names = pull.iter().map(|k| k.as_str().to_owned());
+    for keys in batch::split_encoded(names, peer.limit) {
+        done.pulled += pull_keys(local, peer, keys).await?;
+    }
+    done.pushed += push_keys(local, peer, &push).await?;
+    Ok(done)
+}
+
+/// Reads `keys` from the peer and merges them here. The peer's reply may stop at its
+/// byte budget; then the rest is asked for again, until every key is answered.
+async fn pull_keys(
+    local: &LocalKv,
+    peer: &Peer<'_>,
+    mut keys: Vec<String>,
+) -> Result<u64, ExchangeError> {
+    let mut pulled = 0;
+    while !keys.is_empty() {
+        let request = Request::ReadMany { keys: keys.clone() };
+        let Response::ReadMany { entries, more } = peer.call(request).await? else {
             return Err(ExchangeError::Rpc("unexpected answer to ReadMany".into()));
         };
-        let merges = sets.into_iter().filter_map(|(k, set)| {
+        // A reply answers a prefix of the keys, in order; anything else is a broken peer,
+        // and an empty partial reply would loop forever.
+        let answered = entries.len();
+        let in_order = entries.iter().zip(&keys).all(|((k, _), want)| k == want);
+        if answered > keys.len() || !in_order || (more && answered == 0) {
+            return Err(ExchangeError::Rpc(
+                "ReadMany reply does not answer the keys asked".into(),
+            ));
+        }
+        let merges = entries.into_iter().filter_map(|(k, set)| {
             let key = Key::new(k).ok()?;
             set.map(|s| local.merge(key, s))
         });
         for result in futures::future::join_all(merges).await {
             result.map_err(local_err)?;
-            done.pulled += 1;
+            pulled += 1;
+        }
+        if !more && answered < keys.len() {
+            return Err(ExchangeError::Rpc(format!(
+                "ReadMany answered {answered} of {} keys without saying there is more",
+                keys.len()
+            )));
+        }
+        keys.drain(..answered);
+    }
+    Ok(pulled)
+}
+
+/// Sends this node's copies of `keys` to the peer, in calls the batcher cuts as the sets
+/// are read (only one call's worth is held at a time).
+async fn push_keys(local: &LocalKv, peer: &Peer<'_>, keys: &[Key]) -> Result<u64, ExchangeError> {
+    let mut pushed = 0;
+    let mut batcher: Batcher<(String, SiblingSet)> = Batcher::new(peer.limit);
+    for k in keys {
+        let Some(set) = local.read(k).map_err(local_err)? else {
+            continue;
+        };
+        let entry = (k.as_str().to_owned(), set);
+        let size = encoded_len(&entry);
+        if let Some(full) = batcher.push(entry, size) {
+            pushed += merge(peer, full).await?;
         }
     }
-    for keys in push.chunks(BATCH) {
-        let mut entries: Vec<(String, SiblingSet)> = Vec::with_capacity(keys.len());
-        for k in keys {
-            if let Some(set) = local.read(k).map_err(local_err)? {
-                entries.push((k.as_str().to_owned(), set));
+    if let Some(last) = batcher.take() {
+        pushed += merge(peer, last).await?;
+    }
+    Ok(pushed)
+}
+
+async fn merge(peer: &Peer<'_>, entries: Vec<(String, SiblingSet)>) -> Result<u64, ExchangeError> {
+    let n = entries.len() as u64;
+    match peer.call(Request::Merge { entries }).await? {
+        Response::Merged => Ok(n),
+        other => Err(ExchangeError::Rpc(format!("unexpected answer {other:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use async_trait::async_trait;
+    use bytes::Bytes;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::config::{BlockingMode, FsyncMode};
+    use crate::kv::writer::{self, WriterSettings};
+    use crate::kv::HintLedger;
+    use crate::net::{Network, TokioNetwork};
+    use crate::rpc::frame::{RpcConfig, RpcStats};
+    use crate::rpc::server::{serve, RpcHandler};
+    use crate::store::{MemoryStore, Store};
+    use crate::version::{Actor, Payload};
+
+    fn set_of(key: &str) -> SiblingSet {
+        let value = Payload::Value {
+            data: Bytes::from(format!("value of {key}")),
+            content_type: "text/plain".into(),
+        };
+        SiblingSet::new()
+            .update(None, Actor { node: 9, epoch: 0 }, value, 1)
+            .0
+    }
+
+    /// A peer whose `ReadMany` replies answer one key at a time and say there is more, as
+    /// a reply cut at its byte budget does; or, `broken`, claim more and answer nothing.
+    struct OneAtATime {
+        broken: bool,
+    }
+
+    #[async_trait]
+    impl RpcHandler for OneAtATime {
+        async fn handle(&self, request: Request) -> Response {
+            let Request::ReadMany { keys } = request else {
+                return Response::Error(crate::rpc::RemoteError::Internal("unexpected".into()));
+            };
+            if self.broken {
+                return Response::ReadMany {
+                    entries: Vec::new(),
+                    more: true,
+                };
+            }
+            Response::ReadMany {
+                more: keys.len() > 1,
+                entries: keys
+                    .first()
+                    .map(|k| (k.clone(), Some(set_of(k))))
+                    .into_iter()
+                    .collect(),
             }
         }
-        let n = entries.len() as u64;
-        match peer.call(Request::Merge { entries }).await? {
-            Response::Merged => done.pushed += n,
-            other => return Err(ExchangeError::Rpc(format!("unexpected answer {other:?}"))),
-        }
     }
-    Ok(done)
+
+    fn local_kv() -> LocalKv {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let hints = Arc::new(HintLedger::default());
+        let tree = Arc::default();
+        let (writer, _task) = writer::spawn(
+            store.clone(),
+            WriterSettings {
+                actor: Actor { node: 1, epoch: 0 },
+                dot_floor: 0,
+                fsync: FsyncMode::Always,
+                fsync_interval: Duration::from_secs(1),
+                blocking: BlockingMode::Inline,
+                queue: 64,
+                max_batch: 16,
+                max_siblings: 64,
+                max_hint_bytes: 0,
+                hints: hints.clone(),
+                tree: Arc::clone(&tree),
+                sabotage: Default::default(),
+            },
+            CancellationToken::new(),
+        );
+        LocalKv::new(store, writer, hints, tree)
+    }
+
+    async fn peer_server(broken: bool, shutdown: CancellationToken) -> SocketAddr {
+        let listener = TokioNetwork
+            .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .expect("bind");
+        let addr = axum::serve::Listener::local_addr(&listener).expect("addr");
+        tokio::spawn(serve(
+            listener,
+            Arc::new(OneAtATime { broken }),
+            RpcConfig::default(),
+            Arc::new(RpcStats::default()),
+            shutdown,
+        ));
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_cut_read_many_reply_is_followed_up_until_every_key_is_answered() {
+        let shutdown = CancellationToken::new();
+        let local = local_kv();
+        let rpc = RpcClient::new(
+            crate::rpc::connector_for(Arc::new(TokioNetwork)),
+            RpcConfig::default(),
+            Arc::new(RpcStats::default()),
+        );
+        for broken in [false, true] {
+            let peer = Peer {
+                rpc: &rpc,
+                addr: peer_server(broken, shutdown.clone()).await,
+                timeout: Duration::from_secs(5),
+                limit: BatchLimit::default(),
+            };
+            let keys: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+            let pulled =
+                tokio::time::timeout(Duration::from_secs(10), pull_keys(&local, &peer, keys))
+                    .await
+                    .expect("pull_keys is bounded");
+            if broken {
+                // A reply that claims more but answers nothing would loop forever.
+                assert!(matches!(pulled, Err(ExchangeError::Rpc(_))), "{pulled:?}");
+                continue;
+            }
+            assert_eq!(pulled.expect("pulled"), 3);
+            for k in ["a", "b", "c"] {
+                let stored = local
+                    .read(&Key::new(k.to_string()).expect("key"))
+                    .expect("read");
+                assert_eq!(stored, Some(set_of(k)), "{k}");
+            }
+        }
+        rpc.close_all().await;
+        shutdown.cancel();
+    }
 }

@@ -73,8 +73,8 @@ async fn collect_one(
             .call(m.rpc_addr, request, ae.config.rpc_timeout)
             .await
         {
-            Ok(Response::ReadMany(sets)) => {
-                let same = sets
+            Ok(Response::ReadMany { entries, .. }) => {
+                let same = entries
                     .first()
                     .and_then(|(_, s)| s.as_ref())
                     .is_some_and(|s| digest(s) == d);

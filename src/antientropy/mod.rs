@@ -24,6 +24,7 @@ use crate::cluster::membership::{ClusterView, MemberState};
 use crate::cluster::NodeId;
 use crate::kv::LocalKv;
 use crate::merkle::Interval;
+use crate::rpc::batch::{encoded_len, Batcher};
 use crate::rpc::client::RpcClient;
 use crate::rpc::{Request, Response};
 use crate::stats::ReplicationStats;
@@ -39,6 +40,8 @@ pub struct AntiEntropyConfig {
     /// owns: a view that is still converging (a member not yet heard of) must not make
     /// it drop keys it does own.
     pub settle: Duration,
+    /// How much one bulk call (`Merge`, `ReadMany`) carries.
+    pub batch: crate::rpc::BatchLimit,
 }
 
 #[derive(Clone)]
@@ -51,12 +54,66 @@ pub struct AntiEntropy {
     pub config: AntiEntropyConfig,
 }
 
-/// Keys handed off per batch.
+/// Keys looked at per round of handing off (they go out in byte-bounded calls).
 const HANDOFF_BATCH: usize = 512;
 /// Ranges exchanged per call when syncing all of them.
 const SYNC_BATCH: usize = 32;
 
 impl AntiEntropy {
+    /// Merges this node's copies of `keys` into the node at `addr`, in calls the batcher
+    /// cuts by bytes as the sets are read. Returns the keys acknowledged: a failed call
+    /// only holds back its own keys. A key with nothing stored counts as handed off.
+    async fn merge_into(
+        &self,
+        addr: std::net::SocketAddr,
+        keys: &[(crate::key::Key, u64)],
+    ) -> Vec<crate::key::Key> {
+        let mut acked = Vec::new();
+        let mut batcher = Batcher::new(self.config.batch);
+        for (k, _) in keys {
+            match self.local.read(k) {
+                Ok(Some(set)) => {
+                    let size = encoded_len(&(k.as_str(), &set));
+                    if let Some(full) = batcher.push((k.clone(), set), size) {
+                        acked.extend(self.send_merge(addr, full).await);
+                    }
+                }
+                Ok(None) => acked.push(k.clone()),
+                Err(e) => {
+                    tracing::warn!(key = %k.as_str(), error = %e, "cannot read a key to hand off")
+                }
+            }
+        }
+        if let Some(last) = batcher.take() {
+            acked.extend(self.send_merge(addr, last).await);
+        }
+        acked
+    }
+
+    /// One `Merge` call; the keys it carried when acknowledged, none otherwise.
+    async fn send_merge(
+        &self,
+        addr: std::net::SocketAddr,
+        batch: Vec<(crate::key::Key, crate::version::SiblingSet)>,
+    ) -> Vec<crate::key::Key> {
+        let keys: Vec<crate::key::Key> = batch.iter().map(|(k, _)| k.clone()).collect();
+        let entries = batch
+            .into_iter()
+            .map(|(k, s)| (k.as_str().to_owned(), s))
+            .collect();
+        match self
+            .rpc
+            .call(addr, Request::Merge { entries }, self.config.rpc_timeout)
+            .await
+        {
+            Ok(Response::Merged) => keys,
+            other => {
+                tracing::debug!(peer = %addr, answer = ?other.map(|_| ()), keys = keys.len(), "handing keys off failed; will retry");
+                Vec::new()
+            }
+        }
+    }
+
     fn view(&self) -> Arc<ClusterView> {
         self.view.borrow().clone()
     }
@@ -70,6 +127,7 @@ impl AntiEntropy {
             rpc: &self.rpc,
             addr,
             timeout: self.config.rpc_timeout,
+            limit: self.config.batch,
         }
     }
 
@@ -316,23 +374,8 @@ impl AntiEntropy {
                 let Some(m) = view.member(owner).filter(|_| view.is_healthy(owner)) else {
                     continue;
                 };
-                let mut entries = Vec::with_capacity(keys.len());
-                for (k, _) in &keys {
-                    if let Ok(Some(set)) = self.local.read(k) {
-                        entries.push((k.as_str().to_owned(), set));
-                    }
-                }
-                if let Ok(Response::Merged) = self
-                    .rpc
-                    .call(
-                        m.rpc_addr,
-                        Request::Merge { entries },
-                        self.config.rpc_timeout,
-                    )
-                    .await
-                {
-                    acked.extend(keys.into_iter().map(|(k, _)| (owner, k)));
-                }
+                let sent = self.merge_into(m.rpc_addr, &keys).await;
+                acked.extend(sent.into_iter().map(|k| (owner, k)));
             }
             let mut drops = Vec::new();
             for (key, digest, writes) in unowned {

@@ -102,6 +102,11 @@ pub struct ServeArgs {
     /// Open HTTP connections at most; more wait to be accepted.
     #[arg(long, env = "RINGKV_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
+    /// The largest internode frame. Must carry --max-value-bytes x --max-siblings plus
+    /// overhead; the node refuses to start otherwise. Hidden: for tests that need large
+    /// batches to overflow a frame without writing gigabytes.
+    #[arg(long, env = "RINGKV_MAX_FRAME_BYTES", default_value_t = crate::rpc::frame::DEFAULT_MAX_FRAME_BYTES, hide = true)]
+    pub max_frame_bytes: usize,
     #[arg(long, env = "RINGKV_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
     /// Log level or filter (`RUST_LOG` wins when set).
@@ -130,6 +135,12 @@ impl ServeArgs {
                 "--max-value-bytes, --max-siblings and --max-batch-ops must be at least 1".into(),
             ));
         }
+        crate::rpc::batch::check_frame_fits(
+            self.max_frame_bytes,
+            self.max_value_bytes,
+            self.max_siblings,
+        )
+        .map_err(|e| ServeError::Config(e.to_string()))?;
         let advertise_host = match &self.advertise_host {
             None => None,
             Some(host) => Some(resolve_host(host)?),
@@ -170,6 +181,7 @@ impl ServeArgs {
                 max_batch_ops: self.max_batch_ops,
                 max_batch_bytes: self.max_batch_bytes,
                 max_connections: self.max_connections,
+                max_frame_bytes: self.max_frame_bytes,
                 ..Limits::default()
             },
             blocking: BlockingMode::Threaded,

@@ -1,5 +1,7 @@
 //! Listings merged across members: each healthy member scans its own keys, and the pages
-//! are merged in key order with DVV sync per key.
+//! are merged in key order with DVV sync per key. A page is served only when, for every
+//! ring range, at least one of its replicas answered: otherwise it would silently miss
+//! that range's keys, and the listing fails with `ListingIncomplete` (503).
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -8,6 +10,7 @@ use std::time::Duration;
 
 use super::{CoordError, CoordinatorParts as Inner, Page};
 use crate::cluster::membership::ClusterView;
+use crate::cluster::NodeId;
 use crate::key::Key;
 use crate::rpc::{Request, Response, ScanRange};
 use crate::version::SiblingSet;
@@ -62,7 +65,7 @@ pub(super) async fn merged_page(
         .values()
         .filter(|m| view.is_healthy(m.id))
         .collect();
-    let scans = futures::future::join_all(members.iter().map(|m| async {
+    let scans = futures::future::join_all(members.iter().map(|m| async move {
         if m.id == view.self_id {
             let (start, end) = range.bounds();
             // One extra row tells whether anything follows.
@@ -92,15 +95,21 @@ pub(super) async fn merged_page(
     }))
     .await;
 
-    // Merge what answered. A member that failed is skipped: its keys have N-1 other
-    // replicas. Keys past the first member that stopped early are left for the next page,
-    // so no member's unseen keys are skipped.
+    let answered: Vec<NodeId> = members
+        .iter()
+        .zip(&scans)
+        .filter(|(_, scan)| scan.is_ok())
+        .map(|(m, _)| m.id)
+        .collect();
+    check_coverage(inner, view, &answered)?;
+
+    // Merge what answered. A member that failed is skipped: every range it holds was
+    // scanned on another replica (checked above). Keys past the first member that stopped
+    // early are left for the next page, so no member's unseen keys are skipped.
     let mut merged: BTreeMap<Key, SiblingSet> = BTreeMap::new();
     let mut horizon: Option<Key> = None;
-    let mut answered = 0;
     for scan in scans {
         let Ok((rows, more)) = scan else { continue };
-        answered += 1;
         if more {
             if let Some((last, _)) = rows.last() {
                 if horizon.as_ref().is_none_or(|h| last < h) {
@@ -115,7 +124,7 @@ pub(super) async fn merged_page(
                 .or_insert(set);
         }
     }
-    if answered == 0 {
+    if answered.is_empty() {
         return Err(CoordError::QuorumFailed {
             needed: 1,
             replied: 0,
@@ -140,5 +149,40 @@ pub(super) async fn merged_page(
     Ok(Page {
         items,
         resume_after: horizon.and(last_seen),
+    })
+}
+
+/// Fails unless every range of the read ring has a replica among `answered`. A member
+/// that is down (not scanned) or whose scan failed is covered only by the other replicas
+/// of its ranges: with N=1 nothing covers it.
+fn check_coverage(
+    inner: &Inner,
+    view: &ClusterView,
+    answered: &[NodeId],
+) -> Result<(), CoordError> {
+    let ring = &view.ring;
+    if ring.is_empty() {
+        // A node that knows no ring yet holds everything it has itself.
+        return Ok(());
+    }
+    let n = inner.effective(view).n;
+    let ranges = ring.ranges();
+    let uncovered = ranges
+        .iter()
+        .filter(|range| !ring.owners(range, n).iter().any(|o| answered.contains(o)))
+        .count();
+    if uncovered == 0 {
+        return Ok(());
+    }
+    let unreachable: Vec<String> = ring
+        .members()
+        .iter()
+        .filter(|id| !answered.contains(id))
+        .map(|id| id.to_string())
+        .collect();
+    Err(CoordError::ListingIncomplete {
+        uncovered,
+        ranges: ranges.len(),
+        unreachable: unreachable.join(", "),
     })
 }

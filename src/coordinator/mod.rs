@@ -54,6 +54,14 @@ pub enum CoordError {
     /// The node is still joining and knows no member that holds data.
     #[error("this node has not joined its cluster yet; retry, or ask another node")]
     NotJoined,
+    /// A listing could not scan any replica of some ring ranges: a page without them
+    /// would silently miss keys.
+    #[error("listing incomplete: {uncovered} of {ranges} ring range(s) have no replica that answered (unreachable: {unreachable}); retry once they are back")]
+    ListingIncomplete {
+        uncovered: usize,
+        ranges: usize,
+        unreachable: String,
+    },
 }
 
 /// Per-request options, as parsed from the query string.

@@ -92,6 +92,7 @@ impl From<CoordError> for ApiError {
             | CoordError::Timeout { .. }
             | CoordError::QuorumFailed { .. }
             | CoordError::NotJoined
+            | CoordError::ListingIncomplete { .. }
             | CoordError::Remote(RemoteError::Unavailable(_)) => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
             }

@@ -506,7 +506,9 @@ mod tests {
                 seen: None,
                 payload: Payload::Tombstone,
                 w: None,
-                timeout_ms: 0,
+                // The smallest a peer may send: 0 would be clamped to it on the way in
+                // (`rpc::bounds`), and the handler would not see what was sent.
+                timeout_ms: 1,
             }),
         ];
         requests.push(Request::Scan(ScanRange {

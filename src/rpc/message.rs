@@ -8,7 +8,7 @@ use crate::quorum::Quorum;
 use crate::version::{Dot, Payload, SiblingSet, VersionVector};
 
 /// Bumped on any incompatible change; a peer speaking another version is disconnected.
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
 
 /// A request or a response, with the id that pairs them on a multiplexed connection.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,7 +45,8 @@ pub enum Request {
         after: Option<String>,
         limit: usize,
     },
-    /// This node's copies of several keys.
+    /// This node's copies of several keys. The reply may cover only the first of them
+    /// (it stops at a byte budget): the caller asks again for the rest.
     ReadMany { keys: Vec<String> },
     /// Drop these keys if their stored digest is still the one given: tombstones every
     /// replica holds (GC), or data this node handed to its new owners.
@@ -96,7 +97,8 @@ pub enum Response {
         /// The new version's dot (none when a delete found nothing to delete).
         dot: Option<Dot>,
     },
-    /// Keys in order; `more` when the range holds keys past the last one.
+    /// Keys in order; `more` when the range holds keys past the last one (or the reply
+    /// stopped at its byte budget).
     Scanned {
         entries: Vec<(String, SiblingSet)>,
         more: bool,
@@ -107,7 +109,12 @@ pub enum Response {
         entries: Vec<(String, u64)>,
         more: bool,
     },
-    ReadMany(Vec<(String, Option<SiblingSet>)>),
+    /// The copies of the first `entries.len()` keys asked for, in the order asked; `more`
+    /// when the reply stopped at its byte budget before the last key.
+    ReadMany {
+        entries: Vec<(String, Option<SiblingSet>)>,
+        more: bool,
+    },
     /// How many of the keys were dropped.
     Dropped(usize),
     Departed(bool),

@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
+use super::bounds;
 use super::frame::{self, write_loop, FrameCodec, FrameError, RpcConfig, RpcStats};
 use super::message::{Envelope, RemoteError, Request, Response};
 use crate::net::LimitedListener;
@@ -209,8 +210,13 @@ async fn read_requests<R: AsyncRead + Unpin>(
     }
 }
 
-/// Runs the handler; a panic becomes an error response instead of a silent timeout.
+/// Clamps the request into its bounds ([`bounds::admit`]), then runs the handler; a
+/// panic becomes an error response instead of a silent timeout.
 async fn answer(handler: &dyn RpcHandler, request: Request) -> Response {
+    let request = match bounds::admit(request) {
+        Ok(request) => request,
+        Err(e) => return Response::Error(e),
+    };
     match AssertUnwindSafe(handler.handle(request))
         .catch_unwind()
         .await
@@ -309,11 +315,13 @@ pub(crate) mod testing {
                 entries: vec![("k".into(), interval.lo)],
                 more: false,
             },
-            Request::ReadMany { keys } => Response::ReadMany(
-                keys.iter()
+            Request::ReadMany { keys } => Response::ReadMany {
+                entries: keys
+                    .iter()
                     .map(|k| (k.clone(), Some(sample_set())))
                     .collect(),
-            ),
+                more: false,
+            },
             Request::DropIfDigest { entries } => Response::Dropped(entries.len()),
             Request::Departed { .. } => Response::Departed(false),
         }
@@ -637,6 +645,42 @@ mod tests {
         first.close_all().await;
         ping(&second, &server).await;
         second.close_all().await;
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn peer_values_are_clamped_before_the_handler_sees_them() {
+        let server = TestServer::any_port().await;
+        let client = client();
+        let forward = Request::Forward(crate::rpc::ForwardedWrite {
+            key: "k".into(),
+            seen: None,
+            payload: crate::version::Payload::Tombstone,
+            w: None,
+            timeout_ms: u64::MAX,
+        });
+        client.call(server.addr, forward, CALL).await.expect("call");
+        let too_many = Request::ReadMany {
+            keys: vec!["k".into(); crate::rpc::bounds::MAX_ITEMS + 1],
+        };
+        let refused = client.call(server.addr, too_many, CALL).await;
+        assert!(
+            matches!(
+                refused,
+                Ok(Response::Error(crate::rpc::RemoteError::BadRequest(_)))
+            ),
+            "{refused:?}"
+        );
+        let seen = server.handler.seen.lock().expect("lock").clone();
+        // The handler saw the forward with its timeout clamped, and never the oversized
+        // batch.
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        let max_ms = crate::rpc::bounds::MAX_PEER_TIMEOUT.as_millis();
+        assert!(
+            seen[0].contains(&format!("timeout_ms: {max_ms}")),
+            "{seen:?}"
+        );
+        client.close_all().await;
         server.stop().await;
     }
 
