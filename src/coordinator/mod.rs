@@ -263,7 +263,13 @@ impl Coordinator {
                     dot: None,
                 });
             }
-            (true, seen.or_else(|| read.map(|s| s.context().clone())))
+            // The writer clamps a write's token to what this replica has seen (see
+            // `SiblingSet::update_above`), so the quorum's set is merged here first: then
+            // the tombstone covers what the read found, not just this replica's copy.
+            // Merging what replicas hold is always safe; it is what read repair does.
+            let read = read.unwrap_or_default();
+            self.inner.local.merge(key.clone(), read.clone()).await?;
+            (true, seen.or_else(|| Some(read.context().clone())))
         } else {
             (true, seen)
         };

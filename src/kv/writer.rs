@@ -260,6 +260,7 @@ async fn run(
         unsynced |= !durable;
         let mut replies = Vec::with_capacity(outcomes.len());
         for (job, result) in outcomes {
+            note_merge_over_cap(&settings, &stats, &job.mutation, &result);
             if let Some(staged) = job.staged {
                 let _ = staged.send(result.clone());
             }
@@ -296,6 +297,28 @@ async fn run(
         Err(e) => tracing::error!(error = %e, "final fsync failed"),
     }
     tracing::debug!("writer stopped");
+}
+
+/// A `Merge` is stored even when it leaves a key over the sibling cap: it was
+/// acknowledged elsewhere, and refusing it would lose that write. It is not silent either:
+/// logged with the key, and counted (`/metrics`, `/debug/replication`).
+fn note_merge_over_cap(
+    settings: &WriterSettings,
+    stats: &StorageStats,
+    mutation: &Mutation,
+    result: &Result<Outcome, KvError>,
+) {
+    if let (Mutation::Merge { key, .. }, Ok(Outcome::Applied(a))) = (mutation, result) {
+        if a.changed && a.set.len() > settings.max_siblings {
+            stats.merges_over_sibling_cap.inc();
+            tracing::warn!(
+                key = %key,
+                siblings = a.set.len(),
+                limit = settings.max_siblings,
+                "a merge from a peer left the key over the sibling cap; stored anyway, as it was acknowledged elsewhere"
+            );
+        }
+    }
 }
 
 /// The error every later write gets once an fsync has failed (see `failed` in `run`).
@@ -398,22 +421,35 @@ fn apply(
             written_at_ms,
         } => {
             let current = read_set(txn, key)?;
-            let (next, dot) = current.update_above(
+            let (next, dot) = match current.update_above(
                 seen.as_ref(),
                 settings.actor,
                 *dot_floor,
                 payload.clone(),
                 *written_at_ms,
-            );
+            ) {
+                Ok(updated) => updated,
+                Err(e) => return Ok(Err(e.into())),
+            };
             if next.len() > settings.max_siblings {
                 return Ok(Err(KvError::SiblingLimit {
                     limit: settings.max_siblings,
                 }));
             }
-            *dot_floor = dot.counter;
+            // Only a dot this node issues moves the floor; `dot.counter` is above the floor
+            // by construction, so this never lowers it.
+            *dot_floor = (*dot_floor).max(dot.counter);
             write_set(txn, settings, tree, key, current, next, Some(dot)).map(Ok)
         }
         Mutation::Merge { key, set } => {
+            // A counter at u64::MAX is never issued (see `SiblingSet::update_above`);
+            // merged, it would make this node's next write of that actor overflow, so the
+            // set is refused here, where peer data enters the store.
+            if set.has_overflowed_counter() {
+                return Ok(Err(KvError::OverflowedSet {
+                    key: key.as_str().to_owned(),
+                }));
+            }
             let current = read_set(txn, key)?;
             let next = current.sync(set);
             write_set(txn, settings, tree, key, current, next, None).map(Ok)
@@ -433,6 +469,12 @@ fn apply(
             set,
             now_ms,
         } => {
+            // Delivered later as a Merge: refused for the same reason, before it is kept.
+            if set.has_overflowed_counter() {
+                return Ok(Err(KvError::OverflowedSet {
+                    key: key.as_str().to_owned(),
+                }));
+            }
             let hkey = hint_key(*target, key);
             let old = txn.get(Table::Hints, &hkey)?;
             let record = match &old {

@@ -11,8 +11,8 @@ mod siblings;
 mod token;
 mod vv;
 
-pub use siblings::{Payload, SiblingSet, Version};
-pub use token::{CausalityToken, TokenError};
+pub use siblings::{CounterOverflow, Payload, SiblingSet, Version};
+pub use token::{key_hash, CausalityToken, TokenError, MAX_TOKEN_ACTORS, TOKEN_FORMAT};
 pub use vv::{Actor, Dot, VersionVector};
 
 #[cfg(test)]
