@@ -17,3 +17,6 @@ pub use vv::{Actor, Dot, VersionVector};
 
 #[cfg(test)]
 mod laws;
+
+#[cfg(test)]
+mod forged;
