@@ -71,9 +71,15 @@ pub fn content_type(raw: Option<&str>) -> Result<String, ApiError> {
             raw.len()
         )));
     }
-    raw.parse::<mime::Mime>().map_err(|e| {
+    let parsed = raw.parse::<mime::Mime>().map_err(|e| {
         ApiError::bad_content_type(format!("content type {raw:?} is not a media type: {e}"))
     })?;
+    // `mime` lets an empty subtype through ("text/").
+    if parsed.type_().as_str().is_empty() || parsed.subtype().as_str().is_empty() {
+        return Err(ApiError::bad_content_type(format!(
+            "content type {raw:?} is not a media type: it needs type/subtype"
+        )));
+    }
     if HeaderValue::from_str(raw).is_err() {
         return Err(ApiError::bad_content_type(format!(
             "content type {raw:?} cannot be sent back as a header"
