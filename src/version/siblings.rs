@@ -40,6 +40,17 @@ pub struct Version {
 ///
 /// Invariants: `versions` is sorted by dot with no dot twice, and `context` contains
 /// every version's dot.
+///
+/// The context is bounded by the key's real history: since a write's token is clamped
+/// to it (see [`Self::update_above`]), only dots nodes issued enter it, so it names at most
+/// the node incarnations that ever wrote the key, each at a counter it issued. It is not
+/// pruned. An entry that no held version needs still says "these versions were
+/// superseded": a replica that was away (a stale copy, a hint still in flight, a node
+/// restored from an old disk) may hold one of them, and without the entry the next sync
+/// would bring it back. Knowing that no replica holds any would take what tombstone GC
+/// takes (every replica's digest). So instead of pruning, client input is kept from
+/// adding to it, and what leaves the node is bounded: tokens are trimmed to
+/// [`super::MAX_TOKEN_ACTORS`] when issued, and refused above it when they come back.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SiblingSet {
     versions: Vec<Version>,
