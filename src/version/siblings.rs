@@ -132,7 +132,10 @@ impl SiblingSet {
         // harmful as a blind write, which DESIGN §1 already allows: it supersedes at most
         // what this replica holds. Versions held only by other replicas survive as
         // siblings when the sets meet, instead of being swallowed by a claim this replica
-        // cannot check. The price is a sibling in the lag case, never a lost write.
+        // cannot check. The price would be a sibling in the lag case, never a lost write;
+        // the coordinator avoids even that by catching up (a read at R, merged here) before
+        // a write whose token claims more than this replica has seen
+        // (`Coordinator::catch_up`).
         //
         // A version held here has its dot in `context`, so the clamp does not change which
         // local versions the write supersedes (a held dot is covered by `seen ∧ context`
