@@ -63,7 +63,14 @@ impl Identity {
         let crashed = store.get(Table::Meta, RUNNING)?.as_deref() == Some(&[1]);
         // A crash may have lost dots this actor issued (under periodic fsync), so the next
         // dots come from a new epoch that no replica has seen.
-        let epoch = if crashed { epoch + 1 } else { epoch };
+        let epoch = if crashed {
+            // Checked like every counter: a wrapped epoch would make an old actor again.
+            epoch.checked_add(1).ok_or_else(|| {
+                StoreError::Corrupt("the actor epoch is exhausted (u32::MAX crashes)".into())
+            })?
+        } else {
+            epoch
+        };
         store.write(true, &mut |txn| {
             txn.put(Table::Meta, NODE_ID, &node.to_be_bytes())?;
             txn.put(Table::Meta, EPOCH, &epoch.to_be_bytes())?;
@@ -112,7 +119,9 @@ impl Identity {
         store.write(true, &mut |txn| txn.put(Table::Meta, REMOVED, &[1]))
     }
 
-    /// Records, in the writer's transaction, the highest counter issued so far.
+    /// Records, in the writer's transaction, the highest counter issued so far. The writer
+    /// calls it only with counters of dots it issued (never one from a token or a peer),
+    /// so the floor moves only by this node's own dots.
     pub fn record_dot_floor(txn: &mut dyn WriteTxn, counter: u64) -> Result<(), StoreError> {
         txn.put(Table::Meta, DOT_COUNTER, &counter.to_be_bytes())
     }

@@ -74,4 +74,7 @@ pub struct StorageStats {
     pub fsyncs: Counter,
     /// Mutations committed, over every batch.
     pub mutations: Counter,
+    /// Merges from peers that left a key over the sibling cap (stored anyway: they were
+    /// acknowledged elsewhere).
+    pub merges_over_sibling_cap: Counter,
 }

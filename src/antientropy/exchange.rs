@@ -279,6 +279,7 @@ mod tests {
         };
         SiblingSet::new()
             .update(None, Actor { node: 9, epoch: 0 }, value, 1)
+            .expect("a fresh counter")
             .0
     }
 

@@ -271,8 +271,17 @@ impl Coordinator {
                     dot: None,
                 });
             }
-            (true, seen.or_else(|| read.map(|s| s.context().clone())))
+            // The writer clamps a write's token to what this replica has seen (see
+            // `SiblingSet::update_above`), so the quorum's set is merged here first: then
+            // the tombstone covers what the read found, not just this replica's copy.
+            // Merging what replicas hold is always safe; it is what read repair does.
+            let read = read.unwrap_or_default();
+            self.inner.local.merge(key.clone(), read.clone()).await?;
+            (true, seen.or_else(|| Some(read.context().clone())))
         } else {
+            if let Some(token) = &seen {
+                self.catch_up(view, &key, token, rep.r, deadline).await;
+            }
             (true, seen)
         };
         let (set, dot) =
@@ -282,6 +291,44 @@ impl Coordinator {
             set,
             dot: Some(dot),
         })
+    }
+
+    /// Before a write with a token that claims more than this replica has seen, reads the
+    /// key at R and merges what the quorum holds here.
+    ///
+    /// The writer clamps a token to this replica's context (see
+    /// `SiblingSet::update_above`): that keeps forged claims harmless, but an honest token
+    /// read at replicas that are ahead of this one (replication lag) would then leave the
+    /// versions it did see as siblings. Catching up first lets it supersede them. A forged
+    /// token costs one extra read, and finds nothing more to supersede. Best-effort: if the
+    /// read fails, the write goes on, clamped, which is safe.
+    async fn catch_up(
+        &self,
+        view: &Arc<ClusterView>,
+        key: &Key,
+        token: &VersionVector,
+        r: usize,
+        deadline: tokio::time::Instant,
+    ) {
+        let behind = match self.inner.local.read(key) {
+            Ok(set) => !set.unwrap_or_default().context().descends(token),
+            Err(_) => false,
+        };
+        if !behind {
+            return;
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match read::quorum_read(&self.inner, view, key, r, left).await {
+            Ok(Some(set)) => {
+                if let Err(e) = self.inner.local.merge(key.clone(), set).await {
+                    tracing::debug!(key = %key, error = %e, "catching up before a write failed");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!(key = %key, error = %e, "catch-up read before a write failed")
+            }
+        }
     }
 
     async fn forward(

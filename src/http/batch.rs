@@ -17,7 +17,7 @@ use crate::key::Key;
 use crate::version::{Payload, VersionVector};
 
 use super::error::ApiError;
-use super::kv::{body_error, parse_token, value_too_large, DEFAULT_CONTENT_TYPE};
+use super::kv::{body_error, content_type, parse_token, value_too_large};
 use super::params::Query;
 use super::render::{self, SiblingJson};
 use super::AppState;
@@ -85,7 +85,7 @@ fn parse_op(raw: serde_json::Value, max_value: usize) -> Result<Op, ApiError> {
     let raw: RawOp =
         serde_json::from_value(raw).map_err(|e| ApiError::bad_request(format!("op: {e}")))?;
     let key = Key::new(raw.key)?;
-    let token = parse_token(raw.token.as_deref())?;
+    let token = parse_token(raw.token.as_deref(), &key)?;
     match raw.op.as_str() {
         "get" => Ok(Op::Get(key)),
         "delete" => Ok(Op::Delete(key, token)),
@@ -109,9 +109,8 @@ fn parse_op(raw: serde_json::Value, max_value: usize) -> Result<Op, ApiError> {
             if data.len() > max_value {
                 return Err(value_too_large(data.len(), max_value));
             }
-            let content_type = raw
-                .content_type
-                .unwrap_or_else(|| DEFAULT_CONTENT_TYPE.to_owned());
+            // Checked as PUT checks it: bounded, and a media type.
+            let content_type = content_type(raw.content_type.as_deref())?;
             Ok(Op::Put(key, token, Payload::Value { data, content_type }))
         }
         other => Err(ApiError::bad_request(format!(
@@ -121,42 +120,45 @@ fn parse_op(raw: serde_json::Value, max_value: usize) -> Result<Op, ApiError> {
 }
 
 async fn run_op(state: &AppState, op: Op, opts: &RequestOpts) -> OpResult {
-    let result = match op {
-        Op::Get(key) => state.coord.get(&key, opts).await.map(|set| match set {
-            Some(set) if set.has_live() => OpResult {
-                status: if set.live().count() > 1 { 300 } else { 200 },
-                siblings: Some(render::live_siblings(&set)),
-                causality_token: Some(render::token(&set)),
-                ..Default::default()
-            },
-            other => OpResult {
-                causality_token: other.filter(|s| !s.is_empty()).map(|s| render::token(&s)),
-                ..ApiError::not_found(format!("key {key:?} not found")).into()
-            },
-        }),
-        Op::Put(key, seen, payload) => {
-            state
+    let result =
+        match op {
+            Op::Get(key) => state.coord.get(&key, opts).await.map(|set| match set {
+                Some(set) if set.has_live() => OpResult {
+                    status: if set.live().count() > 1 { 300 } else { 200 },
+                    siblings: Some(render::live_siblings(&set)),
+                    causality_token: Some(render::token(&key, &set)),
+                    ..Default::default()
+                },
+                // Like GET's 404: the token of what the read saw, even of nothing.
+                other => OpResult {
+                    causality_token: Some(render::token(&key, &other.unwrap_or_default())),
+                    ..ApiError::not_found(format!("key {key:?} not found")).into()
+                },
+            }),
+            Op::Put(key, seen, payload) => state
                 .coord
-                .put(key, seen, payload, opts)
+                .put(key.clone(), seen, payload, opts)
                 .await
                 .map(|w| OpResult {
                     status: 204,
-                    causality_token: Some(render::token(&w.set)),
+                    causality_token: Some(render::token(&key, &w.set)),
                     ..Default::default()
-                })
-        }
-        Op::Delete(key, seen) => state.coord.delete(key.clone(), seen, opts).await.map(|d| {
-            if d.found {
-                OpResult {
-                    status: 204,
-                    causality_token: Some(render::token(&d.set)),
-                    ..Default::default()
+                }),
+            Op::Delete(key, seen) => state.coord.delete(key.clone(), seen, opts).await.map(|d| {
+                if d.found {
+                    OpResult {
+                        status: 204,
+                        causality_token: Some(render::token(&key, &d.set)),
+                        ..Default::default()
+                    }
+                } else {
+                    OpResult {
+                        causality_token: Some(render::token(&key, &d.set)),
+                        ..ApiError::not_found(format!("key {key:?} not found")).into()
+                    }
                 }
-            } else {
-                ApiError::not_found(format!("key {key:?} not found")).into()
-            }
-        }),
-    };
+            }),
+        };
     result.unwrap_or_else(|e| ApiError::from(e).into())
 }
 

@@ -146,6 +146,8 @@ pub async fn cluster(State(state): State<Arc<AppState>>) -> Json<ClusterJson> {
 pub struct ReplicationJson<'a> {
     hints_pending: BTreeMap<String, Pending>,
     hints_pending_total: u64,
+    /// Merges from peers stored although they left a key over the sibling cap.
+    merges_over_sibling_cap: u64,
     #[serde(flatten)]
     stats: &'a ReplicationStats,
 }
@@ -156,6 +158,12 @@ pub async fn replication(State(state): State<Arc<AppState>>) -> Json<serde_json:
     let body = ReplicationJson {
         hints_pending,
         hints_pending_total,
+        merges_over_sibling_cap: state
+            .coord
+            .local()
+            .storage_stats()
+            .merges_over_sibling_cap
+            .get(),
         stats: state.coord.stats(),
     };
     Json(serde_json::to_value(&body).unwrap_or_default())

@@ -49,6 +49,20 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
+    /// A `Content-Type` that is too long or not a media type.
+    pub fn bad_content_type(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_content_type", message)
+    }
+
+    /// A write's precondition (`If-None-Match: *`) does not hold.
+    pub fn precondition_failed(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::PRECONDITION_FAILED,
+            "precondition_failed",
+            message,
+        )
+    }
+
     pub fn body(&self) -> ErrorBody<'_> {
         ErrorBody {
             error: self.code,

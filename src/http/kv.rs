@@ -10,7 +10,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
+use crate::coordinator::RequestOpts;
 use crate::key::Key;
+use crate::quorum::Quorum;
 use crate::version::{CausalityToken, Dot, Payload, SiblingSet, VersionVector};
 
 use super::error::ApiError;
@@ -29,23 +31,92 @@ pub fn key_from_uri(uri: &Uri, prefix: &str) -> Result<Key, ApiError> {
     Ok(Key::from_percent_encoded(raw)?)
 }
 
-/// The causality token a client sent, if any.
-pub fn token_from_headers(headers: &HeaderMap) -> Result<Option<VersionVector>, ApiError> {
+/// The causality token a client sent with a request for `key`, if any. It must decode,
+/// be within bounds, and have been issued for this key (see [`CausalityToken::decode_for`]).
+pub fn token_from_headers(
+    headers: &HeaderMap,
+    key: &Key,
+) -> Result<Option<VersionVector>, ApiError> {
     match headers.get(TOKEN_HEADER) {
         None => Ok(None),
         Some(v) => {
             let text = v
                 .to_str()
                 .map_err(|_| ApiError::from(crate::version::TokenError::NotBase64))?;
-            Ok(Some(CausalityToken::decode(text.trim())?.0))
+            parse_token(Some(text.trim()), key)
         }
     }
 }
 
-pub fn parse_token(text: Option<&str>) -> Result<Option<VersionVector>, ApiError> {
-    text.map(|t| CausalityToken::decode(t).map(|t| t.0))
+pub fn parse_token(text: Option<&str>, key: &Key) -> Result<Option<VersionVector>, ApiError> {
+    text.map(|t| CausalityToken::decode_for(t, key.as_bytes()))
         .transpose()
         .map_err(ApiError::from)
+}
+
+/// The longest `Content-Type` stored with a value. It is replayed as a header on every
+/// read, so it is bounded like everything else a client stores.
+pub const MAX_CONTENT_TYPE_LEN: usize = 256;
+
+/// A client's content type, checked before anything is stored: at most
+/// [`MAX_CONTENT_TYPE_LEN`] bytes, and a media type (`type/subtype`, parameters allowed),
+/// so that it can be sent back as a header as it came.
+pub fn content_type(raw: Option<&str>) -> Result<String, ApiError> {
+    let Some(raw) = raw else {
+        return Ok(DEFAULT_CONTENT_TYPE.to_owned());
+    };
+    if raw.len() > MAX_CONTENT_TYPE_LEN {
+        return Err(ApiError::bad_content_type(format!(
+            "content type is {} bytes; the limit is {MAX_CONTENT_TYPE_LEN}",
+            raw.len()
+        )));
+    }
+    let parsed = raw.parse::<mime::Mime>().map_err(|e| {
+        ApiError::bad_content_type(format!("content type {raw:?} is not a media type: {e}"))
+    })?;
+    // `mime` lets an empty subtype through ("text/").
+    if parsed.type_().as_str().is_empty() || parsed.subtype().as_str().is_empty() {
+        return Err(ApiError::bad_content_type(format!(
+            "content type {raw:?} is not a media type: it needs type/subtype"
+        )));
+    }
+    if HeaderValue::from_str(raw).is_err() {
+        return Err(ApiError::bad_content_type(format!(
+            "content type {raw:?} cannot be sent back as a header"
+        )));
+    }
+    Ok(raw.to_owned())
+}
+
+/// What a write's conditional headers ask for. `If-None-Match: *` is create-only; every
+/// other conditional header is refused rather than ignored, since this API has no ETags
+/// to compare and silently ignoring a precondition would be a write the client did not
+/// ask for.
+pub fn create_only(headers: &HeaderMap) -> Result<bool, ApiError> {
+    for name in [
+        header::IF_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::IF_UNMODIFIED_SINCE,
+        header::IF_RANGE,
+    ] {
+        if headers.contains_key(&name) {
+            return Err(ApiError::bad_request(format!(
+                "{name} is not supported; only If-None-Match: * (create-only) is"
+            )));
+        }
+    }
+    let mut values = headers.get_all(header::IF_NONE_MATCH).iter().peekable();
+    if values.peek().is_none() {
+        return Ok(false);
+    }
+    for v in values {
+        if v.to_str().ok().map(str::trim) != Some("*") {
+            return Err(ApiError::bad_request(
+                "If-None-Match takes only \"*\" (create-only); this API has no ETags",
+            ));
+        }
+    }
+    Ok(true)
 }
 
 #[derive(Serialize)]
@@ -54,22 +125,29 @@ struct SiblingsBody {
     causality_token: String,
 }
 
-fn token_header(set: &SiblingSet) -> (header::HeaderName, HeaderValue) {
-    let value =
-        HeaderValue::from_str(&render::token(set)).unwrap_or_else(|_| HeaderValue::from_static(""));
+fn token_header(key: &Key, set: &SiblingSet) -> (header::HeaderName, HeaderValue) {
+    let value = HeaderValue::from_str(&render::token(key, set))
+        .unwrap_or_else(|_| HeaderValue::from_static(""));
     (header::HeaderName::from_static(TOKEN_HEADER), value)
 }
 
 /// GET's answer for a set: 200 with the raw value, 300 with the siblings, or 404.
+///
+/// A 404 carries a token too: of the tombstones the read saw, or of the empty context
+/// when it saw nothing. A write with it supersedes only that, where a write without a
+/// token would supersede whatever its coordinator holds — a live value a stale 404 missed.
 pub fn read_response(key: &Key, set: Option<SiblingSet>) -> Response {
-    let Some(set) = set.filter(|s| !s.is_empty()) else {
-        return ApiError::not_found(format!("key {key:?} not found")).into_response();
-    };
-    let token = token_header(&set);
+    let set = set.unwrap_or_default();
+    let token = token_header(key, &set);
     let mut live = set.live();
     match (live.next(), live.next()) {
         (None, _) => {
-            let mut resp = ApiError::not_found(format!("key {key:?} is deleted")).into_response();
+            let message = if set.is_empty() {
+                format!("key {key:?} not found")
+            } else {
+                format!("key {key:?} is deleted")
+            };
+            let mut resp = ApiError::not_found(message).into_response();
             resp.headers_mut().insert(token.0, token.1);
             resp
         }
@@ -116,22 +194,23 @@ pub async fn head_key(
     let key = key_from_uri(&uri, "/kv/")?;
     let opts = Query::parse(query.as_deref(), &["r", "timeout_ms"])?
         .request_opts(state.config.replication.n, state.config.request_timeout)?;
-    let set = state.coord.get(&key, &opts).await?;
+    let set = state.coord.get(&key, &opts).await?.unwrap_or_default();
     match set {
-        Some(set) if set.has_live() => {
+        set if set.has_live() => {
             let siblings = set.live().count().to_string();
             let siblings =
                 HeaderValue::from_str(&siblings).unwrap_or(HeaderValue::from_static("1"));
             Ok((
                 StatusCode::OK,
                 [
-                    token_header(&set),
+                    token_header(&key, &set),
                     (header::HeaderName::from_static("x-siblings"), siblings),
                 ],
             )
                 .into_response())
         }
-        _ => Ok(StatusCode::NOT_FOUND.into_response()),
+        // Like GET's 404: the token of what the read saw, for a safe write after it.
+        set => Ok((StatusCode::NOT_FOUND, [token_header(&key, &set)]).into_response()),
     }
 }
 
@@ -146,19 +225,24 @@ pub async fn put_key(
     let query = Query::parse(query.as_deref(), &["w", "timeout_ms", "returnbody"])?;
     let opts = query.request_opts(state.config.replication.n, state.config.request_timeout)?;
     let return_body = query.bool("returnbody")?;
-    let seen = token_from_headers(&headers)?;
+    let mut seen = token_from_headers(&headers, &key)?;
+    let create_only = create_only(&headers)?;
     let max = state.config.limits.max_value_bytes;
     let data = body.map_err(|e| body_error(e, max))?;
     if data.len() > max {
         return Err(value_too_large(data.len(), max));
     }
     let content_type = match headers.get(header::CONTENT_TYPE) {
-        None => DEFAULT_CONTENT_TYPE.to_owned(),
-        Some(v) => v
-            .to_str()
-            .map_err(|_| ApiError::bad_request("Content-Type is not visible ASCII"))?
-            .to_owned(),
+        None => content_type(None)?,
+        Some(v) => {
+            content_type(Some(v.to_str().map_err(|_| {
+                ApiError::bad_content_type("Content-Type is not visible ASCII")
+            })?))?
+        }
     };
+    if create_only {
+        seen = Some(absent_at_w(&state, &key, &opts, seen).await?);
+    }
     let written = state
         .coord
         .put(
@@ -174,7 +258,40 @@ pub async fn put_key(
         response.headers_mut().extend(dot);
         return Ok(response);
     }
-    Ok((StatusCode::NO_CONTENT, [token_header(&written.set)], dot).into_response())
+    Ok((
+        StatusCode::NO_CONTENT,
+        [token_header(&key, &written.set)],
+        dot,
+    )
+        .into_response())
+}
+
+/// `If-None-Match: *`: reads the key at W first, and refuses the write with 412 if any
+/// replica that answered holds a live value. Best-effort, as any precondition in a
+/// leaderless store: a concurrent create on another coordinator, or a value on a replica
+/// outside the W that answered, is not seen, and then both writes stay as siblings (no
+/// write is lost either way). Returns the token the write goes out with: the client's, or
+/// that of what the read saw (tombstones), so that the write supersedes only that.
+async fn absent_at_w(
+    state: &AppState,
+    key: &Key,
+    opts: &RequestOpts,
+    seen: Option<VersionVector>,
+) -> Result<VersionVector, ApiError> {
+    let w = opts
+        .w
+        .unwrap_or(Quorum::Count(state.coord.replication().w.max(1)));
+    let read_opts = RequestOpts {
+        r: Some(w),
+        ..*opts
+    };
+    let found = state.coord.get(key, &read_opts).await?.unwrap_or_default();
+    if found.has_live() {
+        return Err(ApiError::precondition_failed(format!(
+            "key {key:?} has a value (If-None-Match: *)"
+        )));
+    }
+    Ok(seen.unwrap_or_else(|| found.context().clone()))
 }
 
 pub async fn delete_key(
@@ -186,14 +303,23 @@ pub async fn delete_key(
     let key = key_from_uri(&uri, "/kv/")?;
     let opts = Query::parse(query.as_deref(), &["w", "timeout_ms"])?
         .request_opts(state.config.replication.n, state.config.request_timeout)?;
-    let seen = token_from_headers(&headers)?;
+    let seen = token_from_headers(&headers, &key)?;
+    if create_only(&headers)? {
+        return Err(ApiError::bad_request(
+            "If-None-Match: * is a create-only PUT; a DELETE does not take it",
+        ));
+    }
     let deleted = state.coord.delete(key.clone(), seen, &opts).await?;
     if !deleted.found {
-        return Err(ApiError::not_found(format!("key {key:?} not found")));
+        // The token of what the delete's read saw, as GET's 404 carries it.
+        let mut resp = ApiError::not_found(format!("key {key:?} not found")).into_response();
+        let (name, value) = token_header(&key, &deleted.set);
+        resp.headers_mut().insert(name, value);
+        return Ok(resp);
     }
     Ok((
         StatusCode::NO_CONTENT,
-        [token_header(&deleted.set)],
+        [token_header(&key, &deleted.set)],
         dot_header(deleted.dot),
     )
         .into_response())

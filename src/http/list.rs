@@ -130,7 +130,7 @@ pub async fn list(
         .map(|(key, set)| ListItem {
             key: key.as_str().to_owned(),
             siblings: render::live_siblings(&set),
-            causality_token: render::token(&set),
+            causality_token: render::token(&key, &set),
         })
         .collect();
     Ok(Json(ListBody {

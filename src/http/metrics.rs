@@ -131,6 +131,12 @@ impl Collector for NodeCollector {
             "Mutations committed, over every batch",
             storage.mutations.get(),
         )?;
+        counter(
+            e,
+            "merges_over_sibling_cap",
+            "Merges from peers stored although they left a key over the sibling cap",
+            storage.merges_over_sibling_cap.get(),
+        )?;
 
         let rep = coord.stats();
         counter(

@@ -4,7 +4,8 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde::Serialize;
 
-use crate::version::{CausalityToken, Payload, SiblingSet, Version};
+use crate::key::Key;
+use crate::version::{Actor, CausalityToken, Payload, SiblingSet, Version};
 
 #[derive(Serialize, Debug)]
 pub struct SiblingJson {
@@ -40,8 +41,16 @@ fn sibling(v: &Version) -> Option<SiblingJson> {
     }
 }
 
-pub fn token(set: &SiblingSet) -> String {
-    CausalityToken(set.context().clone()).encode()
+/// The key-bound token of `set`, as every answer about `key` carries it. An empty set (a
+/// key never written, or read back as nothing) still gets one: the token of the empty
+/// context, bound to the key, so a write after a 404 says what it saw.
+pub fn token(key: &Key, set: &SiblingSet) -> String {
+    token_for(key.as_bytes(), set)
+}
+
+fn token_for(key: &[u8], set: &SiblingSet) -> String {
+    let shown: Vec<Actor> = set.versions().iter().map(|v| v.dot.actor).collect();
+    CausalityToken::for_key(key, set.context(), &shown).encode()
 }
 
 #[derive(Serialize)]
@@ -109,6 +118,6 @@ pub fn stored_set(key: &str, set: &SiblingSet) -> StoredSetJson {
         key: key.to_owned(),
         versions,
         context,
-        causality_token: token(set),
+        causality_token: token_for(key.as_bytes(), set),
     }
 }

@@ -27,6 +27,12 @@ pub enum KvError {
     Store(String),
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// This node's dot counter cannot grow (see `SiblingSet::update_above`).
+    #[error(transparent)]
+    CounterOverflow(#[from] crate::version::CounterOverflow),
+    /// A set from a peer carries a counter at u64::MAX, which no actor ever issues.
+    #[error("refused a sibling set for key {key:?} from a peer: it carries a dot counter at u64::MAX, which no node issues (forged or corrupt)")]
+    OverflowedSet { key: String },
 }
 
 impl From<StoreError> for KvError {

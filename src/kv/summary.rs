@@ -204,12 +204,9 @@ mod tests {
                     written_at_ms: 2,
                 },
                 _ => {
-                    let (set, _) = SiblingSet::new().update(
-                        None,
-                        Actor { node: 2, epoch: 0 },
-                        value("other"),
-                        3,
-                    );
+                    let (set, _) = SiblingSet::new()
+                        .update(None, Actor { node: 2, epoch: 0 }, value("other"), 3)
+                        .expect("a fresh counter");
                     Mutation::Merge { key, set }
                 }
             };

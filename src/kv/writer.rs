@@ -260,6 +260,7 @@ async fn run(
         unsynced |= !durable;
         let mut replies = Vec::with_capacity(outcomes.len());
         for (job, result) in outcomes {
+            note_merge_over_cap(&settings, &stats, &job.mutation, &result);
             if let Some(staged) = job.staged {
                 let _ = staged.send(result.clone());
             }
@@ -296,6 +297,28 @@ async fn run(
         Err(e) => tracing::error!(error = %e, "final fsync failed"),
     }
     tracing::debug!("writer stopped");
+}
+
+/// A `Merge` is stored even when it leaves a key over the sibling cap: it was
+/// acknowledged elsewhere, and refusing it would lose that write. It is not silent either:
+/// logged with the key, and counted (`/metrics`, `/debug/replication`).
+fn note_merge_over_cap(
+    settings: &WriterSettings,
+    stats: &StorageStats,
+    mutation: &Mutation,
+    result: &Result<Outcome, KvError>,
+) {
+    if let (Mutation::Merge { key, .. }, Ok(Outcome::Applied(a))) = (mutation, result) {
+        if a.changed && a.set.len() > settings.max_siblings {
+            stats.merges_over_sibling_cap.inc();
+            tracing::warn!(
+                key = %key,
+                siblings = a.set.len(),
+                limit = settings.max_siblings,
+                "a merge from a peer left the key over the sibling cap; stored anyway, as it was acknowledged elsewhere"
+            );
+        }
+    }
 }
 
 /// The error every later write gets once an fsync has failed (see `failed` in `run`).
@@ -398,22 +421,35 @@ fn apply(
             written_at_ms,
         } => {
             let current = read_set(txn, key)?;
-            let (next, dot) = current.update_above(
+            let (next, dot) = match current.update_above(
                 seen.as_ref(),
                 settings.actor,
                 *dot_floor,
                 payload.clone(),
                 *written_at_ms,
-            );
+            ) {
+                Ok(updated) => updated,
+                Err(e) => return Ok(Err(e.into())),
+            };
             if next.len() > settings.max_siblings {
                 return Ok(Err(KvError::SiblingLimit {
                     limit: settings.max_siblings,
                 }));
             }
-            *dot_floor = dot.counter;
+            // Only a dot this node issues moves the floor; `dot.counter` is above the floor
+            // by construction, so this never lowers it.
+            *dot_floor = (*dot_floor).max(dot.counter);
             write_set(txn, settings, tree, key, current, next, Some(dot)).map(Ok)
         }
         Mutation::Merge { key, set } => {
+            // A counter at u64::MAX is never issued (see `SiblingSet::update_above`);
+            // merged, it would make this node's next write of that actor overflow, so the
+            // set is refused here, where peer data enters the store.
+            if set.has_overflowed_counter() {
+                return Ok(Err(KvError::OverflowedSet {
+                    key: key.as_str().to_owned(),
+                }));
+            }
             let current = read_set(txn, key)?;
             let next = current.sync(set);
             write_set(txn, settings, tree, key, current, next, None).map(Ok)
@@ -433,6 +469,12 @@ fn apply(
             set,
             now_ms,
         } => {
+            // Delivered later as a Merge: refused for the same reason, before it is kept.
+            if set.has_overflowed_counter() {
+                return Ok(Err(KvError::OverflowedSet {
+                    key: key.as_str().to_owned(),
+                }));
+            }
             let hkey = hint_key(*target, key);
             let old = txn.get(Table::Hints, &hkey)?;
             let record = match &old {
@@ -614,6 +656,128 @@ mod tests {
         let (w, task) = spawn(store.clone(), settings(floor), CancellationToken::new());
         let other = applied(&w, put(&Key::new("fresh").unwrap(), "x")).await;
         assert!(other.dot.unwrap().counter > floor);
+        drop(w);
+        task.await.unwrap();
+    }
+
+    fn forged(actor: Actor, counter: u64) -> VersionVector {
+        [(actor, counter)].into_iter().collect()
+    }
+
+    /// A token claiming this node's own actor at u64::MAX − 1 neither raises the node-wide
+    /// floor nor enters the key's context: the next write, to any key, counts on from the
+    /// dots this node really issued.
+    #[tokio::test]
+    async fn a_forged_token_moves_neither_the_floor_nor_the_context() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let (w, task) = spawn(store.clone(), settings(0), CancellationToken::new());
+        let key = Key::new("mine").unwrap();
+        let first = applied(&w, put(&key, "v1")).await;
+        let me = settings(0).actor;
+        let forged_write = Mutation::Update {
+            key: key.clone(),
+            seen: Some(forged(me, u64::MAX - 1)),
+            payload: Payload::Tombstone,
+            written_at_ms: 2,
+        };
+        let second = applied(&w, forged_write).await;
+        assert_eq!(second.dot.unwrap().counter, first.dot.unwrap().counter + 1);
+        assert_eq!(second.set.context().get(&me), second.dot.unwrap().counter);
+        assert_eq!(second.set.len(), 1, "it superseded what the replica held");
+        let other = applied(&w, put(&Key::new("bystander").unwrap(), "x")).await;
+        assert_eq!(other.dot.unwrap().counter, second.dot.unwrap().counter + 1);
+        drop(w);
+        task.await.unwrap();
+        let floor = crate::identity::Identity::load(store.as_ref(), || 1)
+            .unwrap()
+            .dot_floor;
+        assert_eq!(floor, other.dot.unwrap().counter);
+    }
+
+    /// A peer's set with a counter at u64::MAX is refused, and nothing is stored; a write
+    /// whose counter would reach u64::MAX is refused too, never wrapped.
+    #[tokio::test]
+    async fn counters_at_their_end_are_refused_not_wrapped() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let (w, task) = spawn(
+            store.clone(),
+            settings(u64::MAX - 2),
+            CancellationToken::new(),
+        );
+        let key = Key::new("k").unwrap();
+        let me = settings(0).actor;
+        // A set at u64::MAX − 1 is one a node can issue; one at u64::MAX only a forgery has.
+        let (near_end, _) = SiblingSet::new()
+            .update_above(
+                None,
+                Actor { node: 9, epoch: 0 },
+                u64::MAX - 2,
+                Payload::Tombstone,
+                1,
+            )
+            .unwrap();
+        assert!(!near_end.has_overflowed_counter());
+        let at_max: SiblingSet = rmp_serde::from_slice(
+            &rmp_serde::to_vec(&(Vec::<crate::version::Version>::new(), forged(me, u64::MAX)))
+                .unwrap(),
+        )
+        .unwrap();
+        assert!(at_max.has_overflowed_counter());
+        let refused = w
+            .submit(Mutation::Merge {
+                key: key.clone(),
+                set: at_max,
+            })
+            .await;
+        assert!(
+            matches!(refused, Err(KvError::OverflowedSet { .. })),
+            "{refused:?}"
+        );
+        assert!(store.get(Table::Data, key.as_bytes()).unwrap().is_none());
+
+        // The floor is at u64::MAX − 2: one more dot, then the counter is exhausted.
+        let last = applied(&w, put(&key, "last")).await;
+        assert_eq!(last.dot.unwrap().counter, u64::MAX - 1);
+        let over = w.submit(put(&key, "over")).await;
+        assert!(matches!(over, Err(KvError::CounterOverflow(_))), "{over:?}");
+        let stored =
+            record::decode(&store.get(Table::Data, key.as_bytes()).unwrap().unwrap()).unwrap();
+        assert_eq!(
+            stored.versions().len(),
+            1,
+            "the refused write stored nothing"
+        );
+        drop(w);
+        task.await.unwrap();
+    }
+
+    /// A merge that leaves a key over the sibling cap is stored (it was acknowledged
+    /// elsewhere) and counted.
+    #[tokio::test]
+    async fn a_merge_over_the_sibling_cap_is_stored_and_counted() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let mut s = settings(0);
+        s.max_siblings = 2;
+        let (w, task) = spawn(store, s, CancellationToken::new());
+        let key = Key::new("k").unwrap();
+        let set = (0..3u64).fold(SiblingSet::new(), |acc, n| {
+            let (one, _) = SiblingSet::new()
+                .update(
+                    None,
+                    Actor {
+                        node: 10 + n,
+                        epoch: 0,
+                    },
+                    Payload::Tombstone,
+                    1,
+                )
+                .unwrap();
+            acc.sync(&one)
+        });
+        assert_eq!(set.len(), 3);
+        let a = applied(&w, Mutation::Merge { key, set }).await;
+        assert_eq!(a.set.len(), 3, "stored over the cap");
+        assert_eq!(w.stats().merges_over_sibling_cap.get(), 1);
         drop(w);
         task.await.unwrap();
     }

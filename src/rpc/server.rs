@@ -268,9 +268,13 @@ pub(crate) mod testing {
             data: Bytes::from_static(b"v\x00\xff"),
             content_type: "application/octet-stream".into(),
         };
-        let (set, _) = SiblingSet::new().update(None, a, value, 1_000);
+        let (set, _) = SiblingSet::new()
+            .update(None, a, value, 1_000)
+            .expect("a fresh counter");
         // Written without having seen the value: the two stay siblings.
-        let (set, _) = set.update(Some(&VersionVector::new()), b, Payload::Tombstone, 2_000);
+        let (set, _) = set
+            .update(Some(&VersionVector::new()), b, Payload::Tombstone, 2_000)
+            .expect("a fresh counter");
         set
     }
 

@@ -11,9 +11,12 @@ mod siblings;
 mod token;
 mod vv;
 
-pub use siblings::{Payload, SiblingSet, Version};
-pub use token::{CausalityToken, TokenError};
+pub use siblings::{CounterOverflow, Payload, SiblingSet, Version};
+pub use token::{key_hash, CausalityToken, TokenError, MAX_TOKEN_ACTORS, TOKEN_FORMAT};
 pub use vv::{Actor, Dot, VersionVector};
 
 #[cfg(test)]
 mod laws;
+
+#[cfg(test)]
+mod forged;

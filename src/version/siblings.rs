@@ -40,6 +40,17 @@ pub struct Version {
 ///
 /// Invariants: `versions` is sorted by dot with no dot twice, and `context` contains
 /// every version's dot.
+///
+/// The context is bounded by the key's real history: since a write's token is clamped
+/// to it (see [`Self::update_above`]), only dots nodes issued enter it, so it names at most
+/// the node incarnations that ever wrote the key, each at a counter it issued. It is not
+/// pruned. An entry that no held version needs still says "these versions were
+/// superseded": a replica that was away (a stale copy, a hint still in flight, a node
+/// restored from an old disk) may hold one of them, and without the entry the next sync
+/// would bring it back. Knowing that no replica holds any would take what tombstone GC
+/// takes (every replica's digest). So instead of pruning, client input is kept from
+/// adding to it, and what leaves the node is bounded: tokens are trimmed to
+/// [`super::MAX_TOKEN_ACTORS`] when issued, and refused above it when they come back.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SiblingSet {
     versions: Vec<Version>,
@@ -83,15 +94,16 @@ impl SiblingSet {
     /// A new write by `actor` that has seen `seen` (the client's token), or, for a blind
     /// write (`seen == None`), everything this replica holds.
     ///
-    /// The new version replaces exactly the versions whose dots `seen` covers; the rest stay
-    /// as siblings. Returns the new set and the new version's dot.
+    /// The new version replaces exactly the versions held here whose dots `seen` covers;
+    /// the rest stay as siblings. Returns the new set and the new version's dot, or
+    /// [`CounterOverflow`] when the actor's counter cannot grow any more.
     pub fn update(
         &self,
         seen: Option<&VersionVector>,
         actor: Actor,
         payload: Payload,
         written_at_ms: u64,
-    ) -> (SiblingSet, Dot) {
+    ) -> Result<(SiblingSet, Dot), CounterOverflow> {
         self.update_above(seen, actor, 0, payload, written_at_ms)
     }
 
@@ -106,12 +118,45 @@ impl SiblingSet {
         floor: u64,
         payload: Payload,
         written_at_ms: u64,
-    ) -> (SiblingSet, Dot) {
-        let seen = seen.unwrap_or(&self.context);
-        // The counter must be above anything either history has for this actor: a token
-        // may carry a counter this replica has not stored (it came from another replica),
-        // and a dot that the token already covers would be dropped as "seen" elsewhere.
-        let counter = self.context.get(&actor).max(seen.get(&actor)).max(floor) + 1;
+    ) -> Result<(SiblingSet, Dot), CounterOverflow> {
+        // The token is clamped to what this replica has seen: `seen ∧ context`. The token
+        // is client input, and it may claim anything: counters at u64::MAX, actors that
+        // never existed. Taken as is, its claims entered the stored context, where they
+        // (a) made the next dot wrap, (b) swallowed versions other replicas hold that the
+        // client never saw, and (c) grew the context by every invented actor.
+        //
+        // Refusing tokens that claim more than this replica holds would be the other way
+        // to close this, but it fails honest read-modify-write: a token read at R
+        // replicas legitimately carries counters the coordinating replica has not stored
+        // yet (replication lag). Clamping instead makes a forged counter exactly as
+        // harmful as a blind write, which DESIGN §1 already allows: it supersedes at most
+        // what this replica holds. Versions held only by other replicas survive as
+        // siblings when the sets meet, instead of being swallowed by a claim this replica
+        // cannot check. The price would be a sibling in the lag case, never a lost write;
+        // the coordinator avoids even that by catching up (a read at R, merged here) before
+        // a write whose token claims more than this replica has seen
+        // (`Coordinator::catch_up`).
+        //
+        // A version held here has its dot in `context`, so the clamp does not change which
+        // local versions the write supersedes (a held dot is covered by `seen ∧ context`
+        // iff `seen` covers it); what it changes is that the new context is exactly
+        // `context + dot`: the token adds nothing to it.
+        let local = &self.context;
+        let seen = match seen {
+            Some(token) => token.meet(local),
+            None => local.clone(),
+        };
+        // The counter must be above anything this replica has seen of this actor and
+        // anything the actor issued for any key (the floor). It is never taken from the
+        // token: the floor moves only by dots this node issues. u64::MAX itself is never
+        // issued, so that a counter at u64::MAX anywhere (a token, a peer's set) is proof
+        // of a forgery or corruption and can be refused where it enters.
+        let counter = local
+            .get(&actor)
+            .max(floor)
+            .checked_add(1)
+            .filter(|c| *c < u64::MAX)
+            .ok_or(CounterOverflow { actor })?;
         let dot = Dot { actor, counter };
         let mut versions: Vec<Version> = self
             .versions
@@ -125,10 +170,21 @@ impl SiblingSet {
             written_at_ms,
         });
         versions.sort_by_key(|v| v.dot);
-        let mut context = self.context.clone();
-        context.merge(seen);
+        let mut context = local.clone();
+        // `seen` is below `context`, so this adds nothing; kept so that the rule reads as
+        // the DVV update (context ∪ seen ∪ {dot}) it is.
+        context.merge(&seen);
         context.add(dot);
-        (SiblingSet { versions, context }, dot)
+        Ok((SiblingSet { versions, context }, dot))
+    }
+
+    /// Whether any counter in this set (its context or a version's dot) is u64::MAX, the
+    /// one counter no actor ever issues (see [`Self::update_above`]). A set that has one
+    /// came from a forgery or corruption; merging it would make this replica's next write
+    /// of that actor overflow.
+    pub fn has_overflowed_counter(&self) -> bool {
+        self.context.max_counter() == u64::MAX
+            || self.versions.iter().any(|v| v.dot.counter == u64::MAX)
     }
 
     /// Merge what two replicas hold for one key. Commutative, associative and idempotent.
@@ -184,6 +240,13 @@ impl SiblingSet {
     }
 }
 
+/// An actor's counter is at its end: no further dot can be issued for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the dot counter of actor {actor} is exhausted (u64::MAX); this node cannot issue another version")]
+pub struct CounterOverflow {
+    pub actor: Actor,
+}
+
 fn keep_if(v: Option<&Version>, keep: bool) -> Option<&Version> {
     v.filter(|_| keep)
 }
@@ -205,29 +268,37 @@ mod tests {
 
     #[test]
     fn blind_write_replaces_what_the_replica_holds() {
-        let (s1, _) = SiblingSet::new().update(None, actor(1), val("v1"), 0);
-        let (s2, _) = s1.update(None, actor(1), val("v2"), 0);
+        let (s1, _) = SiblingSet::new()
+            .update(None, actor(1), val("v1"), 0)
+            .unwrap();
+        let (s2, _) = s1.update(None, actor(1), val("v2"), 0).unwrap();
         assert_eq!(s2.len(), 1);
         assert_eq!(s2.versions()[0].payload, val("v2"));
     }
 
     #[test]
     fn stale_token_makes_siblings_and_a_covering_token_resolves_them() {
-        let (s1, _) = SiblingSet::new().update(None, actor(1), val("v1"), 0);
+        let (s1, _) = SiblingSet::new()
+            .update(None, actor(1), val("v1"), 0)
+            .unwrap();
         let token = s1.context().clone();
-        let (s2, _) = s1.update(Some(&token), actor(1), val("a"), 0);
-        let (s3, _) = s2.update(Some(&token), actor(1), val("b"), 0);
+        let (s2, _) = s1.update(Some(&token), actor(1), val("a"), 0).unwrap();
+        let (s3, _) = s2.update(Some(&token), actor(1), val("b"), 0).unwrap();
         assert_eq!(s3.len(), 2);
-        let (s4, _) = s3.update(Some(&s3.context().clone()), actor(1), val("c"), 0);
+        let (s4, _) = s3
+            .update(Some(&s3.context().clone()), actor(1), val("c"), 0)
+            .unwrap();
         assert_eq!(s4.len(), 1);
     }
 
     #[test]
     fn a_write_unseen_by_the_other_side_survives_sync() {
-        let (base, _) = SiblingSet::new().update(None, actor(1), val("v1"), 0);
+        let (base, _) = SiblingSet::new()
+            .update(None, actor(1), val("v1"), 0)
+            .unwrap();
         // Each side of a partition overwrites blindly.
-        let (left, _) = base.update(None, actor(1), val("left"), 0);
-        let (right, _) = base.update(None, actor(2), val("right"), 0);
+        let (left, _) = base.update(None, actor(1), val("left"), 0).unwrap();
+        let (right, _) = base.update(None, actor(2), val("right"), 0).unwrap();
         let merged = left.sync(&right);
         assert_eq!(merged.len(), 2);
         assert!(merged.descends(&left) && merged.descends(&right));

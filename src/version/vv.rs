@@ -64,6 +64,30 @@ impl VersionVector {
         }
     }
 
+    /// Pointwise minimum: what both histories have seen. Actors missing from either side
+    /// are left out (a missing entry is counter 0).
+    pub fn meet(&self, other: &VersionVector) -> VersionVector {
+        VersionVector(
+            self.0
+                .iter()
+                .filter_map(|(actor, &c)| {
+                    let m = c.min(other.get(actor));
+                    (m > 0).then_some((*actor, m))
+                })
+                .collect(),
+        )
+    }
+
+    /// The highest counter of any actor (0 when empty).
+    pub fn max_counter(&self) -> u64 {
+        self.0.values().copied().max().unwrap_or(0)
+    }
+
+    /// How many actors this vector names.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
     /// `self` has seen everything `other` has.
     pub fn descends(&self, other: &VersionVector) -> bool {
         other.0.iter().all(|(actor, &c)| self.get(actor) >= c)
@@ -80,6 +104,15 @@ impl VersionVector {
 
     pub fn iter(&self) -> impl Iterator<Item = (&Actor, &u64)> {
         self.0.iter()
+    }
+}
+
+impl FromIterator<(Actor, u64)> for VersionVector {
+    /// Entries as given; an actor given twice keeps its highest counter.
+    fn from_iter<I: IntoIterator<Item = (Actor, u64)>>(iter: I) -> Self {
+        iter.into_iter()
+            .map(|(actor, counter)| Dot { actor, counter })
+            .collect()
     }
 }
 
