@@ -28,6 +28,8 @@ pub enum Invariant {
     ReadYourWrites,
     /// A node that should be up did not answer the checker.
     NodeSilent,
+    /// A node the operator removed still answered a KV request with data.
+    RemovedServing,
 }
 
 impl fmt::Display for Invariant {
@@ -42,6 +44,7 @@ impl fmt::Display for Invariant {
             Invariant::InventedRead => "invented-read",
             Invariant::ReadYourWrites => "read-your-writes",
             Invariant::NodeSilent => "node-silent",
+            Invariant::RemovedServing => "removed-serving",
         })
     }
 }
@@ -89,6 +92,17 @@ pub fn check(
                 Invariant::NodeSilent,
                 None,
                 format!("node{n} did not answer after the heal"),
+            ));
+        }
+    }
+
+    // A removed node serves nothing: silence (it refused to restart) or 503.
+    for (n, status) in &collected.removed_answers {
+        if let Some(status) = status.filter(|s| *s != 503) {
+            out.push(v(
+                Invariant::RemovedServing,
+                None,
+                format!("node{n} was removed but answered a KV read with {status}"),
             ));
         }
     }

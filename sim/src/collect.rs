@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use crate::history::{Event, OpKind, Outcome};
 use crate::http;
-use crate::workload::{addr, key_name, now_ms, values_read, History};
+use crate::workload::{addr, decode_value, key_name, now_ms, values_read, History};
 
 /// One node's final state.
 #[derive(Clone, Debug, Default)]
@@ -73,6 +73,8 @@ pub struct Collected {
     /// Nodes that did not answer (crashed for good, or left).
     pub silent: Vec<usize>,
     pub probes: Vec<Probe>,
+    /// What each removed node answered to a KV read after the settle (`None`: nothing).
+    pub removed_answers: Vec<(usize, Option<u16>)>,
 }
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -149,6 +151,25 @@ pub async fn probe(nodes: &[usize], keys: usize, seed: u64, history: &History) -
     out
 }
 
+/// A KV read through each removed node: it must not serve, so only a 503 or silence is
+/// right.
+pub async fn removed_answers(nodes: &[usize]) -> Vec<(usize, Option<u16>)> {
+    let mut out = Vec::new();
+    for &node in nodes {
+        let reply = http::request(
+            addr(node),
+            Method::GET,
+            &format!("/kv/{}", key_name(0)),
+            &[],
+            Bytes::new(),
+            TIMEOUT,
+        )
+        .await;
+        out.push((node, reply.ok().map(|r| r.status)));
+    }
+    out
+}
+
 /// Everything the checker needs from the nodes still running.
 pub async fn gather(candidates: &[usize], keys: usize) -> Collected {
     let mut c = Collected::default();
@@ -180,11 +201,14 @@ async fn node_state(node: usize, keys: usize) -> Option<NodeState> {
     for k in 0..keys {
         let key = key_name(k);
         let (status, local) = get_json(node, &format!("/debug/local/{key}")).await?;
-        let set = match status {
+        let mut set: StoredSet = match status {
             200 => serde_json::from_value(local).ok()?,
             404 => StoredSet::default(),
             _ => return None,
         };
+        for version in &mut set.versions {
+            version.value = version.value.as_deref().map(decode_value);
+        }
         state.local.insert(key.clone(), set);
         let (_, pl) = get_json(node, &format!("/debug/preflist/{key}")).await?;
         let list = pl

@@ -25,13 +25,21 @@ pub enum Scenario {
     Loss,
     /// A node joins and another leaves during the load.
     Churn,
-    /// A random mix of all of the above.
+    /// A random mix of the faults above (partition to churn).
     All,
+    /// Operator mistakes: a forced remove of a live member, then a restart of the removed
+    /// node on its old data dir (which must refuse to start).
+    Operator,
+    /// The fault mix of `all`, with values large enough that bulk messages (hints, data
+    /// movement, anti-entropy) must be split by bytes to fit a frame.
+    LargeValues,
+    /// The fault mix of `all`, with one client sending forged causality tokens.
+    Hostile,
 }
 
 impl Scenario {
     /// Every named scenario a sweep of `all` covers.
-    pub const EVERY: [Scenario; 8] = [
+    pub const EVERY: [Scenario; 11] = [
         Scenario::Partition,
         Scenario::Isolate,
         Scenario::Bridge,
@@ -40,7 +48,34 @@ impl Scenario {
         Scenario::Loss,
         Scenario::Churn,
         Scenario::All,
+        Scenario::Operator,
+        Scenario::LargeValues,
+        Scenario::Hostile,
     ];
+
+    /// The network and process faults that `all` (and the workload scenarios) mix.
+    pub const FAULTS: [Scenario; 7] = [
+        Scenario::Partition,
+        Scenario::Isolate,
+        Scenario::Bridge,
+        Scenario::Clog,
+        Scenario::Crash,
+        Scenario::Loss,
+        Scenario::Churn,
+    ];
+
+    /// Bytes of each value the clients write: large in `large-values`, small otherwise.
+    pub fn value_bytes(self) -> usize {
+        match self {
+            Scenario::LargeValues => LARGE_VALUE_BYTES,
+            _ => 0,
+        }
+    }
+
+    /// Whether one client forges causality tokens.
+    pub fn hostile(self) -> bool {
+        self == Scenario::Hostile
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -53,6 +88,9 @@ impl Scenario {
             Scenario::Loss => "loss",
             Scenario::Churn => "churn",
             Scenario::All => "all",
+            Scenario::Operator => "operator",
+            Scenario::LargeValues => "large-values",
+            Scenario::Hostile => "hostile",
         }
     }
 }
@@ -71,10 +109,17 @@ impl FromStr for Scenario {
             .chain(Scenario::EVERY)
             .find(|sc| sc.name() == s)
             .ok_or_else(|| {
-                format!("unknown scenario {s:?}: none, partition, isolate, bridge, clog, crash, loss, churn, all")
+                format!("unknown scenario {s:?}: none, partition, isolate, bridge, clog, crash, loss, churn, all, operator, large-values, hostile")
             })
     }
 }
+
+/// The size of a value in `large-values`. With [`LARGE_VALUES_FRAME_BYTES`] as the nodes'
+/// frame limit, a dozen such values fill a frame, so any bulk message that is bounded by
+/// count rather than by bytes overflows it within one run.
+pub const LARGE_VALUE_BYTES: usize = 96 * 1024;
+/// The nodes' internode frame limit in `large-values`.
+pub const LARGE_VALUES_FRAME_BYTES: usize = 1024 * 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Storage {

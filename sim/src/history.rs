@@ -12,6 +12,9 @@ pub enum OpKind {
     /// A write with the token of the client's preceding read (read-modify-write).
     TokenWrite,
     Delete,
+    /// A write with a forged token (the hostile client): whatever it claims, it may
+    /// supersede no more than a blind write through the same node would.
+    ForgedWrite,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -27,6 +27,11 @@ pub enum Action {
     Leave(usize),
     /// Release every link (partitions and clogs) and stop the loss.
     HealNetwork,
+    /// An operator forces the removal of a member that is still live (through node 1).
+    ForceRemove(usize),
+    /// Power off a node and start it again on its disk: for a removed node, a restart it
+    /// must refuse.
+    Bounce(usize),
 }
 
 /// A fault window: actions at the start, and what undoes them at the end.
@@ -46,6 +51,9 @@ pub fn schedule(
     let mut out = Vec::new();
     let mut t = from;
     let mut churned = false;
+    if config.scenario == Scenario::Operator {
+        return operator(rng, config.nodes, from, until);
+    }
     loop {
         t += jitter(rng, config.fault_interval);
         let length = jitter(rng, config.fault_length);
@@ -53,11 +61,17 @@ pub fn schedule(
             break;
         }
         let scenario = match config.scenario {
-            Scenario::All => *Scenario::EVERY[..7].choose(rng).expect("scenarios"),
+            Scenario::All | Scenario::LargeValues | Scenario::Hostile => {
+                *Scenario::FAULTS.choose(rng).expect("scenarios")
+            }
             s => s,
         };
         let fault = match scenario {
-            Scenario::None | Scenario::All => None,
+            Scenario::None
+            | Scenario::All
+            | Scenario::Operator
+            | Scenario::LargeValues
+            | Scenario::Hostile => None,
             Scenario::Partition => partition(rng, &nodes),
             Scenario::Isolate => isolate(rng, &nodes),
             Scenario::Bridge => bridge(rng, &nodes),
@@ -179,4 +193,27 @@ fn churn(rng: &mut SmallRng, initial: usize) -> Fault {
         start: vec![Action::Join(joiner)],
         end: vec![Action::Leave(leaver)],
     }
+}
+
+/// Operator mistakes, in the order an operator makes them: a live member is removed with
+/// `--force` a third of the way in; a new node joins to make up for it; the removed node
+/// is restarted on its old data dir two thirds of the way in (it must refuse). Node 1, the
+/// seed, is never the victim.
+fn operator(
+    rng: &mut SmallRng,
+    nodes: usize,
+    from: Duration,
+    until: Duration,
+) -> Vec<(Duration, Action)> {
+    if nodes < 2 {
+        return Vec::new();
+    }
+    let victim = rng.gen_range(2..=nodes);
+    let span = until.saturating_sub(from);
+    let mut at = |part: u32| from + span * part / 6 + jitter(rng, Duration::from_millis(400));
+    let mut out = vec![(at(2), Action::ForceRemove(victim))];
+    out.push((at(3), Action::Join(nodes + 1)));
+    out.push((at(4), Action::Bounce(victim)));
+    out.sort_by_key(|(t, _)| *t);
+    out
 }

@@ -18,7 +18,7 @@ use crate::config::SimConfig;
 use crate::gossip::Envelopes;
 use crate::history::Event;
 use crate::nemesis::{self, Action};
-use crate::workload::{addr, node_name, Client, History, Targets};
+use crate::workload::{addr, node_name, Actors, Client, History, Targets};
 use crate::{entropy, http, net, trace};
 
 /// Time for the cluster to form before the load starts.
@@ -59,6 +59,9 @@ struct Run<'a> {
     started: Vec<usize>,
     down: BTreeSet<usize>,
     left: BTreeSet<usize>,
+    /// Nodes an operator removed: like `left`, they must not serve, and nothing of theirs
+    /// is checked but that.
+    removed: BTreeSet<usize>,
     targets: Targets,
     history: History,
     helpers: usize,
@@ -89,6 +92,7 @@ pub fn run(config: &SimConfig) -> Report {
         started: Vec::new(),
         down: BTreeSet::new(),
         left: BTreeSet::new(),
+        removed: BTreeSet::new(),
         targets: Rc::new(RefCell::new((1..=config.nodes).collect())),
         history: Rc::new(RefCell::new(Vec::new())),
         helpers: 0,
@@ -103,7 +107,7 @@ pub fn run(config: &SimConfig) -> Report {
                 .started
                 .iter()
                 .copied()
-                .filter(|n| !run.left.contains(n))
+                .filter(|n| !run.left.contains(n) && !run.removed.contains(n))
                 .collect();
             let strict = config.r + config.w > config.n;
             (checker::check(&history, &collected, &expect, strict), None)
@@ -161,6 +165,7 @@ impl Run<'_> {
             self.start_node(i);
         }
         let load_end = FORMATION + self.config.duration;
+        let actors = Actors::default();
         for c in 1..=self.config.clients {
             let client = Client {
                 id: c,
@@ -170,6 +175,11 @@ impl Run<'_> {
                 stop_at: load_end,
                 timeout: self.config.client_timeout,
                 think: self.config.think,
+                value_bytes: self.config.scenario.value_bytes(),
+                // One client of the hostile scenario forges tokens; the others are honest
+                // bystanders whose writes must survive it.
+                hostile: self.config.scenario.hostile() && c == 1,
+                actors: actors.clone(),
                 targets: self.targets.clone(),
                 history: self.history.clone(),
             };
@@ -198,9 +208,17 @@ impl Run<'_> {
             .started
             .iter()
             .copied()
-            .filter(|n| !self.left.contains(n))
+            .filter(|n| !self.left.contains(n) && !self.removed.contains(n))
             .collect();
-        let candidates = self.started.clone();
+        // A removed node is not gathered: it keeps its own stale view by design, and what
+        // the checker asks of it is only that it serves nothing.
+        let candidates: Vec<usize> = self
+            .started
+            .iter()
+            .copied()
+            .filter(|n| !self.removed.contains(n))
+            .collect();
+        let removed: Vec<usize> = self.removed.iter().copied().collect();
         let (keys, seed, history, out) = (
             self.config.keys,
             self.config.seed,
@@ -212,6 +230,7 @@ impl Run<'_> {
             tokio::time::sleep(PROBE_SETTLE).await;
             let mut c = collect::gather(&candidates, keys).await;
             c.probes = probes;
+            c.removed_answers = collect::removed_answers(&removed).await;
             *out.borrow_mut() = Some(c);
             Ok(())
         });
@@ -310,6 +329,53 @@ impl Run<'_> {
                 if n < self.slots.len() && !self.started.contains(&n) {
                     self.start_node(n);
                     self.targets.borrow_mut().push(n);
+                }
+            }
+            Action::ForceRemove(n) => {
+                if !self.started.contains(&n) || self.left.contains(&n) || n == 1 {
+                    return;
+                }
+                self.removed.insert(n);
+                self.helpers += 1;
+                self.sim
+                    .client(format!("remove{}", self.helpers), async move {
+                        // The operator names the member by id, as `ringkv remove` does.
+                        let id = http::request(
+                            addr(n),
+                            Method::GET,
+                            "/cluster",
+                            &[],
+                            Bytes::new(),
+                            Duration::from_secs(10),
+                        )
+                        .await
+                        .ok()
+                        .and_then(|r| r.json())
+                        .and_then(|j| j.get("node_id")?.as_str().map(str::to_owned));
+                        let Some(id) = id else {
+                            tracing::debug!(node = n, "remove: the victim did not say its id");
+                            return Ok(());
+                        };
+                        let r = http::request(
+                            addr(1),
+                            Method::POST,
+                            &format!("/admin/remove/{id}?force=true"),
+                            &[],
+                            Bytes::new(),
+                            Duration::from_secs(10),
+                        )
+                        .await;
+                        tracing::debug!(node = n, ?r, "forced remove requested");
+                        Ok(())
+                    });
+            }
+            Action::Bounce(n) => {
+                if self.started.contains(&n) && !self.down.contains(&n) {
+                    if let Some(fence) = self.slots[n].fence.borrow().as_ref() {
+                        fence.trip();
+                    }
+                    self.sim.crash(node_name(n));
+                    self.sim.bounce(node_name(n));
                 }
             }
             Action::Leave(n) => {
