@@ -12,7 +12,7 @@ use ringkv::quorum::Replication;
 use ringkv::store::{MemoryStore, RedbStore, Store};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{SimConfig, Storage};
+use crate::config::{Scenario, SimConfig, Storage, LARGE_VALUES_FRAME_BYTES};
 use crate::disk::{Fence, SimDisk};
 use crate::gossip::Envelopes;
 use crate::net::TurmoilNetwork;
@@ -69,6 +69,14 @@ pub fn node_config(config: &SimConfig, index: usize) -> NodeConfig {
     c.request_timeout = config.request_timeout;
     c.sabotage = config.sabotage;
     c.rng_seed = Some(config.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ index as u64);
+    if config.scenario == Scenario::LargeValues {
+        // A frame of 1 MiB holds about nine values: a hint batch, a handoff or an
+        // anti-entropy exchange bounded only by its count would overflow it at once. The
+        // value and sibling caps shrink with it, as the node insists they must.
+        c.limits.max_frame_bytes = LARGE_VALUES_FRAME_BYTES;
+        c.limits.max_value_bytes = 128 * 1024;
+        c.limits.max_siblings = 6;
+    }
     c
 }
 

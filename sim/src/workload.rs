@@ -282,16 +282,19 @@ fn parse_actor(dot: &str) -> Option<(u64, u32)> {
 /// A token for `key` that claims `(node, epoch, counter)` entries, encoded exactly as the
 /// product encodes its own: the node must judge it by what it claims, not by its shape.
 fn forged_token(key: &str, entries: &[(u64, u32, u64)]) -> String {
-    use ringkv::version::{Actor, CausalityToken, Dot, VersionVector};
-    let vv: VersionVector = entries
+    use ringkv::version::{key_hash, Actor, CausalityToken, Dot, VersionVector};
+    let context: VersionVector = entries
         .iter()
         .map(|&(node, epoch, counter)| Dot {
             actor: Actor { node, epoch },
             counter,
         })
         .collect();
-    let _ = key;
-    CausalityToken(vv).encode()
+    CausalityToken {
+        key_hash: key_hash(key.as_bytes()),
+        context,
+    }
+    .encode()
 }
 
 pub fn addr(node: usize) -> std::net::SocketAddr {

@@ -206,3 +206,46 @@ fn seeds_that_once_failed_pass() {
         );
     }
 }
+
+/// The three scenarios of operator mistakes, large values and a hostile client, each on a
+/// few seeds under HARSH timing: one ring among serving nodes, no lost write, nothing
+/// damaged or invented served, and a removed node that serves nothing.
+#[test]
+fn operator_large_value_and_hostile_scenarios_hold() {
+    for scenario in ["operator", "large-values", "hostile"] {
+        let out = sim(&[
+            &[
+                "sweep",
+                "--seeds",
+                "100..103",
+                "--scenario",
+                scenario,
+                "--jobs",
+                "1",
+            ][..],
+            HARSH,
+        ]
+        .concat());
+        assert!(out.status.success(), "{scenario}:\n{}", stdout(&out));
+    }
+}
+
+/// The hostile client's forged tokens reach the nodes, and are judged: some are refused as
+/// bad tokens, and some are accepted and then held to the lost-write rule. A workload whose
+/// forgeries were all refused at the door (or never sent) would prove nothing.
+#[test]
+fn the_hostile_client_forges_and_the_node_judges() {
+    let out = sim(&["run", "--seed", "1", "--scenario", "hostile", "--history"]);
+    assert!(out.status.success(), "{}", stdout(&out));
+    let text = stdout(&out);
+    let forged: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(" ForgedWrite "))
+        .collect();
+    let refused = forged.iter().filter(|l| l.ends_with("-> 400")).count();
+    let accepted = forged.iter().filter(|l| l.contains("-> 204")).count();
+    assert!(
+        refused > 0 && accepted > 0,
+        "refused {refused}, accepted {accepted}:\n{text}"
+    );
+}
