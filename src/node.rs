@@ -16,7 +16,7 @@ use crate::antientropy::{AntiEntropy, AntiEntropyConfig};
 use crate::cluster::membership::{
     Member, MemberState, Membership, MembershipConfig, MembershipError,
 };
-use crate::cluster::NodeId;
+use crate::cluster::{persisted, NodeId};
 use crate::config::{NodeConfig, StorageKind};
 use crate::coordinator::{Coordinator, CoordinatorConfig, CoordinatorParts};
 use crate::handoff::{Handoff, HandoffConfig};
@@ -35,6 +35,8 @@ use crate::store::{MemoryStore, RedbStore, Store, StoreError};
 const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 /// Rows one internode scan returns at most.
 const MAX_SCAN_ROWS: usize = 10_000;
+/// At most one write of the persisted membership per this interval.
+const PERSIST_DEBOUNCE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -119,6 +121,7 @@ async fn announce_left<N: Network>(
             dead_node_grace: cluster.dead_node_grace,
             phi_threshold: cluster.phi_threshold,
             generation: net.clock().now_ms(),
+            persisted: None,
         },
         socket,
         tasks.clone(),
@@ -274,6 +277,9 @@ pub async fn run_with_store<N: Network>(
         to_move: None,
     };
     let cluster = &config.cluster;
+    // The ring this node's data belongs to: it starts from it, rejoining, rather than
+    // from "a cluster of myself" (see `cluster::agreement`).
+    let persisted = persisted::load(store.as_ref());
     let membership = Membership::start(
         MembershipConfig {
             cluster_id: cluster.cluster_id.clone(),
@@ -284,6 +290,7 @@ pub async fn run_with_store<N: Network>(
             dead_node_grace: cluster.dead_node_grace,
             phi_threshold: cluster.phi_threshold,
             generation: net.clock().now_ms(),
+            persisted,
         },
         gossip_socket,
         tasks.clone(),
@@ -382,6 +389,12 @@ pub async fn run_with_store<N: Network>(
         cluster_id: cluster.cluster_id.clone(),
         ready: Default::default(),
     });
+    let persist = tokio::spawn(persisted::keep_persisted(
+        store.clone(),
+        membership.watch(),
+        PERSIST_DEBOUNCE,
+        tasks.clone(),
+    ));
     let readiness = tokio::spawn(track_readiness(
         state.clone(),
         membership.watch(),
@@ -429,6 +442,7 @@ pub async fn run_with_store<N: Network>(
     for (name, task) in [
         ("handoff", handoff),
         ("readiness", readiness),
+        ("membership persistence", persist),
         ("anti-entropy", anti_entropy),
     ] {
         if let Err(e) = task.await {
@@ -469,7 +483,8 @@ async fn track_readiness(
             let v = view.borrow_and_update();
             // A peer merely listed is not enough: until the failure detector has seen one
             // live, every quorum read would fail with 503 (a restarted node did that).
-            v.ring.contains(v.self_id)
+            !v.rejoining
+                && v.ring.contains(v.self_id)
                 && (!needs_peer
                     || v.members
                         .keys()

@@ -201,6 +201,13 @@ impl Collector for NodeCollector {
             "Hints held here for other nodes",
             pending as i64,
         )?;
+        let view = coord.view();
+        gauge(
+            e,
+            "ring_disagreements",
+            "Live members whose gossiped ring has differed from this node's for more than a few gossip rounds",
+            i64::try_from(view.disagreements.len()).unwrap_or(i64::MAX),
+        )?;
         let ready = i64::from(self.0.ready.load(Ordering::Acquire));
         gauge(
             e,

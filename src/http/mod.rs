@@ -5,6 +5,7 @@ mod batch;
 mod cluster;
 mod debug_keys;
 mod error;
+mod gate;
 mod kv;
 mod list;
 mod metrics;
@@ -140,6 +141,9 @@ async fn health() -> Json<serde_json::Value> {
 }
 
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    if let Some(reason) = gate::rejoin_reason(&state.coord.view()) {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", reason).into_response();
+    }
     if state.ready.load(Ordering::Acquire) {
         Json(json!({"status": "ready"})).into_response()
     } else {
