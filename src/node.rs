@@ -393,6 +393,7 @@ pub async fn run_with_store<N: Network>(
         store.clone(),
         membership.watch(),
         PERSIST_DEBOUNCE,
+        config.blocking,
         tasks.clone(),
     ));
     let readiness = tokio::spawn(track_readiness(

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::membership::{ClusterView, Member, MemberState};
 use super::NodeId;
+use crate::config::BlockingMode;
 use crate::store::{Store, StoreError, Table};
 
 /// The meta table's key for the record.
@@ -57,6 +58,8 @@ pub enum PersistError {
     Encode(#[from] rmp_serde::encode::Error),
     #[error("persisted membership is invalid: {0}")]
     Invalid(String),
+    #[error("writing the persisted membership panicked: {0}")]
+    Panicked(String),
 }
 
 /// What the node knew of its cluster when it last ran: every member of its rings, itself
@@ -186,6 +189,7 @@ pub async fn keep_persisted(
     store: Arc<dyn Store>,
     mut view: watch::Receiver<Arc<ClusterView>>,
     debounce: Duration,
+    blocking: BlockingMode,
     shutdown: CancellationToken,
 ) {
     let mut written: Option<Vec<StoredMember>> = None;
@@ -193,17 +197,23 @@ pub async fn keep_persisted(
         let current = view.borrow_and_update().clone();
         let key = persisted_key(&current);
         if !current.rejoining && written.as_ref() != Some(&key) {
-            let members = current.members.clone();
-            let store = store.clone();
-            // redb's commit blocks on fsync: off the runtime's threads.
-            let saved = tokio::task::spawn_blocking(move || save(store.as_ref(), &members)).await;
+            let saved = match blocking {
+                // The simulation: extra threads would make a run non-deterministic.
+                BlockingMode::Inline => save(store.as_ref(), &current.members),
+                // redb's commit blocks on fsync: off the runtime's threads.
+                BlockingMode::Threaded => {
+                    let (store, members) = (store.clone(), current.members.clone());
+                    tokio::task::spawn_blocking(move || save(store.as_ref(), &members))
+                        .await
+                        .unwrap_or_else(|e| Err(PersistError::Panicked(e.to_string())))
+                }
+            };
             match saved {
-                Ok(Ok(())) => {
+                Ok(()) => {
                     tracing::debug!(members = key.len(), "membership persisted");
                     written = Some(key);
                 }
-                Ok(Err(e)) => tracing::warn!(error = %e, "persisting the membership failed"),
-                Err(e) => tracing::warn!(error = %e, "persisting the membership panicked"),
+                Err(e) => tracing::warn!(error = %e, "persisting the membership failed"),
             }
         }
         tokio::select! {
