@@ -17,7 +17,7 @@ use crate::cluster::departed::{DepartureKind, Departures};
 use crate::cluster::membership::{
     Member, MemberState, Membership, MembershipConfig, MembershipError,
 };
-use crate::cluster::NodeId;
+use crate::cluster::{persisted, NodeId};
 use crate::config::{NodeConfig, StorageKind};
 use crate::coordinator::{Coordinator, CoordinatorConfig, CoordinatorParts};
 use crate::handoff::{Handoff, HandoffConfig};
@@ -35,6 +35,8 @@ use crate::store::{MemoryStore, RedbStore, Store, StoreError};
 
 /// How long in-flight requests get to finish once shutdown starts.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+/// At most one write of the persisted membership per this interval.
+const PERSIST_DEBOUNCE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -123,6 +125,7 @@ async fn announce_left<N: Network>(
             dead_node_grace: cluster.dead_node_grace,
             phi_threshold: cluster.phi_threshold,
             generation: net.clock().now_ms(),
+            persisted: None,
         },
         socket,
         tasks.clone(),
@@ -292,6 +295,9 @@ pub async fn run_with_store<N: Network>(
         to_move: None,
     };
     let cluster = &config.cluster;
+    // The ring this node's data belongs to: it starts from it, rejoining, rather than
+    // from "a cluster of myself" (see `cluster::agreement`).
+    let persisted = persisted::load(store.as_ref());
     let membership = Membership::start(
         MembershipConfig {
             cluster_id: cluster.cluster_id.clone(),
@@ -302,6 +308,7 @@ pub async fn run_with_store<N: Network>(
             dead_node_grace: cluster.dead_node_grace,
             phi_threshold: cluster.phi_threshold,
             generation: net.clock().now_ms(),
+            persisted,
         },
         gossip_socket,
         tasks.clone(),
@@ -419,6 +426,13 @@ pub async fn run_with_store<N: Network>(
         ready: Default::default(),
         readiness,
     });
+    let persist = tokio::spawn(persisted::keep_persisted(
+        store.clone(),
+        membership.watch(),
+        PERSIST_DEBOUNCE,
+        config.blocking,
+        tasks.clone(),
+    ));
     let readiness = tokio::spawn(track_readiness(
         state.clone(),
         membership.watch(),
@@ -466,6 +480,7 @@ pub async fn run_with_store<N: Network>(
     for (name, task) in [
         ("handoff", handoff),
         ("readiness", readiness),
+        ("membership persistence", persist),
         ("anti-entropy", anti_entropy),
         ("departures", departures_task),
         ("seed report", seeds_task),
@@ -545,7 +560,8 @@ async fn track_readiness(
             let v = view.borrow_and_update();
             // A peer merely listed is not enough: until the failure detector has seen one
             // live, every quorum read would fail with 503 (a restarted node did that).
-            v.ring.contains(v.self_id)
+            !v.rejoining
+                && v.ring.contains(v.self_id)
                 && (!needs_peer
                     || v.members
                         .keys()

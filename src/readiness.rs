@@ -24,13 +24,18 @@ pub enum NotReady {
     NoSeedAnswered { seeds: Vec<String> },
     /// The cluster removed this node: it serves nothing, for good.
     Removed,
+    /// Restarted on its persisted membership, and its peers have not confirmed that ring
+    /// yet (see `cluster::agreement`): it takes no KV request.
+    Rejoining,
 }
 
 impl NotReady {
     /// The `error` code of the 503.
     pub fn code(&self) -> &'static str {
         match self {
-            NotReady::Starting | NotReady::NoSeedAnswered { .. } => "not_ready",
+            NotReady::Starting | NotReady::NoSeedAnswered { .. } | NotReady::Rejoining => {
+                "not_ready"
+            }
             NotReady::Removed => "removed",
         }
     }
@@ -43,6 +48,7 @@ impl NotReady {
                 format!("no seed answered: {}", seeds.join(", "))
             }
             NotReady::Removed => REMOVED_MESSAGE.to_owned(),
+            NotReady::Rejoining => crate::http::gate::REJOINING_MESSAGE.to_owned(),
         }
     }
 }

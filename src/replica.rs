@@ -61,6 +61,9 @@ impl RpcHandler for ReplicaService {
             )));
         }
         let local = self.coordinator.local();
+        if let Some(refused) = self.rejoin_gate(&request) {
+            return refused;
+        }
         match request {
             Request::Ping => Response::Pong {
                 node_id: self.node_id.0,
@@ -225,6 +228,25 @@ impl ReplicaService {
 
     /// Up to `range.limit` keys, read a page at a time so that no more than one reply's
     /// worth of large sets is held in memory, and cut at the reply's byte budget.
+    /// A node still rejoining (see `cluster::agreement`) answers no read as a replica and
+    /// coordinates no forwarded write: its ring is not confirmed, and a read of keys it
+    /// holds but cannot yet place would look like "not found" to the coordinator. Writes
+    /// it is sent (merges, hints) it takes: storing more never loses anything.
+    fn rejoin_gate(&self, request: &Request) -> Option<Response> {
+        let gated = matches!(
+            request,
+            Request::Read { .. }
+                | Request::ReadMany { .. }
+                | Request::Scan(_)
+                | Request::Forward(_)
+        );
+        (gated && self.coordinator.view().rejoining).then(|| {
+            Response::Error(RemoteError::Unavailable(
+                "node is rejoining: its ring is not confirmed yet".to_owned(),
+            ))
+        })
+    }
+
     fn scan(&self, range: ScanRange) -> Response {
         let list = ListRange {
             start: range.start.map(String::into_bytes),

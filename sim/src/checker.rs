@@ -24,7 +24,8 @@ pub enum Invariant {
     HintsPending,
     /// A read returned a value nobody wrote.
     InventedRead,
-    /// A quorum write was not seen by a quorum read with nothing in flight.
+    /// A quorum write was not seen by a quorum read with nothing in flight, or by one
+    /// through a node restarted after the write.
     ReadYourWrites,
     /// A node that should be up did not answer the checker.
     NodeSilent,
@@ -284,6 +285,22 @@ pub fn check(
                 format!(
                     "wrote {:?} -> {:?}, then read -> {:?} {:?}",
                     p.value, p.write, p.read, p.read_values
+                ),
+            ));
+        }
+    }
+    // Read-your-writes across a restart: the probe's write was acknowledged before the
+    // nodes crashed, and the read went through a restarted node once it answered at all.
+    // A restarted node that serves before it knows its ring answers 404 here.
+    for p in collected.restart_reads.iter().filter(|_| strict_quorums) {
+        let read_ok = matches!(p.read, Outcome::Status(200 | 300));
+        if !read_ok || !p.read_values.contains(&p.value) {
+            out.push(v(
+                Invariant::ReadYourWrites,
+                Some(&p.key),
+                format!(
+                    "wrote {:?}, restarted {:?}, then read via node{} -> {:?} {:?} (after {} unavailable)",
+                    p.value, p.restarted, p.node, p.read, p.read_values, p.unavailable
                 ),
             ));
         }

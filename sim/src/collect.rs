@@ -75,6 +75,79 @@ pub struct Collected {
     pub probes: Vec<Probe>,
     /// What each removed node answered to a KV read after the settle (`None`: nothing).
     pub removed_answers: Vec<(usize, Option<u16>)>,
+    /// Reads of the probes through nodes restarted after them.
+    pub restart_reads: Vec<RestartRead>,
+}
+
+/// A probe's key read again through a node that crashed and restarted after the probe's
+/// write: a restarted node must not answer before it knows the ring its data belongs to.
+#[derive(Clone, Debug)]
+pub struct RestartRead {
+    pub key: String,
+    pub value: String,
+    /// The nodes that were restarted, and the one read through.
+    pub restarted: Vec<usize>,
+    pub node: usize,
+    /// The first answer that was not "unavailable" (503 or no reply), or the last one.
+    pub read: Outcome,
+    pub read_values: Vec<String>,
+    /// Answers "unavailable" before it (a rejoining node says 503).
+    pub unavailable: u32,
+}
+
+/// How long a read after a restart may keep meeting "unavailable".
+const REJOIN_BUDGET: Duration = Duration::from_secs(30);
+/// Between two tries of a read after a restart: short, so the read lands as early after
+/// the restart as the node answers at all.
+const REJOIN_RETRY: Duration = Duration::from_millis(10);
+
+/// Reads every acknowledged probe through the restarted nodes (in turn) as soon as they
+/// answer, retrying only while they answer 503 or not at all.
+pub async fn read_after_restart(restarted: &[usize], probes: &[Probe]) -> Vec<RestartRead> {
+    let mut out = Vec::new();
+    if restarted.is_empty() {
+        return out;
+    }
+    for (i, p) in probes
+        .iter()
+        .filter(|p| p.write == Outcome::Status(204))
+        .enumerate()
+    {
+        let node = restarted[i % restarted.len()];
+        let deadline = now_ms() + REJOIN_BUDGET.as_millis() as u64;
+        let mut unavailable = 0u32;
+        let (read, read_values) = loop {
+            let r = http::request(
+                addr(node),
+                Method::GET,
+                &format!("/kv/{}", p.key),
+                &[],
+                Bytes::new(),
+                TIMEOUT,
+            )
+            .await;
+            let answer = match &r {
+                Ok(r) => (Outcome::Status(r.status), values_read(r)),
+                Err(e) => (Outcome::NoReply(e.clone()), Vec::new()),
+            };
+            let retry = matches!(answer.0, Outcome::Status(503) | Outcome::NoReply(_));
+            if !retry || now_ms() >= deadline {
+                break answer;
+            }
+            unavailable = unavailable.saturating_add(1);
+            tokio::time::sleep(REJOIN_RETRY).await;
+        };
+        out.push(RestartRead {
+            key: p.key.clone(),
+            value: p.value.clone(),
+            restarted: restarted.to_vec(),
+            node,
+            read,
+            read_values,
+            unavailable,
+        });
+    }
+    out
 }
 
 const TIMEOUT: Duration = Duration::from_secs(5);

@@ -1,5 +1,5 @@
 //! One simulated run: form the cluster, load it under the nemesis, heal, settle, probe,
-//! gather and check.
+//! restart nodes and read the probes through them, gather and check.
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use bytes::Bytes;
 use hyper::Method;
 use rand::rngs::SmallRng;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 
 use crate::checker::{self, Violation};
 use crate::cluster::{self, NodeSlot};
@@ -225,16 +225,39 @@ impl Run<'_> {
             self.history.clone(),
             collected.clone(),
         );
+        let probed: Rc<RefCell<Option<Vec<collect::Probe>>>> = Rc::new(RefCell::new(None));
+        let probes_out = probed.clone();
+        let probe_nodes = up.clone();
+        self.sim.client("prober", async move {
+            let probes = collect::probe(&probe_nodes, keys, seed, &history).await;
+            *probes_out.borrow_mut() = Some(probes);
+            Ok(())
+        });
+        let deadline = self.sim.elapsed() + CHECK_BUDGET;
+        while probed.borrow().is_none() {
+            if self.sim.elapsed() > deadline {
+                return Err("the probes did not finish within the checker's budget".into());
+            }
+            self.step()?;
+        }
+        let probes = probed.borrow_mut().take().expect("probes");
+
+        // Read-your-writes across a restart: crash nodes after the probes' writes, start
+        // them again at once, and read every probe through them as soon as they answer.
+        let restarted = self.restart_victims(&up);
+        self.apply(Action::Crash(restarted.clone()));
+        self.step()?;
+        self.apply(Action::Restart(restarted.clone()));
         self.sim.client("checker", async move {
-            let probes = collect::probe(&up, keys, seed, &history).await;
+            let restart_reads = collect::read_after_restart(&restarted, &probes).await;
             tokio::time::sleep(PROBE_SETTLE).await;
             let mut c = collect::gather(&candidates, keys).await;
             c.probes = probes;
+            c.restart_reads = restart_reads;
             c.removed_answers = collect::removed_answers(&removed).await;
             *out.borrow_mut() = Some(c);
             Ok(())
         });
-        let deadline = self.sim.elapsed() + CHECK_BUDGET;
         while collected.borrow().is_none() {
             if self.sim.elapsed() > deadline {
                 return Err("the checker did not finish within its budget".into());
@@ -243,6 +266,16 @@ impl Run<'_> {
         }
         let c = collected.borrow_mut().take().expect("collected");
         Ok(c)
+    }
+
+    /// Who restarts after the probes: one node for two seeds in three, every node for the
+    /// third (a whole cluster's power loss: each node comes back knowing only its disk).
+    fn restart_victims(&self, up: &[usize]) -> Vec<usize> {
+        let mut rng = SmallRng::seed_from_u64(self.config.seed ^ 0x4e57);
+        if up.is_empty() || rng.gen_range(0..3) == 0 {
+            return up.to_vec();
+        }
+        vec![up[rng.gen_range(0..up.len())]]
     }
 
     fn step(&mut self) -> Result<(), String> {

@@ -249,3 +249,23 @@ fn the_hostile_client_forges_and_the_node_judges() {
         "refused {refused}, accepted {accepted}:\n{text}"
     );
 }
+/// Seeds that once failed at the default timing: (the bug they found, seed, scenario).
+const PINNED_DEFAULT_TIMING: &[(&str, &str, &str)] = &[(
+    "a node restarted after the probes served before it knew its ring: built from partial \
+     gossip, its ring made it answer 404 for probes written at quorum before the crash \
+     (read-your-writes across a restart)",
+    "9",
+    "crash",
+)];
+
+#[test]
+fn seeds_that_once_failed_at_default_timing_pass() {
+    for (bug, seed, scenario) in PINNED_DEFAULT_TIMING {
+        let out = sim(&["run", "--seed", seed, "--scenario", scenario]);
+        assert!(
+            out.status.success(),
+            "regression of: {bug}\n{}",
+            stdout(&out)
+        );
+    }
+}

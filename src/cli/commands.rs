@@ -20,6 +20,8 @@ pub enum CommandError {
     Stdin(std::io::Error),
     #[error("writing stdout: {0}")]
     Stdout(std::io::Error),
+    #[error("{node} serves, but its ring disagrees with its peers: {reason}")]
+    RingSplit { node: String, reason: String },
 }
 
 /// Runs one client command. Output goes to stdout; tokens to stderr.
@@ -91,6 +93,18 @@ pub async fn run_client(command: Command) -> Result<(), CommandError> {
                 node: node.node.clone(),
                 reason: with_causes(&e),
             })?;
+            // `/ready` stays 200 through a split ring (the node still serves); health
+            // does not, since requests are routed differently depending on the node.
+            let cluster = client.cluster().await.map_err(|e| CommandError::NotReady {
+                node: node.node.clone(),
+                reason: with_causes(&e),
+            })?;
+            if let Some(reason) = ring_split(&cluster) {
+                return Err(CommandError::RingSplit {
+                    node: node.node.clone(),
+                    reason,
+                });
+            }
             println!("ready");
         }
         Command::Leave { node } => {
@@ -151,6 +165,26 @@ fn with_causes(e: &dyn std::error::Error) -> String {
     out.replace('\n', " ")
 }
 
+/// What `/cluster` says of a split ring, if it reports one: which members route with
+/// another ring than this node's.
+fn ring_split(c: &serde_json::Value) -> Option<String> {
+    if c["ring_agreement"].as_bool() != Some(false) {
+        return None;
+    }
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_owned();
+    let others: Vec<String> = c["ring_disagreements"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| format!("{} has ring {}", s(&d["id"]), s(&d["ring_hash"])))
+        .collect();
+    Some(format!(
+        "this node has ring {}; {}",
+        s(&c["ring_hash"]),
+        others.join(", ")
+    ))
+}
+
 /// `/cluster` as a table: one row per member, like `nodetool status`.
 fn status_table(c: &serde_json::Value) -> String {
     let s = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_owned();
@@ -165,6 +199,12 @@ fn status_table(c: &serde_json::Value) -> String {
         eff["w"],
         s(&c["node_id"]),
     );
+    if let Some(reason) = ring_split(c) {
+        out.push_str(&format!("WARNING: ring disagreement: {reason}\n"));
+    }
+    if c["rejoining"].as_bool() == Some(true) {
+        out.push_str("WARNING: this node is rejoining: it takes no KV request until its peers confirm its ring\n");
+    }
     out.push_str(&format!(
         "{:<4} {:<16}  {:<8} {:<21} {:<21} {:>7} {:>9} {:>12} {:>8}\n",
         "", "ID", "STATE", "HTTP", "RPC", "OWNS", "REPLICAS", "HINTS HELD", "TO MOVE"

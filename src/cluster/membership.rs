@@ -18,7 +18,9 @@ use chitchat::{
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::agreement::{Disagreement, PeerRing, Rejoin, RingHashes, SplitTracker};
 use super::departed::{Departure, Departures};
+use super::persisted::Persisted;
 use super::ring::Ring;
 use super::NodeId;
 
@@ -33,6 +35,13 @@ pub const KEY_VNODES: &str = "vnodes";
 pub const KEY_REMOVED_PREFIX: &str = "removed:";
 /// How much a joining or leaving node still has to move (ranges or keys), for status.
 pub const KEY_TO_MOVE: &str = "to_move";
+/// The hashes of this node's read and write rings (`<read>/<write>`, hex), so every node
+/// can tell whether its peers route as it does (see `agreement`).
+pub const KEY_RING: &str = "ring";
+/// Consecutive gossip rounds a peer's ring may differ before it counts as a split: a
+/// join or leave takes a few rounds to reach everyone, and each node gossips its hash one
+/// round after it rebuilt its ring.
+pub const SPLIT_AFTER_ROUNDS: u32 = 10;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -56,7 +65,7 @@ impl MemberState {
         }
     }
 
-    fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         match s {
             "joining" => Some(MemberState::Joining),
             "normal" => Some(MemberState::Normal),
@@ -97,6 +106,12 @@ pub struct ClusterView {
     pub departed: BTreeSet<NodeId>,
     pub ring: Arc<Ring>,
     pub write_ring: Arc<Ring>,
+    /// Restarted on a persisted membership and not yet confirmed by live peers: the node
+    /// takes no KV request (see `agreement::Rejoin`).
+    pub rejoining: bool,
+    /// Live members whose gossiped ring has differed from this node's for more than
+    /// [`SPLIT_AFTER_ROUNDS`] rounds.
+    pub disagreements: Vec<Disagreement>,
 }
 
 impl ClusterView {
@@ -137,7 +152,31 @@ impl ClusterView {
             departed: BTreeSet::new(),
             write_ring: ring.clone(),
             ring,
+            rejoining: false,
+            disagreements: Vec::new(),
         }
+    }
+
+    /// The view a node restarted on a persisted membership starts from: the members it
+    /// had, none live but itself, and rejoining until its peers confirm the ring.
+    pub fn rejoining(me: Member, persisted: &Persisted) -> Self {
+        let mut members = persisted.members.clone();
+        members.insert(me.id, me.clone());
+        let (read, write) = ClusterView::rings(&members);
+        ClusterView {
+            self_id: me.id,
+            members,
+            departed: BTreeSet::new(),
+            ring: Arc::new(read),
+            write_ring: Arc::new(write),
+            rejoining: true,
+            disagreements: Vec::new(),
+        }
+    }
+
+    /// This node's ring hashes, as it gossips them.
+    pub fn ring_hashes(&self) -> RingHashes {
+        RingHashes::of(&self.ring, &self.write_ring)
     }
 
     /// Whether any member holds data (normal or leaving). A joiner that has heard of no
@@ -185,6 +224,8 @@ pub struct MembershipConfig {
     pub phi_threshold: f64,
     /// Chitchat's generation: must grow across restarts of one node.
     pub generation: u64,
+    /// The membership kept in the data dir, if any (see `persisted`).
+    pub persisted: Option<Persisted>,
 }
 
 /// Hands chitchat a socket bound beforehand (see `Network::bind_gossip`).
@@ -311,12 +352,18 @@ impl Membership {
         let handle = spawn_chitchat(chitchat_config, initial, &transport)
             .await
             .map_err(MembershipError)?;
-        let (tx, view) = watch::channel(Arc::new(ClusterView::alone(me.clone())));
+        let (initial, gate) = initial_view(&me, config.persisted.as_ref());
+        let (tx, view) = watch::channel(Arc::new(initial));
         let refresher = tokio::spawn(refresh(
             handle.chitchat(),
             me,
             config.gossip_interval,
             tx,
+            Agreement {
+                gate,
+                split: SplitTracker::new(SPLIT_AFTER_ROUNDS),
+                published: None,
+            },
             shutdown,
         ));
         Ok(Membership {
@@ -346,6 +393,54 @@ impl Membership {
     }
 }
 
+/// The first view, and the rejoin gate: a record naming peers means the node had a ring,
+/// and it starts from it, rejoining; otherwise it starts alone, as a new node does.
+fn initial_view(me: &Member, persisted: Option<&Persisted>) -> (ClusterView, Rejoin) {
+    match persisted {
+        Some(p) if p.has_peers(me.id) => {
+            tracing::info!(
+                members = p.members.len(),
+                "starting from the persisted membership; rejoining until peers confirm the ring"
+            );
+            let view = ClusterView::rejoining(me.clone(), p);
+            (view, Rejoin::closed(p.members.clone()))
+        }
+        _ => (ClusterView::alone(me.clone()), Rejoin::open()),
+    }
+}
+
+/// The refresher's ring-agreement state (see `agreement`).
+struct Agreement {
+    gate: Rejoin,
+    split: SplitTracker,
+    /// The ring hashes this node gossips now.
+    published: Option<RingHashes>,
+}
+
+/// The ring each peer gossips, newest generation of each node id.
+fn collect_rings(
+    states: &BTreeMap<ChitchatId, NodeState>,
+    live: &BTreeSet<&ChitchatId>,
+) -> BTreeMap<NodeId, PeerRing> {
+    let mut newest: BTreeMap<NodeId, (u64, PeerRing)> = BTreeMap::new();
+    for (cid, state) in states {
+        let Ok(id) = cid.node_id.parse::<NodeId>() else {
+            continue;
+        };
+        let ring = PeerRing {
+            live: live.contains(cid),
+            hashes: state.get(KEY_RING).and_then(RingHashes::parse),
+        };
+        match newest.get(&id) {
+            Some((generation, _)) if *generation >= cid.generation_id => {}
+            _ => {
+                newest.insert(id, (cid.generation_id, ring));
+            }
+        }
+    }
+    newest.into_iter().map(|(id, (_, r))| (id, r)).collect()
+}
+
 /// Rebuilds the view from chitchat's state once per gossip round, and publishes it when
 /// something changed. Polling (rather than chitchat's live-nodes watch) also notices
 /// members that went dead and members that published new keys.
@@ -354,6 +449,7 @@ async fn refresh(
     me: Member,
     interval: Duration,
     tx: watch::Sender<Arc<ClusterView>>,
+    mut agreement: Agreement,
     shutdown: CancellationToken,
 ) {
     let mut ticker = tokio::time::interval(interval);
@@ -363,14 +459,41 @@ async fn refresh(
             _ = ticker.tick() => {}
             _ = shutdown.cancelled() => return,
         }
-        let (members, departed) = {
+        let (mut members, departed, peer_rings) = {
             let c = chitchat.lock().await;
             let live: BTreeSet<&ChitchatId> = c.live_nodes().collect();
             let leaving: BTreeSet<&ChitchatId> = c.scheduled_for_deletion_nodes().collect();
-            collect_members(c.node_states(), &live, &leaving, &me)
+            let (members, departed) = collect_members(c.node_states(), &live, &leaving, &me);
+            (members, departed, collect_rings(c.node_states(), &live))
         };
+        if agreement
+            .gate
+            .round(me.id, &mut members, &departed, &peer_rings)
+        {
+            tracing::info!("live peers confirm the ring; rejoined, serving");
+        }
+        let rejoining = agreement.gate.rejoining();
         let current = tx.borrow().clone();
-        if current.members == members && current.departed == departed {
+        let mine = if current.members == members {
+            current.ring_hashes()
+        } else {
+            let (read, write) = ClusterView::rings(&members);
+            RingHashes::of(&read, &write)
+        };
+        let disagreements = agreement.split.round(me.id, mine, &peer_rings);
+        if agreement.published != Some(mine) {
+            chitchat
+                .lock()
+                .await
+                .self_node_state()
+                .set(KEY_RING, mine.to_string());
+            agreement.published = Some(mine);
+        }
+        if current.members == members
+            && current.departed == departed
+            && current.rejoining == rejoining
+            && current.disagreements == disagreements
+        {
             continue;
         }
         let (read, write) = ClusterView::rings(&members);
@@ -410,6 +533,8 @@ async fn refresh(
             departed,
             ring,
             write_ring,
+            rejoining,
+            disagreements,
         }));
     }
 }

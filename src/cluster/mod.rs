@@ -1,7 +1,10 @@
-//! The cluster: who the members are (gossip), where keys live (the ring).
+//! The cluster: who the members are (gossip), where keys live (the ring), the membership
+//! kept across restarts (`persisted`), and whether the members' rings agree (`agreement`).
 
+pub mod agreement;
 pub mod departed;
 pub mod membership;
+pub mod persisted;
 pub mod ring;
 
 use std::fmt;

@@ -167,6 +167,7 @@ pub async fn batch(
     RawQuery(query): RawQuery,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<BatchBody>, ApiError> {
+    super::gate::kv_gate(&state)?;
     let limits = &state.config.limits;
     let opts = Query::parse(query.as_deref(), &["r", "w", "timeout_ms"])?
         .request_opts(state.config.replication.n, state.config.request_timeout)?;

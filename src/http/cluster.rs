@@ -61,6 +61,14 @@ pub struct ClusterJson {
     hints_pending: BTreeMap<String, Pending>,
     /// The ids that left or were removed, as this node keeps and gossips them.
     departed: Vec<DepartedJson>,
+    /// False while a live member's gossiped ring has differed from this node's for more
+    /// than a few gossip rounds: a split ring.
+    ring_agreement: bool,
+    /// The members whose ring differs, and the ring they gossip.
+    ring_disagreements: Vec<DisagreementJson>,
+    /// Restarted on its persisted membership and not yet confirmed by its peers: takes no
+    /// KV request.
+    rejoining: bool,
 }
 
 #[derive(Serialize)]
@@ -86,6 +94,13 @@ async fn departed(state: &AppState) -> Vec<DepartedJson> {
             at_ms: d.at_ms,
         })
         .collect()
+}
+
+#[derive(Serialize)]
+pub struct DisagreementJson {
+    id: String,
+    ring_hash: String,
+    write_ring_hash: String,
 }
 
 fn pending(state: &AppState) -> BTreeMap<String, Pending> {
@@ -139,6 +154,17 @@ pub async fn cluster(State(state): State<Arc<AppState>>) -> Json<ClusterJson> {
         },
         hints_pending: pending(&state),
         departed: departed(&state).await,
+        ring_agreement: view.disagreements.is_empty(),
+        ring_disagreements: view
+            .disagreements
+            .iter()
+            .map(|d| DisagreementJson {
+                id: d.id.to_string(),
+                ring_hash: format!("{:016x}", d.theirs.read),
+                write_ring_hash: format!("{:016x}", d.theirs.write),
+            })
+            .collect(),
+        rejoining: view.rejoining,
     })
 }
 

@@ -179,6 +179,7 @@ pub async fn get_key(
     uri: Uri,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
+    super::gate::kv_gate(&state)?;
     let key = key_from_uri(&uri, "/kv/")?;
     let opts = Query::parse(query.as_deref(), &["r", "timeout_ms"])?
         .request_opts(state.config.replication.n, state.config.request_timeout)?;
@@ -191,6 +192,7 @@ pub async fn head_key(
     uri: Uri,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
+    super::gate::kv_gate(&state)?;
     let key = key_from_uri(&uri, "/kv/")?;
     let opts = Query::parse(query.as_deref(), &["r", "timeout_ms"])?
         .request_opts(state.config.replication.n, state.config.request_timeout)?;
@@ -221,6 +223,7 @@ pub async fn put_key(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    super::gate::kv_gate(&state)?;
     let key = key_from_uri(&uri, "/kv/")?;
     let query = Query::parse(query.as_deref(), &["w", "timeout_ms", "returnbody"])?;
     let opts = query.request_opts(state.config.replication.n, state.config.request_timeout)?;
@@ -300,6 +303,7 @@ pub async fn delete_key(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    super::gate::kv_gate(&state)?;
     let key = key_from_uri(&uri, "/kv/")?;
     let opts = Query::parse(query.as_deref(), &["w", "timeout_ms"])?
         .request_opts(state.config.replication.n, state.config.request_timeout)?;

@@ -74,6 +74,7 @@ pub async fn list(
     State(state): State<Arc<AppState>>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<ListBody>, ApiError> {
+    super::gate::kv_gate(&state)?;
     let q = Query::parse(
         query.as_deref(),
         &[

@@ -4,7 +4,6 @@
 //! `ReplicationStats`); a scrape reads them through one collector, so nothing is counted
 //! twice and the hot paths only bump atomics.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -207,12 +206,14 @@ impl Collector for NodeCollector {
             "Hints held here for other nodes",
             pending as i64,
         )?;
-        let ready = i64::from(
-            self.0
-                .readiness
-                .check(self.0.ready.load(Ordering::Acquire))
-                .is_ok(),
-        );
+        let view = coord.view();
+        gauge(
+            e,
+            "ring_disagreements",
+            "Live members whose gossiped ring has differed from this node's for more than a few gossip rounds",
+            i64::try_from(view.disagreements.len()).unwrap_or(i64::MAX),
+        )?;
+        let ready = i64::from(super::ready_check(&self.0).is_ok());
         gauge(
             e,
             "ready",

@@ -5,6 +5,7 @@ mod batch;
 mod cluster;
 mod debug_keys;
 mod error;
+pub(crate) mod gate;
 mod kv;
 mod list;
 mod metrics;
@@ -25,6 +26,7 @@ use serde_json::json;
 
 use crate::config::NodeConfig;
 use crate::coordinator::Coordinator;
+use crate::readiness::NotReady;
 
 pub use error::ApiError;
 pub use kv::TOKEN_HEADER;
@@ -185,10 +187,21 @@ async fn health() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// Whether the node is ready, and why not: the readiness flags, and the rejoin gate (a
+/// rejoining node is not ready for the same reason it takes no KV request). Removal comes
+/// first: a removed node must never look merely rejoining.
+pub(crate) fn ready_check(state: &AppState) -> Result<(), NotReady> {
+    match state.readiness.check(state.ready.load(Ordering::Acquire)) {
+        Err(NotReady::Removed) => Err(NotReady::Removed),
+        _ if gate::rejoin_reason(&state.coord.view()).is_some() => Err(NotReady::Rejoining),
+        other => other,
+    }
+}
+
 /// `GET /ready`: 200, or 503 with the error shape plus `status` and `reason` (the one
 /// list of reasons is `readiness::NotReady`).
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
-    match state.readiness.check(state.ready.load(Ordering::Acquire)) {
+    match ready_check(&state) {
         Ok(()) => Json(json!({"status": "ready"})).into_response(),
         Err(why) => {
             let reason = why.reason();
