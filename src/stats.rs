@@ -74,4 +74,7 @@ pub struct StorageStats {
     pub fsyncs: Counter,
     /// Mutations committed, over every batch.
     pub mutations: Counter,
+    /// Stored records found corrupt (a failed checksum or decode, or a storage engine
+    /// error or panic while reading one): each was treated as missing here.
+    pub corrupt_records: Counter,
 }

@@ -131,6 +131,12 @@ impl Collector for NodeCollector {
             "Mutations committed, over every batch",
             storage.mutations.get(),
         )?;
+        counter(
+            e,
+            "corrupt_records",
+            "Stored records found corrupt and treated as missing here",
+            storage.corrupt_records.get(),
+        )?;
 
         let rep = coord.stats();
         counter(

@@ -306,23 +306,63 @@ impl LocalKv {
         };
         let upper = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
         let rows = self.store.scan(Table::Hints, lower, upper, limit)?;
-        rows.into_iter()
-            .map(|(k, raw)| {
-                let (_, key) = hints::split_hint_key(&k)?;
-                Ok(StoredHint {
-                    key,
-                    record: HintRecord::decode(&raw)?,
-                    raw,
-                })
-            })
-            .collect()
+        let mut out = Vec::with_capacity(rows.len());
+        for (k, raw) in rows {
+            let (_, key) = hints::split_hint_key(&k)?;
+            match HintRecord::decode(&raw) {
+                Ok(record) => out.push(StoredHint { key, record, raw }),
+                // A corrupt hint is dropped, not delivered: its set cannot be trusted, and
+                // anti-entropy brings the target what the hint held.
+                Err(e) => {
+                    self.corrupt(&key, &e);
+                    self.writer.submit_detached(Mutation::DeleteHint {
+                        target,
+                        key,
+                        expected: raw,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Counts and logs a corrupt record.
+    fn corrupt(&self, key: &Key, e: &StoreError) {
+        self.writer.stats().corrupt_records.inc();
+        tracing::error!(key = %key, error = %e, "stored record is corrupt; treating it as missing on this replica");
+    }
+
+    /// The set of a stored record, or `None` when it is corrupt: then it is counted,
+    /// logged, and dropped (with its index and tree entries) by the writer, so that read
+    /// repair and anti-entropy bring this replica a good copy.
+    fn checked(&self, key: &Key, raw: &[u8]) -> Option<SiblingSet> {
+        match record::decode(raw) {
+            Ok(set) => Some(set),
+            Err(e) => {
+                self.corrupt(key, &e);
+                self.writer
+                    .submit_detached(Mutation::DropCorrupt { key: key.clone() });
+                None
+            }
+        }
     }
 
     /// The committed set for `key`. Reads never wait for the writer (redb is MVCC).
+    ///
+    /// A record that fails its checksum reads as missing (see [`LocalKv::checked`]). An
+    /// engine error or panic on the read is counted and logged too, but answered as an
+    /// error: the damage is in the engine's pages, where the record cannot be dropped, and
+    /// an error keeps a quorum from counting this replica (a single node answers 500).
     pub fn read(&self, key: &Key) -> Result<Option<SiblingSet>, KvError> {
-        match self.store.get(Table::Data, key.as_bytes())? {
-            Some(raw) => Ok(Some(record::decode(&raw)?)),
-            None => Ok(None),
+        match self.store.get(Table::Data, key.as_bytes()) {
+            Ok(Some(raw)) => Ok(self.checked(key, &raw)),
+            Ok(None) => Ok(None),
+            Err(e) => {
+                if e.is_corruption() {
+                    self.corrupt(key, &e);
+                }
+                Err(e.into())
+            }
         }
     }
 
@@ -334,14 +374,17 @@ impl LocalKv {
         limit: usize,
     ) -> Result<Vec<KeyedSet>, KvError> {
         let rows = self.store.scan(Table::Data, start, end, limit)?;
-        rows.into_iter()
-            .map(|(k, v)| {
-                let key = String::from_utf8(k)
-                    .ok()
-                    .and_then(|s| Key::new(s).ok())
-                    .ok_or_else(|| StoreError::Corrupt("stored key is not a valid key".into()))?;
-                Ok((key, record::decode(&v)?))
-            })
-            .collect()
+        let mut out = Vec::with_capacity(rows.len());
+        for (k, v) in rows {
+            let key = String::from_utf8(k)
+                .ok()
+                .and_then(|s| Key::new(s).ok())
+                .ok_or_else(|| StoreError::Corrupt("stored key is not a valid key".into()))?;
+            // A corrupt record is missing here, as on a read.
+            if let Some(set) = self.checked(&key, &v) {
+                out.push((key, set));
+            }
+        }
+        Ok(out)
     }
 }

@@ -14,9 +14,10 @@ use crate::merkle::{leaf_of, Summary, Tree, LEAVES};
 use crate::store::{Store, StoreError, Table, WriteTxn};
 use crate::version::SiblingSet;
 
-/// The digest of a stored set: what anti-entropy compares.
+/// The digest of a stored set: what anti-entropy compares. Over the canonical bytes, not
+/// the stored ones (see [`record::canonical`]).
 pub fn digest(set: &SiblingSet) -> u64 {
-    xxh3_64(&record::encode(set))
+    xxh3_64(&record::canonical(set))
 }
 
 /// `position ‖ key`: the index row of a key.
@@ -78,6 +79,33 @@ impl TreeDelta {
             txn.put(Table::Tombstones, key.as_bytes(), &newest.to_be_bytes())?;
         }
         Ok(())
+    }
+
+    /// Takes `key` out of the index, the tombstone index and its leaf's sum, inside the
+    /// transaction, when its stored record is corrupt and so cannot say what it was: the
+    /// index row still holds the digest the leaf counted. Afterwards the key is absent on
+    /// this replica as far as anti-entropy can tell, so the next exchange pulls it from a
+    /// replica that has it. Returns whether the key was indexed.
+    pub fn forget(&mut self, txn: &mut dyn WriteTxn, key: &Key) -> Result<bool, StoreError> {
+        let ikey = index_key(key.as_bytes());
+        let indexed = match txn.get(Table::Index, &ikey)? {
+            Some(raw) => {
+                let bytes: [u8; 8] = raw
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("bad index row".into()))?;
+                let leaf = leaf_of(key_position(key.as_bytes()));
+                let entry = self.0.entry(leaf).or_default();
+                entry
+                    .1
+                    .add(Summary::of(key.as_bytes(), u64::from_be_bytes(bytes)));
+                txn.delete(Table::Index, &ikey)?;
+                true
+            }
+            None => false,
+        };
+        txn.delete(Table::Tombstones, key.as_bytes())?;
+        Ok(indexed)
     }
 
     /// Writes the changed leaf sums, still inside the transaction.

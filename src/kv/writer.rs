@@ -54,6 +54,10 @@ pub enum Mutation {
         key: Key,
         expected: Vec<u8>,
     },
+    /// Delete the key's data row if it is still corrupt (see `LocalKv::read`), taking it
+    /// out of the index and the tree in the same transaction so that anti-entropy sees
+    /// it missing here.
+    DropCorrupt { key: Key },
 }
 
 /// What a data mutation did.
@@ -165,6 +169,17 @@ impl WriterHandle {
         Ok(Staged { committed, durable })
     }
 
+    /// Queues a mutation without waiting for it; dropped when the queue is full. For
+    /// repairs that the next read would ask for again anyway.
+    pub fn submit_detached(&self, mutation: Mutation) {
+        let (reply, _) = oneshot::channel();
+        let _ = self.tx.try_send(Job {
+            mutation,
+            staged: None,
+            reply,
+        });
+    }
+
     /// Commits, fsyncs and mutations so far.
     pub fn stats(&self) -> &Arc<StorageStats> {
         &self.stats
@@ -245,8 +260,9 @@ async fn run(
         let s = settings.clone();
         let mutations = batch.len() as u64;
         let (outcomes, committed, floor) =
-            blocking(settings.blocking, store.clone(), move |store| {
-                commit(store, &s, dot_floor, batch, durable && !split)
+            blocking(settings.blocking, store.clone(), {
+                let stats = stats.clone();
+                move |store| commit(store, &s, &stats, dot_floor, batch, durable && !split)
             })
             .await;
         dot_floor = floor;
@@ -313,6 +329,7 @@ fn sync_failed(when: &str, e: &StoreError) -> KvError {
 fn commit(
     store: &dyn Store,
     settings: &WriterSettings,
+    stats: &StorageStats,
     dot_floor: u64,
     batch: Vec<Job>,
     durable: bool,
@@ -331,6 +348,7 @@ fn commit(
             outcomes.push(apply(
                 txn,
                 settings,
+                stats,
                 &mut floor,
                 &mut ledger,
                 &mut tree,
@@ -382,9 +400,11 @@ impl LedgerDelta {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn apply(
     txn: &mut dyn WriteTxn,
     settings: &WriterSettings,
+    stats: &StorageStats,
     dot_floor: &mut u64,
     ledger: &mut LedgerDelta,
     tree: &mut TreeDelta,
@@ -397,7 +417,7 @@ fn apply(
             payload,
             written_at_ms,
         } => {
-            let current = read_set(txn, key)?;
+            let current = read_set(txn, stats, tree, key)?;
             let (next, dot) = current.update_above(
                 seen.as_ref(),
                 settings.actor,
@@ -414,12 +434,12 @@ fn apply(
             write_set(txn, settings, tree, key, current, next, Some(dot)).map(Ok)
         }
         Mutation::Merge { key, set } => {
-            let current = read_set(txn, key)?;
+            let current = read_set(txn, stats, tree, key)?;
             let next = current.sync(set);
             write_set(txn, settings, tree, key, current, next, None).map(Ok)
         }
         Mutation::DropIfDigest { key, digest } => {
-            let current = read_set(txn, key)?;
+            let current = read_set(txn, stats, tree, key)?;
             if current.is_empty() || super::summary::digest(&current) != *digest {
                 return Ok(Ok(Outcome::Dropped(false)));
             }
@@ -478,12 +498,38 @@ fn apply(
                 _ => Ok(Ok(Outcome::HintDeleted(false))),
             }
         }
+        Mutation::DropCorrupt { key } => match txn.get(Table::Data, key.as_bytes())? {
+            Some(raw) if record::decode(&raw).is_err() => {
+                txn.delete(Table::Data, key.as_bytes())?;
+                tree.forget(txn, key)?;
+                tracing::warn!(key = %key, "dropped a corrupt record; anti-entropy and read repair restore it from a replica");
+                Ok(Ok(Outcome::Dropped(true)))
+            }
+            _ => Ok(Ok(Outcome::Dropped(false))),
+        },
     }
 }
 
-fn read_set(txn: &mut dyn WriteTxn, key: &Key) -> Result<SiblingSet, StoreError> {
+/// The key's stored set. A corrupt record counts as absent: it must never take part in a
+/// merge, where its damaged versions could win. It also leaves the index and the tree
+/// (the caller then writes the key afresh, or leaves it absent), so that the tree matches
+/// what this replica really holds.
+fn read_set(
+    txn: &mut dyn WriteTxn,
+    stats: &StorageStats,
+    tree: &mut TreeDelta,
+    key: &Key,
+) -> Result<SiblingSet, StoreError> {
     match txn.get(Table::Data, key.as_bytes())? {
-        Some(raw) => record::decode(&raw),
+        Some(raw) => match record::decode(&raw) {
+            Ok(set) => Ok(set),
+            Err(e) => {
+                stats.corrupt_records.inc();
+                tracing::error!(key = %key, error = %e, "stored record is corrupt; treating it as absent");
+                tree.forget(txn, key)?;
+                Ok(SiblingSet::new())
+            }
+        },
         None => Ok(SiblingSet::new()),
     }
 }
