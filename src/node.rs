@@ -106,6 +106,7 @@ async fn announce_left<N: Network>(
         live: true,
         vnodes: config.cluster.vnodes,
         to_move: None,
+        writable: true,
     };
     let tasks = CancellationToken::new();
     let cluster = &config.cluster;
@@ -272,6 +273,7 @@ pub async fn run_with_store<N: Network>(
         live: true,
         vnodes: config.cluster.vnodes,
         to_move: None,
+        writable: true,
     };
     let cluster = &config.cluster;
     let membership = Membership::start(
@@ -382,6 +384,11 @@ pub async fn run_with_store<N: Network>(
         cluster_id: cluster.cluster_id.clone(),
         ready: Default::default(),
     });
+    let write_state = tokio::spawn(announce_write_state(
+        local.watch_write_state(),
+        membership.control(),
+        tasks.clone(),
+    ));
     let readiness = tokio::spawn(track_readiness(
         state.clone(),
         membership.watch(),
@@ -429,6 +436,7 @@ pub async fn run_with_store<N: Network>(
     for (name, task) in [
         ("handoff", handoff),
         ("readiness", readiness),
+        ("write state", write_state),
         ("anti-entropy", anti_entropy),
     ] {
         if let Err(e) = task.await {
@@ -447,6 +455,23 @@ pub async fn run_with_store<N: Network>(
     Identity::mark_clean_shutdown(store.as_ref()).map_err(store_err)?;
     tracing::info!("node stopped");
     served
+}
+
+/// Publishes in gossip whether this node's storage takes writes, on every change, so that
+/// coordinators route writes around it while its disk is full.
+async fn announce_write_state(
+    mut state: tokio::sync::watch::Receiver<kv::writable::WriteState>,
+    control: crate::cluster::membership::MembershipCtl,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let now = *state.borrow_and_update();
+        control.set_write_state(now).await;
+        tokio::select! {
+            changed = state.changed() => if changed.is_err() { return },
+            _ = shutdown.cancelled() => return,
+        }
+    }
 }
 
 /// Whether every seed is this node itself (the first node of a cluster may list itself).

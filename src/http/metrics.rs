@@ -207,6 +207,12 @@ impl Collector for NodeCollector {
             "Hints held here for other nodes",
             pending as i64,
         )?;
+        gauge(
+            e,
+            "writable",
+            "1 while this node's storage takes writes (0: disk full, or an fsync failed)",
+            i64::from(coord.local().write_state().takes_writes()),
+        )?;
         let ready = i64::from(self.0.ready.load(Ordering::Acquire));
         gauge(
             e,

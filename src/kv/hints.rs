@@ -129,6 +129,16 @@ impl HintLedger {
         })
     }
 
+    /// Takes the totals of `other`, rebuilt from the table after the store was reopened
+    /// (commits that were not durable may be gone).
+    pub fn replace_with(&self, other: HintLedger) {
+        let fresh = other
+            .targets
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner());
+        *self.lock() = fresh;
+    }
+
     pub fn pending(&self, target: u64) -> Pending {
         self.lock().get(&target).copied().unwrap_or_default()
     }

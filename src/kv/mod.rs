@@ -4,6 +4,7 @@
 pub mod hints;
 pub mod record;
 pub mod summary;
+pub mod writable;
 pub mod writer;
 
 use std::ops::Bound;
@@ -27,11 +28,18 @@ pub enum KvError {
     Store(String),
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// The storage is out of space: a 507, and a state the node leaves by itself.
+    #[error("no space left for this write: {0}")]
+    NoSpace(String),
 }
 
 impl From<StoreError> for KvError {
     fn from(e: StoreError) -> Self {
-        KvError::Store(e.to_string())
+        if e.is_no_space() {
+            KvError::NoSpace(e.to_string())
+        } else {
+            KvError::Store(e.to_string())
+        }
     }
 }
 
@@ -83,6 +91,16 @@ impl LocalKv {
     /// The anti-entropy tree of what this node stores.
     pub fn tree(&self) -> &SharedTree {
         &self.tree
+    }
+
+    /// Whether this node's storage takes writes now.
+    pub fn write_state(&self) -> writable::WriteState {
+        self.writer.write_state()
+    }
+
+    /// Changes of [`LocalKv::write_state`], for the task that announces them in gossip.
+    pub fn watch_write_state(&self) -> tokio::sync::watch::Receiver<writable::WriteState> {
+        self.writer.watch_write_state()
     }
 
     /// What the group-commit writer did.

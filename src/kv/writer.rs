@@ -8,17 +8,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use std::collections::BTreeMap;
 
 use super::hints::{hint_key, HintLedger, HintRecord};
-use super::summary::{SharedTree, TreeDelta};
+use super::summary::{load_tree, SharedTree, TreeDelta};
+use super::writable::WriteState;
 use super::{record, KvError};
 use crate::config::{BlockingMode, FsyncMode, Sabotage};
 use crate::identity::Identity;
 use crate::key::Key;
+use crate::merkle::Tree;
 use crate::stats::StorageStats;
 use crate::store::{Store, StoreError, Table, WriteTxn};
 use crate::version::{Actor, Dot, Payload, SiblingSet, VersionVector};
@@ -107,6 +109,7 @@ pub struct Staged {
 pub struct WriterHandle {
     tx: mpsc::Sender<Job>,
     stats: Arc<StorageStats>,
+    state: watch::Receiver<WriteState>,
 }
 
 pub struct WriterSettings {
@@ -180,11 +183,27 @@ impl WriterHandle {
         });
     }
 
+    /// Whether the writer takes writes now.
+    pub fn write_state(&self) -> WriteState {
+        *self.state.borrow()
+    }
+
+    pub fn watch_write_state(&self) -> watch::Receiver<WriteState> {
+        self.state.clone()
+    }
+
     /// Commits, fsyncs and mutations so far.
     pub fn stats(&self) -> &Arc<StorageStats> {
         &self.stats
     }
 }
+
+/// How often a writer out of space tries a probe commit.
+const SPACE_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// The probe's size: a commit of this much proves there is room for ordinary writes.
+const SPACE_PROBE_BYTES: usize = 64 * 1024;
+/// The meta row the probe writes, then deletes.
+const SPACE_PROBE_KEY: &[u8] = b"space_probe";
 
 /// Starts the writer. It runs until `stop` is cancelled, then commits what is queued,
 /// syncs, and ends.
@@ -195,30 +214,76 @@ pub fn spawn(
 ) -> (WriterHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(settings.queue.max(1));
     let stats = Arc::new(StorageStats::default());
-    let task = tokio::spawn(run(store, settings, stats.clone(), rx, stop));
-    (WriterHandle { tx, stats }, task)
+    let (state_tx, state) = watch::channel(WriteState::Writable);
+    let task = tokio::spawn(run(store, settings, stats.clone(), state_tx, rx, stop));
+    (WriterHandle { tx, stats, state }, task)
+}
+
+/// Why the writer does not commit, if it does not.
+#[derive(Default)]
+struct Refusal {
+    /// After a failed fsync the kernel may have dropped the dirty pages and cleared the
+    /// error, so a later fsync that succeeds proves nothing about earlier commits. No
+    /// further write is acknowledged once one has failed; restarting the node recovers
+    /// from the last durable commit, with a new epoch.
+    failed: Option<KvError>,
+    /// Out of space: refused until a probe commit succeeds. Unlike a failed fsync this
+    /// is safe to leave, since the data of the failed write never reached the kernel.
+    no_space: Option<KvError>,
+}
+
+impl Refusal {
+    fn error(&self) -> Option<&KvError> {
+        self.failed.as_ref().or(self.no_space.as_ref())
+    }
+
+    fn state(&self) -> WriteState {
+        if self.failed.is_some() {
+            WriteState::SyncFailed
+        } else if self.no_space.is_some() {
+            WriteState::NoSpace
+        } else {
+            WriteState::Writable
+        }
+    }
+
+    /// Takes in a storage error of a commit or a sync.
+    fn note(&mut self, when: &str, e: &StoreError, sync: bool) {
+        if e.is_no_space() && !matches!(e, StoreError::SyncFailed(_)) {
+            if self.no_space.is_none() {
+                tracing::error!(error = %e, when, probe_every = ?SPACE_PROBE_INTERVAL,
+                    "out of space: refusing writes until a probe commit succeeds; reads go on");
+            }
+            self.no_space = Some(KvError::NoSpace(e.to_string()));
+        } else if sync || matches!(e, StoreError::SyncFailed(_)) {
+            self.failed = Some(sync_failed(when, e));
+        }
+    }
 }
 
 async fn run(
     store: Arc<dyn Store>,
     settings: WriterSettings,
     stats: Arc<StorageStats>,
+    state: watch::Sender<WriteState>,
     mut rx: mpsc::Receiver<Job>,
     stop: CancellationToken,
 ) {
     let settings = Arc::new(settings);
     // Raised by every committed update; a batch that failed to commit may have raised it
-    // too, which only skips counters (see `SiblingSet::update_above`).
+    // too, which only skips counters (see `SiblingSet::update_above`). Kept in memory
+    // across a reopen of the store, which may lose commits that were not durable: the
+    // dots those commits issued may have gone out to other replicas, and counting on
+    // from here never issues them again.
     let mut dot_floor = settings.dot_floor;
-    // After a failed fsync the kernel may have dropped the dirty pages and cleared the
-    // error, so a later fsync that succeeds proves nothing about earlier commits. No
-    // further write is acknowledged once one has failed; restarting the node recovers
-    // from the last durable commit, with a new epoch.
-    let mut failed: Option<KvError> = None;
+    let mut refusal = Refusal::default();
     let mut sync_timer = tokio::time::interval(settings.fsync_interval);
     sync_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut probe_timer = tokio::time::interval(SPACE_PROBE_INTERVAL);
+    probe_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut unsynced = false;
     loop {
+        let was = refusal.state();
         let first = tokio::select! {
             job = rx.recv() => job,
             _ = stop.cancelled() => {
@@ -227,12 +292,32 @@ async fn run(
                 rx.recv().await
             }
             _ = sync_timer.tick(), if settings.fsync == FsyncMode::Periodic && unsynced
+                && refusal.error().is_none()
                 && settings.sabotage != Sabotage::SkipFsync => {
                 match blocking(settings.blocking, store.clone(), |s| s.sync()).await {
                     Ok(()) => stats.fsyncs.inc(),
-                    Err(e) => failed = Some(sync_failed("periodic", &e)),
+                    Err(e) => refusal.note("periodic", &e, true),
                 }
                 unsynced = false;
+                publish(&state, was, &refusal, &store, &settings).await;
+                continue;
+            }
+            _ = probe_timer.tick(), if refusal.failed.is_none() && refusal.no_space.is_some() => {
+                match blocking(settings.blocking, store.clone(), probe_space).await {
+                    Ok((tree, hints)) => {
+                        *settings.tree.write().unwrap_or_else(|p| p.into_inner()) = tree;
+                        settings.hints.replace_with(hints);
+                        refusal.no_space = None;
+                        // What was not durable before the reopen is gone or synced now.
+                        unsynced = false;
+                        tracing::info!("space is back: a probe commit succeeded; taking writes again");
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "space probe failed; still refusing writes");
+                        refusal.note("space probe", &e, false);
+                    }
+                }
+                publish(&state, was, &refusal, &store, &settings).await;
                 continue;
             }
         };
@@ -244,7 +329,7 @@ async fn run(
                 Err(_) => break,
             }
         }
-        if let Some(e) = &failed {
+        if let Some(e) = refusal.error() {
             for job in batch {
                 if let Some(staged) = job.staged {
                     let _ = staged.send(Err(e.clone()));
@@ -259,13 +344,16 @@ async fn run(
         let split = durable && batch.iter().any(|j| j.staged.is_some());
         let s = settings.clone();
         let mutations = batch.len() as u64;
-        let (outcomes, committed, floor) =
-            blocking(settings.blocking, store.clone(), {
-                let stats = stats.clone();
-                move |store| commit(store, &s, &stats, dot_floor, batch, durable && !split)
-            })
-            .await;
+        let (outcomes, result, floor) = blocking(settings.blocking, store.clone(), {
+            let stats = stats.clone();
+            move |store| commit(store, &s, &stats, dot_floor, batch, durable && !split)
+        })
+        .await;
         dot_floor = floor;
+        let committed = result.is_ok();
+        if let Err(e) = &result {
+            refusal.note("commit", e, false);
+        }
         if committed {
             stats.commits.inc();
             stats.mutations.add(mutations);
@@ -288,9 +376,8 @@ async fn run(
                     Ok(())
                 }
                 Err(e) => {
-                    let e = sync_failed("after a staged commit", &e);
-                    failed = Some(e.clone());
-                    Err(e)
+                    refusal.note("after a staged commit", &e, true);
+                    Err(refusal.error().cloned().unwrap_or_else(|| KvError::from(e)))
                 }
             }
         } else {
@@ -303,8 +390,10 @@ async fn run(
                 Err(e) => Err(e.clone()),
             });
         }
+        publish(&state, was, &refusal, &store, &settings).await;
     }
-    if settings.sabotage == Sabotage::SkipFsync {
+    if settings.sabotage == Sabotage::SkipFsync || refusal.error().is_some() {
+        // Nothing to sync: either by design, or the storage refuses it.
         return;
     }
     match blocking(settings.blocking, store, |s| s.sync()).await {
@@ -314,7 +403,45 @@ async fn run(
     tracing::debug!("writer stopped");
 }
 
-/// The error every later write gets once an fsync has failed (see `failed` in `run`).
+/// Publishes a change of state. On entering the no-space state the store is reopened at
+/// once: redb refuses reads too after an I/O error, and this node still serves them.
+async fn publish(
+    state: &watch::Sender<WriteState>,
+    was: WriteState,
+    refusal: &Refusal,
+    store: &Arc<dyn Store>,
+    settings: &WriterSettings,
+) {
+    let now = refusal.state();
+    if now == was {
+        return;
+    }
+    if now == WriteState::NoSpace {
+        if let Err(e) = blocking(settings.blocking, store.clone(), |s| s.reopen()).await {
+            tracing::warn!(error = %e, "reopening the store after running out of space failed; reads fail until a probe reopens it");
+        }
+    }
+    tracing::info!(
+        from = was.as_str(),
+        to = now.as_str(),
+        "write state changed"
+    );
+    state.send_replace(now);
+}
+
+/// Reopens the store and commits a probe row, then removes it; both durable. On success,
+/// the tree and hint totals as the reopened store has them.
+fn probe_space(store: &dyn Store) -> Result<(Tree, HintLedger), StoreError> {
+    store.reopen()?;
+    let ballast = vec![0u8; SPACE_PROBE_BYTES];
+    store.write(true, &mut |txn| {
+        txn.put(Table::Meta, SPACE_PROBE_KEY, &ballast)
+    })?;
+    store.write(true, &mut |txn| txn.delete(Table::Meta, SPACE_PROBE_KEY))?;
+    Ok((load_tree(store)?, HintLedger::load(store)?))
+}
+
+/// The error every later write gets once an fsync has failed (see [`Refusal::failed`]).
 fn sync_failed(when: &str, e: &StoreError) -> KvError {
     tracing::error!(error = %e, when, "fsync failed: this node acknowledges no more writes until it restarts");
     KvError::Store(format!(
@@ -326,6 +453,7 @@ fn sync_failed(when: &str, e: &StoreError) -> KvError {
 /// full hint bound) is answered alone; a storage error fails the whole batch, and nothing
 /// in it is applied. The flag says whether the transaction committed; the number is the
 /// dot floor after it.
+#[allow(clippy::type_complexity)]
 fn commit(
     store: &dyn Store,
     settings: &WriterSettings,
@@ -333,7 +461,7 @@ fn commit(
     dot_floor: u64,
     batch: Vec<Job>,
     durable: bool,
-) -> (Answered, bool, u64) {
+) -> (Answered, Result<(), StoreError>, u64) {
     let mut floor = dot_floor;
     let mut outcomes: Vec<Result<Outcome, KvError>> = Vec::with_capacity(batch.len());
     // Hint totals and the in-memory tree change only once the commit succeeded.
@@ -361,21 +489,25 @@ fn commit(
         }
         tree.store(txn)
     });
-    let committed = result.is_ok();
-    match result {
+    match &result {
         Ok(()) => {
             ledger.commit(&settings.hints);
             std::mem::take(&mut tree).apply(&settings.tree);
         }
         Err(e) => {
             tracing::error!(error = %e, mutations = batch.len(), "commit failed");
-            outcomes = batch
-                .iter()
-                .map(|_| Err(KvError::Store(e.to_string())))
-                .collect();
+            // 507 for a full disk, 500 otherwise (see `KvError::from`).
+            let kv = |e: &StoreError| {
+                if e.is_no_space() {
+                    KvError::NoSpace(e.to_string())
+                } else {
+                    KvError::Store(e.to_string())
+                }
+            };
+            outcomes = batch.iter().map(|_| Err(kv(e))).collect();
         }
     }
-    (batch.into_iter().zip(outcomes).collect(), committed, floor)
+    (batch.into_iter().zip(outcomes).collect(), result, floor)
 }
 
 /// Hint count and byte changes made by one transaction, per target.
