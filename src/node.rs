@@ -384,6 +384,13 @@ pub async fn run_with_store<N: Network>(
         cluster_id: cluster.cluster_id.clone(),
         ready: Default::default(),
     });
+    // Reads check records as they go; the scrub checks the ones nobody reads, at the pace
+    // of anti-entropy, which then restores what it dropped.
+    let scrub = tokio::spawn(scrub(
+        local.clone(),
+        cluster.anti_entropy_interval,
+        tasks.clone(),
+    ));
     let write_state = tokio::spawn(announce_write_state(
         local.watch_write_state(),
         membership.control(),
@@ -437,6 +444,7 @@ pub async fn run_with_store<N: Network>(
         ("handoff", handoff),
         ("readiness", readiness),
         ("write state", write_state),
+        ("scrub", scrub),
         ("anti-entropy", anti_entropy),
     ] {
         if let Err(e) = task.await {
@@ -455,6 +463,42 @@ pub async fn run_with_store<N: Network>(
     Identity::mark_clean_shutdown(store.as_ref()).map_err(store_err)?;
     tracing::info!("node stopped");
     served
+}
+
+/// Records checked per scrub round: a bounded read, a small share of a round's work.
+const SCRUB_ROWS: usize = 4096;
+
+/// Walks the data table `SCRUB_ROWS` records per `interval`, round and round, checking
+/// each (see [`LocalKv::scrub`]). An interval of zero turns it off, as it does
+/// anti-entropy, which is what repairs what the scrub finds.
+async fn scrub(local: LocalKv, interval: Duration, shutdown: CancellationToken) {
+    if interval.is_zero() {
+        return;
+    }
+    let mut cursor: Option<Vec<u8>> = None;
+    let mut timer = tokio::time::interval(interval);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = timer.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        match local.scrub(cursor.as_deref(), SCRUB_ROWS) {
+            Ok((next, corrupt)) => {
+                if corrupt > 0 {
+                    tracing::warn!(
+                        corrupt,
+                        "scrub found corrupt records; anti-entropy restores them"
+                    );
+                }
+                cursor = next;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "scrub failed; starting over next round");
+                cursor = None;
+            }
+        }
+    }
 }
 
 /// Publishes in gossip whether this node's storage takes writes, on every change, so that

@@ -384,6 +384,36 @@ impl LocalKv {
         }
     }
 
+    /// Checks the records of up to `limit` keys after `after`, as a read would: a corrupt
+    /// one is counted and dropped (see [`LocalKv::checked`]), so anti-entropy restores
+    /// even keys nobody reads. Returns where to go on from (`None` at the end of the table)
+    /// and how many were corrupt.
+    pub fn scrub(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Option<Vec<u8>>, usize), KvError> {
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let rows = self
+            .store
+            .scan(Table::Data, lower, Bound::Unbounded, limit)?;
+        let mut corrupt = 0;
+        for (k, v) in &rows {
+            let Some(key) = std::str::from_utf8(k).ok().and_then(|s| Key::new(s).ok()) else {
+                continue;
+            };
+            if self.checked(&key, v).is_none() {
+                corrupt += 1;
+            }
+        }
+        let next = if rows.len() < limit {
+            None
+        } else {
+            rows.last().map(|(k, _)| k.clone())
+        };
+        Ok((next, corrupt))
+    }
+
     /// Up to `limit` stored keys in `(start, end)`, in key order, tombstoned ones included.
     pub fn scan(
         &self,
