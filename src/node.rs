@@ -508,9 +508,14 @@ async fn announce_write_state(
     control: crate::cluster::membership::MembershipCtl,
     shutdown: CancellationToken,
 ) {
+    // Gossip starts without the key, which says "writable": publish changes only.
+    let mut published = kv::writable::WriteState::Writable;
     loop {
         let now = *state.borrow_and_update();
-        control.set_write_state(now).await;
+        if now != published {
+            control.set_write_state(now).await;
+            published = now;
+        }
         tokio::select! {
             changed = state.changed() => if changed.is_err() { return },
             _ = shutdown.cancelled() => return,

@@ -299,7 +299,7 @@ async fn run(
                     Err(e) => refusal.note("periodic", &e, true),
                 }
                 unsynced = false;
-                publish(&state, was, &refusal, &store, &settings).await;
+                publish(&state, was, &refusal, &store, &settings, &mut probe_timer).await;
                 continue;
             }
             _ = probe_timer.tick(), if refusal.failed.is_none() && refusal.no_space.is_some() => {
@@ -317,7 +317,7 @@ async fn run(
                         refusal.note("space probe", &e, false);
                     }
                 }
-                publish(&state, was, &refusal, &store, &settings).await;
+                publish(&state, was, &refusal, &store, &settings, &mut probe_timer).await;
                 continue;
             }
         };
@@ -390,7 +390,7 @@ async fn run(
                 Err(e) => Err(e.clone()),
             });
         }
-        publish(&state, was, &refusal, &store, &settings).await;
+        publish(&state, was, &refusal, &store, &settings, &mut probe_timer).await;
     }
     if settings.sabotage == Sabotage::SkipFsync || refusal.error().is_some() {
         // Nothing to sync: either by design, or the storage refuses it.
@@ -411,12 +411,16 @@ async fn publish(
     refusal: &Refusal,
     store: &Arc<dyn Store>,
     settings: &WriterSettings,
+    probe_timer: &mut tokio::time::Interval,
 ) {
     let now = refusal.state();
     if now == was {
         return;
     }
     if now == WriteState::NoSpace {
+        // The first probe one interval from now, not at once: space rarely returns in
+        // the instant after it ran out.
+        probe_timer.reset();
         if let Err(e) = blocking(settings.blocking, store.clone(), |s| s.reopen()).await {
             tracing::warn!(error = %e, "reopening the store after running out of space failed; reads fail until a probe reopens it");
         }
@@ -434,10 +438,19 @@ async fn publish(
 fn probe_space(store: &dyn Store) -> Result<(Tree, HintLedger), StoreError> {
     store.reopen()?;
     let ballast = vec![0u8; SPACE_PROBE_BYTES];
-    store.write(true, &mut |txn| {
-        txn.put(Table::Meta, SPACE_PROBE_KEY, &ballast)
-    })?;
-    store.write(true, &mut |txn| txn.delete(Table::Meta, SPACE_PROBE_KEY))?;
+    let probed = store
+        .write(true, &mut |txn| {
+            txn.put(Table::Meta, SPACE_PROBE_KEY, &ballast)
+        })
+        .and_then(|()| store.write(true, &mut |txn| txn.delete(Table::Meta, SPACE_PROBE_KEY)));
+    if let Err(e) = probed {
+        // The failed probe left redb refusing everything again, reads included: open it
+        // once more so that reads go on until the next probe.
+        if let Err(reopen) = store.reopen() {
+            tracing::warn!(error = %reopen, "reopening the store after a failed space probe failed");
+        }
+        return Err(e);
+    }
     Ok((load_tree(store)?, HintLedger::load(store)?))
 }
 
