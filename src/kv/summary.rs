@@ -189,6 +189,120 @@ mod tests {
         tree
     }
 
+    fn writer_settings(tree: &SharedTree) -> WriterSettings {
+        WriterSettings {
+            actor: Actor { node: 1, epoch: 0 },
+            dot_floor: 0,
+            fsync: FsyncMode::Always,
+            fsync_interval: Duration::from_secs(1),
+            blocking: BlockingMode::Inline,
+            queue: 64,
+            max_batch: 16,
+            max_siblings: 64,
+            max_hint_bytes: 0,
+            hints: Arc::new(HintLedger::default()),
+            tree: tree.clone(),
+            sabotage: Default::default(),
+        }
+    }
+
+    /// Flips the last byte of a stored record, as a bad disk might.
+    fn damage(store: &dyn Store, key: &Key) {
+        store
+            .write(true, &mut |txn| {
+                let mut raw = txn.get(Table::Data, key.as_bytes())?.expect("stored");
+                let last = raw.len() - 1;
+                raw[last] ^= 0x01;
+                txn.put(Table::Data, key.as_bytes(), &raw)
+            })
+            .unwrap();
+    }
+
+    /// A corrupt record reads as missing, is dropped with its index and leaf entries (so
+    /// the tree says what is really stored, and anti-entropy sees the key missing), and a
+    /// replica's set merged into it replaces it instead of merging with it.
+    #[tokio::test]
+    async fn a_corrupt_record_is_missing_dropped_from_the_tree_and_never_merged() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let tree: SharedTree = Arc::default();
+        let (handle, task) = writer::spawn(
+            store.clone(),
+            writer_settings(&tree),
+            CancellationToken::new(),
+        );
+        let value = |s: &str| Payload::Value {
+            data: Bytes::from(s.to_owned()),
+            content_type: "t".into(),
+        };
+        let keys: Vec<Key> = (0..10)
+            .map(|i| Key::new(format!("k{i}")).unwrap())
+            .collect();
+        for (i, key) in keys.iter().enumerate() {
+            handle
+                .submit(Mutation::Update {
+                    key: key.clone(),
+                    seen: None,
+                    payload: value(&format!("v{i}")),
+                    written_at_ms: 1,
+                })
+                .await
+                .unwrap();
+        }
+        let before = tree.read().unwrap().root();
+        let local = crate::kv::LocalKv::new(
+            store.clone(),
+            handle.clone(),
+            Arc::new(HintLedger::default()),
+            tree.clone(),
+        );
+
+        damage(store.as_ref(), &keys[3]);
+        assert_eq!(local.read(&keys[3]).unwrap(), None);
+        assert_eq!(handle.stats().corrupt_records.get(), 1);
+        // The drop is queued behind the read; wait for it, bounded.
+        for _ in 0..200 {
+            if store.get(Table::Data, b"k3").unwrap().is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(store.get(Table::Data, b"k3").unwrap(), None, "not dropped");
+        assert_eq!(store.get(Table::Index, &index_key(b"k3")).unwrap(), None);
+        let after_drop = tree.read().unwrap().root();
+        assert_ne!(after_drop, before, "the tree still counts the dropped key");
+        assert_eq!(after_drop, recomputed(store.as_ref()).root());
+        assert_eq!(load_tree(store.as_ref()).unwrap().root(), after_drop);
+
+        // A replica's set arrives for a key whose stored record is corrupt: it is stored
+        // as it came, the damaged versions take no part.
+        damage(store.as_ref(), &keys[5]);
+        let (theirs, _) =
+            SiblingSet::new().update(None, Actor { node: 2, epoch: 0 }, value("theirs"), 9);
+        let merged = handle
+            .submit(Mutation::Merge {
+                key: keys[5].clone(),
+                set: theirs.clone(),
+            })
+            .await
+            .unwrap();
+        match merged {
+            writer::Outcome::Applied(a) => assert_eq!(a.set, theirs),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(local.read(&keys[5]).unwrap(), Some(theirs));
+        assert_eq!(handle.stats().corrupt_records.get(), 2);
+        assert_eq!(
+            tree.read().unwrap().root(),
+            recomputed(store.as_ref()).root()
+        );
+        assert_eq!(
+            load_tree(store.as_ref()).unwrap().root(),
+            recomputed(store.as_ref()).root()
+        );
+        drop((local, handle));
+        task.abort();
+    }
+
     #[tokio::test]
     async fn tree_tracks_every_write_and_survives_a_reload() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());

@@ -366,3 +366,33 @@ impl Store for RedbStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A panic inside a storage call comes back as an error carrying its message.
+    #[test]
+    fn a_panic_in_the_engine_is_an_error() {
+        let r: Result<(), StoreError> = guarded("read", || unreachable!("corrupt page"));
+        match r {
+            Err(StoreError::Panic(m)) => assert!(m.contains("corrupt page"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(guarded("read", || Ok(7)), Ok(7)));
+    }
+
+    /// ENOSPC keeps its kind through redb's error and ours (it decides 507 over 500).
+    #[test]
+    fn no_space_survives_the_conversion() {
+        let io = std::io::Error::from_raw_os_error(28);
+        let e = StoreError::from(redb::Error::Io(io));
+        assert!(e.is_no_space(), "{e:?}");
+        assert!(!StoreError::Engine("x".into()).is_no_space());
+        let sync = StoreError::SyncFailed(std::io::Error::from_raw_os_error(28));
+        assert!(
+            !sync.is_no_space(),
+            "a failed fsync is never the recoverable state"
+        );
+    }
+}
