@@ -163,11 +163,7 @@ async fn a_full_disk_refuses_writes_clearly_and_recovers() {
                 resp.text().await.unwrap_or_default()
             ),
         }
-        if after_flag > 0
-            || !ready_json(&c.nodes[full]).await["writable"]
-                .as_bool()
-                .unwrap()
-        {
+        if after_flag > 0 || ready_json(&c.nodes[full]).await["writable"] == false {
             after_flag += 1;
         }
     }
@@ -242,7 +238,8 @@ async fn a_full_disk_refuses_writes_clearly_and_recovers() {
         "node 3 to take writes again",
         || async move {
             let r = try_json(node3, "/ready").await?;
-            if r["writable"] == true {
+            // `writable` appears only while the node takes no writes.
+            if r["status"] == "ready" && r.get("writable").is_none() {
                 Ok(())
             } else {
                 Err(r.to_string())
@@ -368,7 +365,8 @@ async fn a_single_full_node_answers_507_and_recovers() {
         "the node to take writes again",
         || async move {
             let r = try_json(n, "/ready").await?;
-            if r["writable"] == true {
+            // `writable` appears only while the node takes no writes.
+            if r["status"] == "ready" && r.get("writable").is_none() {
                 Ok(())
             } else {
                 Err(r.to_string())

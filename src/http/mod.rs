@@ -140,14 +140,17 @@ async fn health() -> Json<serde_json::Value> {
 }
 
 /// 200 once joined. A node whose storage refuses writes stays 200, since it still serves
-/// reads and gossip already routes writes around it; the body says `"writable": false` and
-/// why (`write_state`, `reason`), so a probe that cares about writes can tell.
+/// reads and gossip already routes writes around it; the body then adds `"writable": false`
+/// and why (`write_state`, `reason`), so a probe that cares about writes can tell.
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
     if state.ready.load(Ordering::Acquire) {
         let write_state = state.coord.local().write_state();
+        if write_state.takes_writes() {
+            return Json(json!({"status": "ready"})).into_response();
+        }
         Json(json!({
             "status": "ready",
-            "writable": write_state.takes_writes(),
+            "writable": false,
             "write_state": write_state.as_str(),
             "reason": write_state.explain(),
         }))
