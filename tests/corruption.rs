@@ -22,6 +22,8 @@ const READ_CORRUPTED: usize = 15;
 /// Keys READ_CORRUPTED..CORRUPTED are corrupted and read by nobody: only the scrub and
 /// anti-entropy can find and restore them.
 const CORRUPTED: usize = 30;
+/// Enough keys that the middle of the file is mostly leaf pages, as in the issue.
+const MID_FILE_KEYS: usize = 2000;
 const REPAIR_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn key(i: usize) -> String {
@@ -313,4 +315,109 @@ async fn a_file_with_its_tail_overwritten_fails_startup_with_exit_code_1() {
         stderr.contains("error: opening the store in"),
         "no clear message; stderr:\n{stderr}"
     );
+}
+
+/// The issue's case: 16 bytes flipped in the middle of a stopped node's file, whatever they
+/// hit (values, B-tree pages, free space). The node either refuses to start (exit code 1
+/// and a message), or starts and answers every key with its right value or a JSON error:
+/// never a wrong value, never a dropped connection.
+#[tokio::test]
+async fn sixteen_bytes_flipped_mid_file_never_give_a_wrong_value_or_a_dropped_connection() {
+    use tokio::io::AsyncBufReadExt;
+
+    let mut node = TestNode::start_with(&["--anti-entropy-interval", "0"]).await;
+    for i in 0..MID_FILE_KEYS {
+        try_put(&node, &key(i), &value(i), None, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let status = node.sigterm_and_wait().await;
+    assert!(status.success(), "stopped with {status:?}");
+    let path = data_file(node.data_dir());
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 16] {
+        *b ^= 0xff;
+    }
+    std::fs::write(&path, bytes).unwrap();
+
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ringkv"))
+        .arg("serve")
+        .args(["--http-addr", "127.0.0.1:0", "--rpc-addr", "127.0.0.1:0"])
+        .args([
+            "--gossip-addr",
+            "127.0.0.1:0",
+            "--anti-entropy-interval",
+            "0",
+        ])
+        .arg("--data-dir")
+        .arg(node.data_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn ringkv serve");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(READY_LINE_TIMEOUT, lines.next_line())
+        .await
+        .expect("neither a ready line nor an exit")
+        .unwrap();
+    let Some(line) = first else {
+        let out = child.wait_with_output().await.unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        eprintln!("startup refused:\n{stderr}");
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("error: opening the store in"), "{stderr}");
+        return;
+    };
+    let (addr, _) = parse_ready_line(&line).unwrap();
+    let client = http_client();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client
+        .get(format!("http://{addr}/ready"))
+        .send()
+        .await
+        .map_or(true, |r| r.status() != StatusCode::OK)
+    {
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (mut right, mut errors) = (0, 0);
+    for i in 0..MID_FILE_KEYS {
+        let url = format!("http://{addr}{}", kv_path(&key(i)));
+        let resp = client
+            .get(&url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {}: dropped connection: {e}", key(i)));
+        let status = resp.status();
+        let body = resp.bytes().await.expect("body");
+        if status == StatusCode::OK {
+            assert_eq!(
+                body.as_ref(),
+                value(i).as_slice(),
+                "{} served wrong",
+                key(i)
+            );
+            right += 1;
+        } else {
+            let json: serde_json::Value = serde_json::from_slice(&body)
+                .unwrap_or_else(|e| panic!("{}: {status} not JSON ({e})", key(i)));
+            assert!(json["error"].is_string(), "{json}");
+            errors += 1;
+        }
+    }
+    eprintln!("after the flip: {right} right, {errors} JSON errors");
+    // And a list over every key answers, or fails with a JSON error.
+    let resp = client
+        .get(format!("http://{addr}/kv?limit=1000"))
+        .send()
+        .await
+        .expect("list: dropped connection");
+    if resp.status() != StatusCode::OK {
+        let json: serde_json::Value = resp.json().await.expect("list error is JSON");
+        assert!(json["error"].is_string(), "{json}");
+    }
+    child.kill().await.ok();
 }

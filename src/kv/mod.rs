@@ -421,16 +421,27 @@ impl LocalKv {
         end: Bound<&[u8]>,
         limit: usize,
     ) -> Result<Vec<KeyedSet>, KvError> {
-        let rows = self.store.scan(Table::Data, start, end, limit)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for (k, v) in rows {
-            let key = String::from_utf8(k)
-                .ok()
-                .and_then(|s| Key::new(s).ok())
-                .ok_or_else(|| StoreError::Corrupt("stored key is not a valid key".into()))?;
-            // A corrupt record is missing here, as on a read.
-            if let Some(set) = self.checked(&key, &v) {
-                out.push((key, set));
+        let mut out = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        // A corrupt record is missing here, as on a read; the scan goes on past it so that
+        // a short page still means the range is done (callers page on `len() == limit`).
+        while out.len() < limit {
+            let want = limit - out.len();
+            let lower = after.as_deref().map_or(start, Bound::Excluded);
+            let rows = self.store.scan(Table::Data, lower, end, want)?;
+            let done = rows.len() < want;
+            for (k, v) in rows {
+                let key = std::str::from_utf8(&k)
+                    .ok()
+                    .and_then(|s| Key::new(s).ok())
+                    .ok_or_else(|| StoreError::Corrupt("stored key is not a valid key".into()))?;
+                if let Some(set) = self.checked(&key, &v) {
+                    out.push((key, set));
+                }
+                after = Some(k);
+            }
+            if done {
+                break;
             }
         }
         Ok(out)
