@@ -857,4 +857,107 @@ mod tests {
         drop(w);
         task.await.unwrap();
     }
+
+    /// A store whose writes fail with ENOSPC while `full` is set, like a full disk.
+    struct FullDisk {
+        inner: MemoryStore,
+        full: std::sync::atomic::AtomicBool,
+        reopens: std::sync::atomic::AtomicUsize,
+    }
+
+    impl FullDisk {
+        fn check(&self) -> Result<(), StoreError> {
+            if self.full.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(StoreError::Io(std::io::Error::from_raw_os_error(28)));
+            }
+            Ok(())
+        }
+    }
+
+    impl Store for FullDisk {
+        fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(table, key)
+        }
+        fn scan(
+            &self,
+            table: Table,
+            from: std::ops::Bound<&[u8]>,
+            to: std::ops::Bound<&[u8]>,
+            limit: usize,
+        ) -> Result<Vec<crate::store::Entry>, StoreError> {
+            self.inner.scan(table, from, to, limit)
+        }
+        fn write(&self, durable: bool, body: crate::store::TxnBody<'_>) -> Result<(), StoreError> {
+            self.check()?;
+            self.inner.write(durable, body)
+        }
+        fn sync(&self) -> Result<(), StoreError> {
+            self.check()
+        }
+        fn reopen(&self) -> Result<(), StoreError> {
+            self.reopens
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    /// Out of space, writes answer `NoSpace` (507) without a restart being needed: the
+    /// writer reopens the store, probes on a timer, and takes writes again once a probe
+    /// commit succeeds.
+    #[tokio::test]
+    async fn a_full_disk_refuses_writes_then_recovers_when_space_returns() {
+        let store = Arc::new(FullDisk {
+            inner: MemoryStore::new(),
+            full: false.into(),
+            reopens: 0.into(),
+        });
+        let (w, task) = spawn(store.clone(), settings(0), CancellationToken::new());
+        let key = Key::new("k").unwrap();
+        applied(&w, put(&key, "a")).await;
+        assert_eq!(w.write_state(), WriteState::Writable);
+
+        store.full.store(true, std::sync::atomic::Ordering::SeqCst);
+        for value in ["b", "c"] {
+            let r = w.submit(put(&key, value)).await;
+            assert!(matches!(r, Err(KvError::NoSpace(_))), "{r:?}");
+        }
+        assert_eq!(w.write_state(), WriteState::NoSpace);
+        let reopened = store.reopens.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(reopened >= 1, "not reopened for reads");
+        // Probes go on failing while the disk is full.
+        tokio::time::sleep(SPACE_PROBE_INTERVAL + Duration::from_millis(500)).await;
+        assert_eq!(w.write_state(), WriteState::NoSpace);
+        assert!(store.reopens.load(std::sync::atomic::Ordering::SeqCst) > reopened);
+
+        store.full.store(false, std::sync::atomic::Ordering::SeqCst);
+        let mut state = w.watch_write_state();
+        tokio::time::timeout(
+            SPACE_PROBE_INTERVAL * 2,
+            state.wait_for(|s| *s == WriteState::Writable),
+        )
+        .await
+        .expect("writable again within two probe intervals")
+        .unwrap();
+        let d = applied(&w, put(&key, "d")).await;
+        assert!(d.changed);
+        // The probe row is gone again.
+        assert_eq!(store.get(Table::Meta, SPACE_PROBE_KEY).unwrap(), None);
+        drop(w);
+        task.await.unwrap();
+    }
+
+    /// After a failed fsync the state says so, for `/ready` and gossip.
+    #[tokio::test]
+    async fn a_failed_fsync_is_announced_and_final() {
+        let store: Arc<dyn Store> = Arc::new(SyncFails(MemoryStore::new()));
+        let (w, task) = spawn(store, settings(0), CancellationToken::new());
+        let key = Key::new("k").unwrap();
+        let staged = w.submit_staged(put(&key, "a")).await.unwrap();
+        assert!(staged.durable.await.unwrap().is_err());
+        assert_eq!(w.write_state(), WriteState::SyncFailed);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(w.write_state(), WriteState::SyncFailed);
+        drop(w);
+        task.await.unwrap();
+    }
 }
