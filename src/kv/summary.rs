@@ -303,6 +303,71 @@ mod tests {
         task.abort();
     }
 
+    /// A corrupt held hint is neither delivered nor merged with: a new hint for the key
+    /// replaces it, and one found by the handoff scan is dropped.
+    #[tokio::test]
+    async fn a_corrupt_hint_is_replaced_or_dropped_never_delivered() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let tree: SharedTree = Arc::default();
+        let hints = Arc::new(HintLedger::default());
+        let mut settings = writer_settings(&tree);
+        settings.max_hint_bytes = 1 << 20;
+        settings.hints = hints.clone();
+        let (handle, task) = writer::spawn(store.clone(), settings, CancellationToken::new());
+        let local = crate::kv::LocalKv::new(store.clone(), handle.clone(), hints, tree);
+        let set_of = |s: &str| {
+            let payload = Payload::Value {
+                data: Bytes::from(s.to_owned()),
+                content_type: "t".into(),
+            };
+            SiblingSet::new()
+                .update(None, Actor { node: 2, epoch: 0 }, payload, 1)
+                .0
+        };
+        let key = Key::new("h").unwrap();
+        let damage_hint = || {
+            let hkey = crate::kv::hints::hint_key(7, &key);
+            store
+                .write(true, &mut |txn| {
+                    let mut raw = txn.get(Table::Hints, &hkey)?.expect("held");
+                    let last = raw.len() - 1;
+                    raw[last] ^= 0x01;
+                    txn.put(Table::Hints, &hkey, &raw)
+                })
+                .unwrap();
+        };
+        assert!(local
+            .store_hint(7, key.clone(), set_of("old"), 1)
+            .await
+            .unwrap());
+        damage_hint();
+        assert!(local
+            .store_hint(7, key.clone(), set_of("new"), 2)
+            .await
+            .unwrap());
+        let held = local.scan_hints(7, None, 10).unwrap();
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].record.set, set_of("new"));
+        assert_eq!(handle.stats().corrupt_records.get(), 1);
+
+        damage_hint();
+        assert!(local.scan_hints(7, None, 10).unwrap().is_empty());
+        assert_eq!(handle.stats().corrupt_records.get(), 2);
+        for _ in 0..200 {
+            if local.hint_ledger().pending(7).count == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            local.hint_ledger().pending(7).count,
+            0,
+            "corrupt hint not dropped"
+        );
+        drop((local, handle));
+        task.abort();
+    }
+
     #[tokio::test]
     async fn tree_tracks_every_write_and_survives_a_reload() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());

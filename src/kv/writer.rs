@@ -600,9 +600,18 @@ fn apply(
         } => {
             let hkey = hint_key(*target, key);
             let old = txn.get(Table::Hints, &hkey)?;
-            let record = match &old {
-                Some(raw) => {
-                    let mut r = HintRecord::decode(raw)?;
+            // A corrupt held hint is replaced, not merged with (and not allowed to fail the
+            // batch): what it held is left to anti-entropy.
+            let held = old.as_ref().and_then(|raw| match HintRecord::decode(raw) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    stats.corrupt_records.inc();
+                    tracing::error!(key = %key, target, error = %e, "held hint is corrupt; replacing it");
+                    None
+                }
+            });
+            let record = match held {
+                Some(mut r) => {
                     r.set = r.set.sync(set);
                     r
                 }
