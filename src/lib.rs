@@ -4,10 +4,12 @@
 //! - [`version`]: dotted version vectors, sibling sets, causality tokens (pure logic).
 //! - [`quorum`]: N, R and W, and how they clamp to the member count (pure logic).
 //! - [`key`]: key validation and strict percent-decoding.
-//! - [`store`]: the [`store::Store`] trait with redb and in-memory implementations.
+//! - [`store`]: the [`store::Store`] trait with redb and in-memory implementations (redb's
+//!   panics caught, a failed fsync told apart, reopened in place after a full disk).
 //! - [`identity`]: the node id kept in the data dir, and the epoch of its actor.
-//! - [`kv`]: this node's replica: reads, and the group-commit writer that applies every
-//!   mutation inside one transaction.
+//! - [`kv`]: this node's replica: checksummed records (a corrupt one reads as missing),
+//!   reads, the group-commit writer that applies every mutation inside one transaction,
+//!   and whether the storage takes writes (`kv::writable`).
 //! - [`coordinator`]: what a request does beneath HTTP (one node for now).
 //! - [`net`]: the network seam: listeners and the clock come in through
 //!   [`net::Network`], so the same node runs on tokio sockets and inside turmoil.

@@ -112,6 +112,7 @@ async fn announce_left<N: Network>(
         live: true,
         vnodes: config.cluster.vnodes,
         to_move: None,
+        writable: true,
     };
     let tasks = CancellationToken::new();
     let cluster = &config.cluster;
@@ -293,6 +294,7 @@ pub async fn run_with_store<N: Network>(
         live: true,
         vnodes: config.cluster.vnodes,
         to_move: None,
+        writable: true,
     };
     let cluster = &config.cluster;
     // The ring this node's data belongs to: it starts from it, rejoining, rather than
@@ -433,6 +435,18 @@ pub async fn run_with_store<N: Network>(
         config.blocking,
         tasks.clone(),
     ));
+    // Reads check records as they go; the scrub checks the ones nobody reads, at the pace
+    // of anti-entropy, which then restores what it dropped.
+    let scrub = tokio::spawn(scrub(
+        local.clone(),
+        cluster.anti_entropy_interval,
+        tasks.clone(),
+    ));
+    let write_state = tokio::spawn(announce_write_state(
+        local.watch_write_state(),
+        membership.control(),
+        tasks.clone(),
+    ));
     let readiness = tokio::spawn(track_readiness(
         state.clone(),
         membership.watch(),
@@ -481,6 +495,8 @@ pub async fn run_with_store<N: Network>(
         ("handoff", handoff),
         ("readiness", readiness),
         ("membership persistence", persist),
+        ("write state", write_state),
+        ("scrub", scrub),
         ("anti-entropy", anti_entropy),
         ("departures", departures_task),
         ("seed report", seeds_task),
@@ -538,6 +554,64 @@ fn other_seeds(seeds: &[String], me: SocketAddr) -> Vec<String> {
         .filter(|s| s.parse::<SocketAddr>() != Ok(me))
         .cloned()
         .collect()
+}
+
+/// Records checked per scrub round: a bounded read, a small share of a round's work.
+const SCRUB_ROWS: usize = 4096;
+
+/// Walks the data table `SCRUB_ROWS` records per `interval`, round and round, checking
+/// each (see [`LocalKv::scrub`]). An interval of zero turns it off, as it does
+/// anti-entropy, which is what repairs what the scrub finds.
+async fn scrub(local: LocalKv, interval: Duration, shutdown: CancellationToken) {
+    if interval.is_zero() {
+        return;
+    }
+    let mut cursor: Option<Vec<u8>> = None;
+    let mut timer = tokio::time::interval(interval);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = timer.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        match local.scrub(cursor.as_deref(), SCRUB_ROWS) {
+            Ok((next, corrupt)) => {
+                if corrupt > 0 {
+                    tracing::warn!(
+                        corrupt,
+                        "scrub found corrupt records; anti-entropy restores them"
+                    );
+                }
+                cursor = next;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "scrub failed; starting over next round");
+                cursor = None;
+            }
+        }
+    }
+}
+
+/// Publishes in gossip whether this node's storage takes writes, on every change, so that
+/// coordinators route writes around it while its disk is full.
+async fn announce_write_state(
+    mut state: tokio::sync::watch::Receiver<kv::writable::WriteState>,
+    control: crate::cluster::membership::MembershipCtl,
+    shutdown: CancellationToken,
+) {
+    // Gossip starts without the key, which says "writable": publish changes only.
+    let mut published = kv::writable::WriteState::Writable;
+    loop {
+        let now = *state.borrow_and_update();
+        if now != published {
+            control.set_write_state(now).await;
+            published = now;
+        }
+        tokio::select! {
+            changed = state.changed() => if changed.is_err() { return },
+            _ = shutdown.cancelled() => return,
+        }
+    }
 }
 
 /// Whether every seed is this node itself (the first node of a cluster may list itself).

@@ -36,6 +36,7 @@ fn kv_error(e: KvError) -> Response {
     match e {
         KvError::SiblingLimit { limit } => Response::Error(RemoteError::SiblingLimit { limit }),
         KvError::ShuttingDown => Response::Error(RemoteError::Unavailable(e.to_string())),
+        KvError::NoSpace(m) => Response::Error(RemoteError::NoSpace(m)),
         other => Response::Error(RemoteError::Internal(other.to_string())),
     }
 }
@@ -46,6 +47,7 @@ impl From<CoordError> for RemoteError {
             CoordError::Kv(KvError::SiblingLimit { limit }) => RemoteError::SiblingLimit { limit },
             CoordError::Remote(r) => r,
             CoordError::Kv(KvError::Store(m)) => RemoteError::Internal(m),
+            CoordError::Kv(KvError::NoSpace(m)) => RemoteError::NoSpace(m),
             other => RemoteError::Unavailable(other.to_string()),
         }
     }

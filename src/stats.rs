@@ -77,4 +77,7 @@ pub struct StorageStats {
     /// Merges from peers that left a key over the sibling cap (stored anyway: they were
     /// acknowledged elsewhere).
     pub merges_over_sibling_cap: Counter,
+    /// Stored records found corrupt (a failed checksum or decode, or a storage engine
+    /// error or panic while reading one): each was treated as missing here.
+    pub corrupt_records: Counter,
 }

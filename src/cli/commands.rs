@@ -232,5 +232,15 @@ fn status_table(c: &serde_json::Value) -> String {
                 .map_or_else(|| "-".to_owned(), |n| n.to_string()),
         ));
     }
+    // A member whose storage refuses writes is UP for reads; say so under the table.
+    for m in c["members"].as_array().into_iter().flatten() {
+        if m["writable"].as_bool() == Some(false) {
+            out.push_str(&format!(
+                "warning: {} takes no writes (its disk is full, or an fsync failed; see its \
+                 /ready); writes go to other replicas, reads are still served\n",
+                s(&m["id"])
+            ));
+        }
+    }
     out.trim_end().to_owned()
 }

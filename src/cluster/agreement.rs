@@ -255,6 +255,7 @@ mod tests {
             live: true,
             vnodes: 16,
             to_move: None,
+            writable: true,
         }
     }
 

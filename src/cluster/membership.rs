@@ -42,6 +42,9 @@ pub const KEY_RING: &str = "ring";
 /// join or leave takes a few rounds to reach everyone, and each node gossips its hash one
 /// round after it rebuilt its ring.
 pub const SPLIT_AFTER_ROUNDS: u32 = 10;
+/// Present, naming the reason (`no_space`, `fsync_failed`), while the node takes no writes;
+/// absent while it does, so a node of an older build reads as writable.
+pub const KEY_NO_WRITES: &str = "no_writes";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -88,6 +91,9 @@ pub struct Member {
     pub vnodes: u16,
     /// What a joining or leaving member still has to move.
     pub to_move: Option<u64>,
+    /// Whether its storage takes writes (see `kv::writable`). A member that does not is
+    /// a down replica for writes, and still serves reads.
+    pub writable: bool,
 }
 
 /// What this node knows of the cluster at one moment. Cheap to clone (an `Arc`).
@@ -118,6 +124,11 @@ impl ClusterView {
     /// Whether requests should go to `id` now. This node is always healthy to itself.
     pub fn is_healthy(&self, id: NodeId) -> bool {
         id == self.self_id || self.members.get(&id).is_some_and(|m| m.live)
+    }
+
+    /// Healthy, and its storage takes writes: a replica a write can go to.
+    pub fn takes_writes(&self, id: NodeId) -> bool {
+        self.is_healthy(id) && self.member(id).is_some_and(|m| m.writable)
     }
 
     pub fn member(&self, id: NodeId) -> Option<&Member> {
@@ -300,6 +311,16 @@ impl MembershipCtl {
                 Some((id, Departure::decode(v, now_ms)?))
             })
             .collect()
+    }
+
+    /// Publishes whether this node's storage takes writes.
+    pub async fn set_write_state(&self, state: crate::kv::writable::WriteState) {
+        let mut c = self.chitchat.lock().await;
+        if state.takes_writes() {
+            c.self_node_state().delete(KEY_NO_WRITES);
+        } else {
+            c.self_node_state().set(KEY_NO_WRITES, state.as_str());
+        }
     }
 }
 
@@ -561,6 +582,7 @@ fn collect_members(
             continue;
         };
         let to_move = state.get(KEY_TO_MOVE).and_then(|v| v.parse().ok());
+        let writable = state.get(KEY_NO_WRITES).is_none();
         let member = if id == me.id {
             let mut m = me.clone();
             if let Some(s) = state.get(KEY_STATE).and_then(MemberState::parse) {
@@ -568,6 +590,7 @@ fn collect_members(
             }
             m.live = true;
             m.to_move = to_move;
+            m.writable = writable;
             m
         } else {
             let (Some(http), Some(rpc), Some(vnodes), Some(member_state)) = (
@@ -591,6 +614,7 @@ fn collect_members(
                 live: live.contains(cid),
                 vnodes,
                 to_move,
+                writable,
             }
         };
         match newest.get(&id) {

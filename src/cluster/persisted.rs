@@ -124,6 +124,7 @@ fn validate(record: Record) -> Result<Persisted, PersistError> {
             live: false,
             vnodes: m.vnodes,
             to_move: None,
+            writable: true,
         };
         if members.insert(member.id, member).is_some() {
             return bad(format!("member {} is listed twice", NodeId(m.id)));
@@ -243,6 +244,7 @@ mod tests {
             live: true,
             vnodes,
             to_move: Some(3),
+            writable: true,
         }
     }
 

@@ -222,7 +222,14 @@ impl Coordinator {
         let rep = self.inner.effective(&view);
         // Coordinators come from the read ring: they hold the key's history.
         let prefs = view.ring.preference_list(key.as_bytes(), rep.n);
-        let written = if prefs.contains(&view.self_id) || prefs.is_empty() {
+        // A replica whose storage refuses writes (a full disk) cannot issue the new
+        // version's dot: another replica that takes writes coordinates instead, and this
+        // one counts as down there. With none, the write is tried here and answers 507.
+        let route_around_self = !self.inner.local.write_state().takes_writes()
+            && prefs
+                .iter()
+                .any(|id| *id != view.self_id && view.takes_writes(*id));
+        let written = if (prefs.contains(&view.self_id) && !route_around_self) || prefs.is_empty() {
             self.coordinate_write(&view, key, seen, payload, opts)
                 .await?
         } else {
@@ -349,7 +356,10 @@ impl Coordinator {
             timeout_ms: opts.timeout.as_millis() as u64,
         };
         let mut tried = 0;
-        for id in prefs.iter().filter(|id| view.is_healthy(**id)) {
+        for id in prefs
+            .iter()
+            .filter(|id| **id != view.self_id && view.takes_writes(**id))
+        {
             let Some(member) = view.member(*id) else {
                 continue;
             };

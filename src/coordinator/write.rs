@@ -1,7 +1,7 @@
 //! Replicated writes: apply locally, send to the other replicas in parallel, answer at W.
 //!
-//! A replica that is down — by the failure detector, or because the call to it failed —
-//! gets a hint on a stand-in instead: the next healthy node clockwise outside the
+//! A replica that is down — by the failure detector, because the call to it failed, or
+//! because it announces that its storage takes no writes — gets a hint on a stand-in instead: the next healthy node clockwise outside the
 //! preference list, or this node when there is none. W counts distinct nodes that stored
 //! the write, so a hint on a node that already holds the write as a replica adds nothing.
 //! Replies that come after the answer finish in the background.
@@ -214,7 +214,9 @@ async fn replicate_one(
     tx: mpsc::Sender<Copy>,
 ) {
     let rpc_timeout = inner.config.rpc_timeout;
-    if view.is_healthy(target) {
+    // A replica that announces it takes no writes (its disk is full) is down for writes:
+    // its copy goes to a stand-in as a hint, handed back once it takes writes again.
+    if view.takes_writes(target) {
         if let Some(m) = view.member(target) {
             let request = Request::Merge {
                 entries: vec![(key.as_str().to_owned(), set.clone())],
@@ -313,7 +315,7 @@ impl StandIns {
         let mut order: VecDeque<NodeId> = view
             .ring
             .walk(key.as_bytes())
-            .filter(|id| !prefs.contains(id) && view.is_healthy(*id) && *id != view.self_id)
+            .filter(|id| !prefs.contains(id) && view.takes_writes(*id) && *id != view.self_id)
             .collect();
         order.push_back(view.self_id);
         StandIns(Mutex::new(order))

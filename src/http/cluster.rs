@@ -34,6 +34,9 @@ pub struct MemberJson {
     /// hand off).
     #[serde(skip_serializing_if = "Option::is_none")]
     to_move: Option<u64>,
+    /// Whether its storage takes writes (false while its disk is full, or after a failed
+    /// fsync); a member that does not still serves reads.
+    writable: bool,
 }
 
 #[derive(Serialize)]
@@ -134,6 +137,12 @@ pub async fn cluster(State(state): State<Arc<AppState>>) -> Json<ClusterJson> {
             ownership: ownership.get(&m.id).copied().unwrap_or(0.0),
             replica_share: shares.get(&m.id).copied().unwrap_or(0.0),
             to_move: m.to_move,
+            // This node's own state from its writer, which gossip merely echoes.
+            writable: if m.id == view.self_id {
+                state.coord.local().write_state().takes_writes()
+            } else {
+                m.writable
+            },
         })
         .collect();
     Json(ClusterJson {

@@ -102,6 +102,15 @@ impl From<CoordError> for ApiError {
             CoordError::Remote(RemoteError::BadRequest(_)) => {
                 Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
             }
+            // The storage is full: the client may retry once space returns (the node
+            // probes for it), or through another node.
+            CoordError::Kv(KvError::NoSpace(_)) | CoordError::Remote(RemoteError::NoSpace(_)) => {
+                Self::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "insufficient_storage",
+                    message,
+                )
+            }
             CoordError::Kv(KvError::ShuttingDown)
             | CoordError::Timeout { .. }
             | CoordError::QuorumFailed { .. }

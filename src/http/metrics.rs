@@ -136,6 +136,12 @@ impl Collector for NodeCollector {
             "Merges from peers stored although they left a key over the sibling cap",
             storage.merges_over_sibling_cap.get(),
         )?;
+        counter(
+            e,
+            "corrupt_records",
+            "Stored records found corrupt and treated as missing here",
+            storage.corrupt_records.get(),
+        )?;
 
         let rep = coord.stats();
         counter(
@@ -212,6 +218,12 @@ impl Collector for NodeCollector {
             "ring_disagreements",
             "Live members whose gossiped ring has differed from this node's for more than a few gossip rounds",
             i64::try_from(view.disagreements.len()).unwrap_or(i64::MAX),
+        )?;
+        gauge(
+            e,
+            "writable",
+            "1 while this node's storage takes writes (0: disk full, or an fsync failed)",
+            i64::from(coord.local().write_state().takes_writes()),
         )?;
         let ready = i64::from(super::ready_check(&self.0).is_ok());
         gauge(

@@ -200,9 +200,25 @@ pub(crate) fn ready_check(state: &AppState) -> Result<(), NotReady> {
 
 /// `GET /ready`: 200, or 503 with the error shape plus `status` and `reason` (the one
 /// list of reasons is `readiness::NotReady`).
+///
+/// A node whose storage refuses writes stays 200, since it still serves reads and gossip
+/// already routes writes around it; the body then adds `"writable": false` and why
+/// (`write_state`, `reason`), so a probe that cares about writes can tell.
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
     match ready_check(&state) {
-        Ok(()) => Json(json!({"status": "ready"})).into_response(),
+        Ok(()) => {
+            let write_state = state.coord.local().write_state();
+            if write_state.takes_writes() {
+                return Json(json!({"status": "ready"})).into_response();
+            }
+            Json(json!({
+                "status": "ready",
+                "writable": false,
+                "write_state": write_state.as_str(),
+                "reason": write_state.explain(),
+            }))
+            .into_response()
+        }
         Err(why) => {
             let reason = why.reason();
             (

@@ -5,12 +5,19 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
+use xxhash_rust::xxh3::xxh3_64;
+
 use super::record;
 use crate::key::Key;
 use crate::store::{Store, StoreError, Table};
 use crate::version::SiblingSet;
 
-const HINT_FORMAT: u8 = 1;
+/// Older builds' hint layout: `1 ‖ stored_at_ms ‖ data record`, checked only through the
+/// data record inside it.
+const HINT_FORMAT_1: u8 = 1;
+/// `2 ‖ xxh3_64(rest) ‖ rest`, rest being `stored_at_ms ‖ data record`: the checksum covers
+/// the time too, which decides when the hint expires.
+const HINT_FORMAT: u8 = 2;
 
 /// `target (u64, big-endian) ‖ key`: one target's hints are one contiguous range.
 pub fn hint_key(target: u64, key: &Key) -> Vec<u8> {
@@ -44,19 +51,38 @@ pub struct HintRecord {
 
 impl HintRecord {
     pub fn encode(&self) -> Vec<u8> {
-        let mut buf = vec![HINT_FORMAT];
-        buf.extend_from_slice(&self.stored_at_ms.to_be_bytes());
-        buf.extend_from_slice(&record::encode(&self.set));
+        let mut rest = Vec::with_capacity(64);
+        rest.extend_from_slice(&self.stored_at_ms.to_be_bytes());
+        rest.extend_from_slice(&record::encode(&self.set));
+        let mut buf = Vec::with_capacity(9 + rest.len());
+        buf.push(HINT_FORMAT);
+        buf.extend_from_slice(&xxh3_64(&rest).to_be_bytes());
+        buf.extend_from_slice(&rest);
         buf
     }
 
     pub fn decode(raw: &[u8]) -> Result<Self, StoreError> {
-        match raw {
-            [HINT_FORMAT, rest @ ..] if rest.len() > 8 => {
-                let (at, set) = rest.split_at(8);
-                let stored_at_ms = u64::from_be_bytes(at.try_into().unwrap_or_default());
+        let rest = match raw {
+            [HINT_FORMAT, tail @ ..] => {
+                let (sum, rest) = tail
+                    .split_at_checked(8)
+                    .ok_or_else(|| StoreError::Corrupt("hint shorter than its checksum".into()))?;
+                let mut want = [0u8; 8];
+                want.copy_from_slice(sum);
+                if u64::from_be_bytes(want) != xxh3_64(rest) {
+                    return Err(StoreError::Corrupt("hint checksum mismatch".into()));
+                }
+                rest
+            }
+            [HINT_FORMAT_1, rest @ ..] => rest,
+            _ => return Err(StoreError::Corrupt("bad hint record".into())),
+        };
+        match rest.split_at_checked(8) {
+            Some((at, set)) if !set.is_empty() => {
+                let mut bytes = [0u8; 8];
+                bytes.copy_from_slice(at);
                 Ok(HintRecord {
-                    stored_at_ms,
+                    stored_at_ms: u64::from_be_bytes(bytes),
                     set: record::decode(set)?,
                 })
             }
@@ -103,6 +129,16 @@ impl HintLedger {
         })
     }
 
+    /// Takes the totals of `other`, rebuilt from the table after the store was reopened
+    /// (commits that were not durable may be gone).
+    pub fn replace_with(&self, other: HintLedger) {
+        let fresh = other
+            .targets
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner());
+        *self.lock() = fresh;
+    }
+
     pub fn pending(&self, target: u64) -> Pending {
         self.lock().get(&target).copied().unwrap_or_default()
     }
@@ -125,5 +161,48 @@ impl HintLedger {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Pending>> {
         // The map holds plain counters: a panic elsewhere cannot leave it inconsistent.
         self.targets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::version::{Actor, Payload};
+    use bytes::Bytes;
+
+    fn hint() -> HintRecord {
+        let payload = Payload::Value {
+            data: Bytes::from_static(b"held for a down replica"),
+            content_type: "t".into(),
+        };
+        let (set, _) = SiblingSet::new()
+            .update(None, Actor { node: 3, epoch: 1 }, payload, 5)
+            .expect("a fresh counter");
+        HintRecord {
+            stored_at_ms: 1_700_000_000_000,
+            set,
+        }
+    }
+
+    #[test]
+    fn every_flipped_byte_of_a_hint_is_caught() {
+        let h = hint();
+        let raw = h.encode();
+        assert_eq!(HintRecord::decode(&raw).unwrap(), h);
+        for i in 0..raw.len() {
+            let mut bad = raw.clone();
+            bad[i] ^= 0x10;
+            assert!(HintRecord::decode(&bad).is_err(), "flip at {i} decoded");
+        }
+        assert!(HintRecord::decode(&raw[..raw.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn format_1_hints_still_read() {
+        let h = hint();
+        let mut old = vec![HINT_FORMAT_1];
+        old.extend_from_slice(&h.stored_at_ms.to_be_bytes());
+        old.extend_from_slice(&record::canonical(&h.set));
+        assert_eq!(HintRecord::decode(&old).unwrap(), h);
     }
 }

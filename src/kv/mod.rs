@@ -4,6 +4,7 @@
 pub mod hints;
 pub mod record;
 pub mod summary;
+pub mod writable;
 pub mod writer;
 
 use std::ops::Bound;
@@ -33,11 +34,18 @@ pub enum KvError {
     /// A set from a peer carries a counter at u64::MAX, which no actor ever issues.
     #[error("refused a sibling set for key {key:?} from a peer: it carries a dot counter at u64::MAX, which no node issues (forged or corrupt)")]
     OverflowedSet { key: String },
+    /// The storage is out of space: a 507, and a state the node leaves by itself.
+    #[error("no space left for this write: {0}")]
+    NoSpace(String),
 }
 
 impl From<StoreError> for KvError {
     fn from(e: StoreError) -> Self {
-        KvError::Store(e.to_string())
+        if e.is_no_space() {
+            KvError::NoSpace(e.to_string())
+        } else {
+            KvError::Store(e.to_string())
+        }
     }
 }
 
@@ -89,6 +97,16 @@ impl LocalKv {
     /// The anti-entropy tree of what this node stores.
     pub fn tree(&self) -> &SharedTree {
         &self.tree
+    }
+
+    /// Whether this node's storage takes writes now.
+    pub fn write_state(&self) -> writable::WriteState {
+        self.writer.write_state()
+    }
+
+    /// Changes of [`LocalKv::write_state`], for the task that announces them in gossip.
+    pub fn watch_write_state(&self) -> tokio::sync::watch::Receiver<writable::WriteState> {
+        self.writer.watch_write_state()
     }
 
     /// What the group-commit writer did.
@@ -312,24 +330,94 @@ impl LocalKv {
         };
         let upper = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
         let rows = self.store.scan(Table::Hints, lower, upper, limit)?;
-        rows.into_iter()
-            .map(|(k, raw)| {
-                let (_, key) = hints::split_hint_key(&k)?;
-                Ok(StoredHint {
-                    key,
-                    record: HintRecord::decode(&raw)?,
-                    raw,
-                })
-            })
-            .collect()
+        let mut out = Vec::with_capacity(rows.len());
+        for (k, raw) in rows {
+            let (_, key) = hints::split_hint_key(&k)?;
+            match HintRecord::decode(&raw) {
+                Ok(record) => out.push(StoredHint { key, record, raw }),
+                // A corrupt hint is dropped, not delivered: its set cannot be trusted, and
+                // anti-entropy brings the target what the hint held.
+                Err(e) => {
+                    self.corrupt(&key, &e);
+                    self.writer.submit_detached(Mutation::DeleteHint {
+                        target,
+                        key,
+                        expected: raw,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Counts and logs a corrupt record.
+    fn corrupt(&self, key: &Key, e: &StoreError) {
+        self.writer.stats().corrupt_records.inc();
+        tracing::error!(key = %key, error = %e, "stored record is corrupt; treating it as missing on this replica");
+    }
+
+    /// The set of a stored record, or `None` when it is corrupt: then it is counted,
+    /// logged, and dropped (with its index and tree entries) by the writer, so that read
+    /// repair and anti-entropy bring this replica a good copy.
+    fn checked(&self, key: &Key, raw: &[u8]) -> Option<SiblingSet> {
+        match record::decode(raw) {
+            Ok(set) => Some(set),
+            Err(e) => {
+                self.corrupt(key, &e);
+                self.writer
+                    .submit_detached(Mutation::DropCorrupt { key: key.clone() });
+                None
+            }
+        }
     }
 
     /// The committed set for `key`. Reads never wait for the writer (redb is MVCC).
+    ///
+    /// A record that fails its checksum reads as missing (see [`LocalKv::checked`]). An
+    /// engine error or panic on the read is counted and logged too, but answered as an
+    /// error: the damage is in the engine's pages, where the record cannot be dropped, and
+    /// an error keeps a quorum from counting this replica (a single node answers 500).
     pub fn read(&self, key: &Key) -> Result<Option<SiblingSet>, KvError> {
-        match self.store.get(Table::Data, key.as_bytes())? {
-            Some(raw) => Ok(Some(record::decode(&raw)?)),
-            None => Ok(None),
+        match self.store.get(Table::Data, key.as_bytes()) {
+            Ok(Some(raw)) => Ok(self.checked(key, &raw)),
+            Ok(None) => Ok(None),
+            Err(e) => {
+                if e.is_corruption() {
+                    self.corrupt(key, &e);
+                }
+                Err(e.into())
+            }
         }
+    }
+
+    /// Checks the records of up to `limit` keys after `after`, as a read would: a corrupt
+    /// one is counted and dropped (see [`LocalKv::checked`]), so anti-entropy restores
+    /// even keys nobody reads. Returns where to go on from (`None` at the end of the table)
+    /// and how many were corrupt.
+    pub fn scrub(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Option<Vec<u8>>, usize), KvError> {
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let rows = self
+            .store
+            .scan(Table::Data, lower, Bound::Unbounded, limit)?;
+        let mut corrupt = 0;
+        for (k, v) in &rows {
+            let Some(key) = std::str::from_utf8(k).ok().and_then(|s| Key::new(s).ok()) else {
+                continue;
+            };
+            if self.checked(&key, v).is_none() {
+                corrupt += 1;
+            }
+        }
+        let next = if rows.len() < limit {
+            None
+        } else {
+            rows.last().map(|(k, _)| k.clone())
+        };
+        Ok((next, corrupt))
     }
 
     /// Up to `limit` stored keys in `(start, end)`, in key order, tombstoned ones included.
@@ -339,15 +427,29 @@ impl LocalKv {
         end: Bound<&[u8]>,
         limit: usize,
     ) -> Result<Vec<KeyedSet>, KvError> {
-        let rows = self.store.scan(Table::Data, start, end, limit)?;
-        rows.into_iter()
-            .map(|(k, v)| {
-                let key = String::from_utf8(k)
+        let mut out = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        // A corrupt record is missing here, as on a read; the scan goes on past it so that
+        // a short page still means the range is done (callers page on `len() == limit`).
+        while out.len() < limit {
+            let want = limit - out.len();
+            let lower = after.as_deref().map_or(start, Bound::Excluded);
+            let rows = self.store.scan(Table::Data, lower, end, want)?;
+            let done = rows.len() < want;
+            for (k, v) in rows {
+                let key = std::str::from_utf8(&k)
                     .ok()
                     .and_then(|s| Key::new(s).ok())
                     .ok_or_else(|| StoreError::Corrupt("stored key is not a valid key".into()))?;
-                Ok((key, record::decode(&v)?))
-            })
-            .collect()
+                if let Some(set) = self.checked(&key, &v) {
+                    out.push((key, set));
+                }
+                after = Some(k);
+            }
+            if done {
+                break;
+            }
+        }
+        Ok(out)
     }
 }

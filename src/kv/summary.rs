@@ -14,9 +14,10 @@ use crate::merkle::{leaf_of, Summary, Tree, LEAVES};
 use crate::store::{Store, StoreError, Table, WriteTxn};
 use crate::version::SiblingSet;
 
-/// The digest of a stored set: what anti-entropy compares.
+/// The digest of a stored set: what anti-entropy compares. Over the canonical bytes, not
+/// the stored ones (see [`record::canonical`]).
 pub fn digest(set: &SiblingSet) -> u64 {
-    xxh3_64(&record::encode(set))
+    xxh3_64(&record::canonical(set))
 }
 
 /// `position ‖ key`: the index row of a key.
@@ -78,6 +79,33 @@ impl TreeDelta {
             txn.put(Table::Tombstones, key.as_bytes(), &newest.to_be_bytes())?;
         }
         Ok(())
+    }
+
+    /// Takes `key` out of the index, the tombstone index and its leaf's sum, inside the
+    /// transaction, when its stored record is corrupt and so cannot say what it was: the
+    /// index row still holds the digest the leaf counted. Afterwards the key is absent on
+    /// this replica as far as anti-entropy can tell, so the next exchange pulls it from a
+    /// replica that has it. Returns whether the key was indexed.
+    pub fn forget(&mut self, txn: &mut dyn WriteTxn, key: &Key) -> Result<bool, StoreError> {
+        let ikey = index_key(key.as_bytes());
+        let indexed = match txn.get(Table::Index, &ikey)? {
+            Some(raw) => {
+                let bytes: [u8; 8] = raw
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("bad index row".into()))?;
+                let leaf = leaf_of(key_position(key.as_bytes()));
+                let entry = self.0.entry(leaf).or_default();
+                entry
+                    .1
+                    .add(Summary::of(key.as_bytes(), u64::from_be_bytes(bytes)));
+                txn.delete(Table::Index, &ikey)?;
+                true
+            }
+            None => false,
+        };
+        txn.delete(Table::Tombstones, key.as_bytes())?;
+        Ok(indexed)
     }
 
     /// Writes the changed leaf sums, still inside the transaction.
@@ -159,6 +187,187 @@ mod tests {
             );
         }
         tree
+    }
+
+    fn writer_settings(tree: &SharedTree) -> WriterSettings {
+        WriterSettings {
+            actor: Actor { node: 1, epoch: 0 },
+            dot_floor: 0,
+            fsync: FsyncMode::Always,
+            fsync_interval: Duration::from_secs(1),
+            blocking: BlockingMode::Inline,
+            queue: 64,
+            max_batch: 16,
+            max_siblings: 64,
+            max_hint_bytes: 0,
+            hints: Arc::new(HintLedger::default()),
+            tree: tree.clone(),
+            sabotage: Default::default(),
+        }
+    }
+
+    /// Flips the last byte of a stored record, as a bad disk might.
+    fn damage(store: &dyn Store, key: &Key) {
+        store
+            .write(true, &mut |txn| {
+                let mut raw = txn.get(Table::Data, key.as_bytes())?.expect("stored");
+                let last = raw.len() - 1;
+                raw[last] ^= 0x01;
+                txn.put(Table::Data, key.as_bytes(), &raw)
+            })
+            .unwrap();
+    }
+
+    /// A corrupt record reads as missing, is dropped with its index and leaf entries (so
+    /// the tree says what is really stored, and anti-entropy sees the key missing), and a
+    /// replica's set merged into it replaces it instead of merging with it.
+    #[tokio::test]
+    async fn a_corrupt_record_is_missing_dropped_from_the_tree_and_never_merged() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let tree: SharedTree = Arc::default();
+        let (handle, task) = writer::spawn(
+            store.clone(),
+            writer_settings(&tree),
+            CancellationToken::new(),
+        );
+        let value = |s: &str| Payload::Value {
+            data: Bytes::from(s.to_owned()),
+            content_type: "t".into(),
+        };
+        let keys: Vec<Key> = (0..10)
+            .map(|i| Key::new(format!("k{i}")).unwrap())
+            .collect();
+        for (i, key) in keys.iter().enumerate() {
+            handle
+                .submit(Mutation::Update {
+                    key: key.clone(),
+                    seen: None,
+                    payload: value(&format!("v{i}")),
+                    written_at_ms: 1,
+                })
+                .await
+                .unwrap();
+        }
+        let before = tree.read().unwrap().root();
+        let local = crate::kv::LocalKv::new(
+            store.clone(),
+            handle.clone(),
+            Arc::new(HintLedger::default()),
+            tree.clone(),
+        );
+
+        damage(store.as_ref(), &keys[3]);
+        assert_eq!(local.read(&keys[3]).unwrap(), None);
+        assert_eq!(handle.stats().corrupt_records.get(), 1);
+        // The drop is queued behind the read; wait for it, bounded.
+        for _ in 0..200 {
+            if store.get(Table::Data, b"k3").unwrap().is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(store.get(Table::Data, b"k3").unwrap(), None, "not dropped");
+        assert_eq!(store.get(Table::Index, &index_key(b"k3")).unwrap(), None);
+        let after_drop = tree.read().unwrap().root();
+        assert_ne!(after_drop, before, "the tree still counts the dropped key");
+        assert_eq!(after_drop, recomputed(store.as_ref()).root());
+        assert_eq!(load_tree(store.as_ref()).unwrap().root(), after_drop);
+
+        // A replica's set arrives for a key whose stored record is corrupt: it is stored
+        // as it came, the damaged versions take no part.
+        damage(store.as_ref(), &keys[5]);
+        let (theirs, _) = SiblingSet::new()
+            .update(None, Actor { node: 2, epoch: 0 }, value("theirs"), 9)
+            .expect("a fresh counter");
+        let merged = handle
+            .submit(Mutation::Merge {
+                key: keys[5].clone(),
+                set: theirs.clone(),
+            })
+            .await
+            .unwrap();
+        match merged {
+            writer::Outcome::Applied(a) => assert_eq!(a.set, theirs),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(local.read(&keys[5]).unwrap(), Some(theirs));
+        assert_eq!(handle.stats().corrupt_records.get(), 2);
+        assert_eq!(
+            tree.read().unwrap().root(),
+            recomputed(store.as_ref()).root()
+        );
+        assert_eq!(
+            load_tree(store.as_ref()).unwrap().root(),
+            recomputed(store.as_ref()).root()
+        );
+        drop((local, handle));
+        task.abort();
+    }
+
+    /// A corrupt held hint is neither delivered nor merged with: a new hint for the key
+    /// replaces it, and one found by the handoff scan is dropped.
+    #[tokio::test]
+    async fn a_corrupt_hint_is_replaced_or_dropped_never_delivered() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let tree: SharedTree = Arc::default();
+        let hints = Arc::new(HintLedger::default());
+        let mut settings = writer_settings(&tree);
+        settings.max_hint_bytes = 1 << 20;
+        settings.hints = hints.clone();
+        let (handle, task) = writer::spawn(store.clone(), settings, CancellationToken::new());
+        let local = crate::kv::LocalKv::new(store.clone(), handle.clone(), hints, tree);
+        let set_of = |s: &str| {
+            let payload = Payload::Value {
+                data: Bytes::from(s.to_owned()),
+                content_type: "t".into(),
+            };
+            SiblingSet::new()
+                .update(None, Actor { node: 2, epoch: 0 }, payload, 1)
+                .expect("a fresh counter")
+                .0
+        };
+        let key = Key::new("h").unwrap();
+        let damage_hint = || {
+            let hkey = crate::kv::hints::hint_key(7, &key);
+            store
+                .write(true, &mut |txn| {
+                    let mut raw = txn.get(Table::Hints, &hkey)?.expect("held");
+                    let last = raw.len() - 1;
+                    raw[last] ^= 0x01;
+                    txn.put(Table::Hints, &hkey, &raw)
+                })
+                .unwrap();
+        };
+        assert!(local
+            .store_hint(7, key.clone(), set_of("old"), 1)
+            .await
+            .unwrap());
+        damage_hint();
+        assert!(local
+            .store_hint(7, key.clone(), set_of("new"), 2)
+            .await
+            .unwrap());
+        let held = local.scan_hints(7, None, 10).unwrap();
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].record.set, set_of("new"));
+        assert_eq!(handle.stats().corrupt_records.get(), 1);
+
+        damage_hint();
+        assert!(local.scan_hints(7, None, 10).unwrap().is_empty());
+        assert_eq!(handle.stats().corrupt_records.get(), 2);
+        for _ in 0..200 {
+            if local.hint_ledger().pending(7).count == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            local.hint_ledger().pending(7).count,
+            0,
+            "corrupt hint not dropped"
+        );
+        drop((local, handle));
+        task.abort();
     }
 
     #[tokio::test]

@@ -8,17 +8,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use std::collections::BTreeMap;
 
 use super::hints::{hint_key, HintLedger, HintRecord};
-use super::summary::{SharedTree, TreeDelta};
+use super::summary::{load_tree, SharedTree, TreeDelta};
+use super::writable::WriteState;
 use super::{record, KvError};
 use crate::config::{BlockingMode, FsyncMode, Sabotage};
 use crate::identity::Identity;
 use crate::key::Key;
+use crate::merkle::Tree;
 use crate::stats::StorageStats;
 use crate::store::{Store, StoreError, Table, WriteTxn};
 use crate::version::{Actor, Dot, Payload, SiblingSet, VersionVector};
@@ -54,6 +56,10 @@ pub enum Mutation {
         key: Key,
         expected: Vec<u8>,
     },
+    /// Delete the key's data row if it is still corrupt (see `LocalKv::read`), taking it
+    /// out of the index and the tree in the same transaction so that anti-entropy sees
+    /// it missing here.
+    DropCorrupt { key: Key },
 }
 
 /// What a data mutation did.
@@ -103,6 +109,7 @@ pub struct Staged {
 pub struct WriterHandle {
     tx: mpsc::Sender<Job>,
     stats: Arc<StorageStats>,
+    state: watch::Receiver<WriteState>,
 }
 
 pub struct WriterSettings {
@@ -165,11 +172,38 @@ impl WriterHandle {
         Ok(Staged { committed, durable })
     }
 
+    /// Queues a mutation without waiting for it; dropped when the queue is full. For
+    /// repairs that the next read would ask for again anyway.
+    pub fn submit_detached(&self, mutation: Mutation) {
+        let (reply, _) = oneshot::channel();
+        let _ = self.tx.try_send(Job {
+            mutation,
+            staged: None,
+            reply,
+        });
+    }
+
+    /// Whether the writer takes writes now.
+    pub fn write_state(&self) -> WriteState {
+        *self.state.borrow()
+    }
+
+    pub fn watch_write_state(&self) -> watch::Receiver<WriteState> {
+        self.state.clone()
+    }
+
     /// Commits, fsyncs and mutations so far.
     pub fn stats(&self) -> &Arc<StorageStats> {
         &self.stats
     }
 }
+
+/// How often a writer out of space tries a probe commit.
+const SPACE_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// The probe's size: a commit of this much proves there is room for ordinary writes.
+const SPACE_PROBE_BYTES: usize = 64 * 1024;
+/// The meta row the probe writes, then deletes.
+const SPACE_PROBE_KEY: &[u8] = b"space_probe";
 
 /// Starts the writer. It runs until `stop` is cancelled, then commits what is queued,
 /// syncs, and ends.
@@ -180,30 +214,76 @@ pub fn spawn(
 ) -> (WriterHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(settings.queue.max(1));
     let stats = Arc::new(StorageStats::default());
-    let task = tokio::spawn(run(store, settings, stats.clone(), rx, stop));
-    (WriterHandle { tx, stats }, task)
+    let (state_tx, state) = watch::channel(WriteState::Writable);
+    let task = tokio::spawn(run(store, settings, stats.clone(), state_tx, rx, stop));
+    (WriterHandle { tx, stats, state }, task)
+}
+
+/// Why the writer does not commit, if it does not.
+#[derive(Default)]
+struct Refusal {
+    /// After a failed fsync the kernel may have dropped the dirty pages and cleared the
+    /// error, so a later fsync that succeeds proves nothing about earlier commits. No
+    /// further write is acknowledged once one has failed; restarting the node recovers
+    /// from the last durable commit, with a new epoch.
+    failed: Option<KvError>,
+    /// Out of space: refused until a probe commit succeeds. Unlike a failed fsync this
+    /// is safe to leave, since the data of the failed write never reached the kernel.
+    no_space: Option<KvError>,
+}
+
+impl Refusal {
+    fn error(&self) -> Option<&KvError> {
+        self.failed.as_ref().or(self.no_space.as_ref())
+    }
+
+    fn state(&self) -> WriteState {
+        if self.failed.is_some() {
+            WriteState::SyncFailed
+        } else if self.no_space.is_some() {
+            WriteState::NoSpace
+        } else {
+            WriteState::Writable
+        }
+    }
+
+    /// Takes in a storage error of a commit or a sync.
+    fn note(&mut self, when: &str, e: &StoreError, sync: bool) {
+        if e.is_no_space() && !matches!(e, StoreError::SyncFailed(_)) {
+            if self.no_space.is_none() {
+                tracing::error!(error = %e, when, probe_every = ?SPACE_PROBE_INTERVAL,
+                    "out of space: refusing writes until a probe commit succeeds; reads go on");
+            }
+            self.no_space = Some(KvError::NoSpace(e.to_string()));
+        } else if sync || matches!(e, StoreError::SyncFailed(_)) {
+            self.failed = Some(sync_failed(when, e));
+        }
+    }
 }
 
 async fn run(
     store: Arc<dyn Store>,
     settings: WriterSettings,
     stats: Arc<StorageStats>,
+    state: watch::Sender<WriteState>,
     mut rx: mpsc::Receiver<Job>,
     stop: CancellationToken,
 ) {
     let settings = Arc::new(settings);
     // Raised by every committed update; a batch that failed to commit may have raised it
-    // too, which only skips counters (see `SiblingSet::update_above`).
+    // too, which only skips counters (see `SiblingSet::update_above`). Kept in memory
+    // across a reopen of the store, which may lose commits that were not durable: the
+    // dots those commits issued may have gone out to other replicas, and counting on
+    // from here never issues them again.
     let mut dot_floor = settings.dot_floor;
-    // After a failed fsync the kernel may have dropped the dirty pages and cleared the
-    // error, so a later fsync that succeeds proves nothing about earlier commits. No
-    // further write is acknowledged once one has failed; restarting the node recovers
-    // from the last durable commit, with a new epoch.
-    let mut failed: Option<KvError> = None;
+    let mut refusal = Refusal::default();
     let mut sync_timer = tokio::time::interval(settings.fsync_interval);
     sync_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut probe_timer = tokio::time::interval(SPACE_PROBE_INTERVAL);
+    probe_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut unsynced = false;
     loop {
+        let was = refusal.state();
         let first = tokio::select! {
             job = rx.recv() => job,
             _ = stop.cancelled() => {
@@ -212,12 +292,32 @@ async fn run(
                 rx.recv().await
             }
             _ = sync_timer.tick(), if settings.fsync == FsyncMode::Periodic && unsynced
+                && refusal.error().is_none()
                 && settings.sabotage != Sabotage::SkipFsync => {
                 match blocking(settings.blocking, store.clone(), |s| s.sync()).await {
                     Ok(()) => stats.fsyncs.inc(),
-                    Err(e) => failed = Some(sync_failed("periodic", &e)),
+                    Err(e) => refusal.note("periodic", &e, true),
                 }
                 unsynced = false;
+                publish(&state, was, &refusal, &store, &settings, &mut probe_timer).await;
+                continue;
+            }
+            _ = probe_timer.tick(), if refusal.failed.is_none() && refusal.no_space.is_some() => {
+                match blocking(settings.blocking, store.clone(), probe_space).await {
+                    Ok((tree, hints)) => {
+                        *settings.tree.write().unwrap_or_else(|p| p.into_inner()) = tree;
+                        settings.hints.replace_with(hints);
+                        refusal.no_space = None;
+                        // What was not durable before the reopen is gone or synced now.
+                        unsynced = false;
+                        tracing::info!("space is back: a probe commit succeeded; taking writes again");
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "space probe failed; still refusing writes");
+                        refusal.note("space probe", &e, false);
+                    }
+                }
+                publish(&state, was, &refusal, &store, &settings, &mut probe_timer).await;
                 continue;
             }
         };
@@ -229,7 +329,7 @@ async fn run(
                 Err(_) => break,
             }
         }
-        if let Some(e) = &failed {
+        if let Some(e) = refusal.error() {
             for job in batch {
                 if let Some(staged) = job.staged {
                     let _ = staged.send(Err(e.clone()));
@@ -244,12 +344,16 @@ async fn run(
         let split = durable && batch.iter().any(|j| j.staged.is_some());
         let s = settings.clone();
         let mutations = batch.len() as u64;
-        let (outcomes, committed, floor) =
-            blocking(settings.blocking, store.clone(), move |store| {
-                commit(store, &s, dot_floor, batch, durable && !split)
-            })
-            .await;
+        let (outcomes, result, floor) = blocking(settings.blocking, store.clone(), {
+            let stats = stats.clone();
+            move |store| commit(store, &s, &stats, dot_floor, batch, durable && !split)
+        })
+        .await;
         dot_floor = floor;
+        let committed = result.is_ok();
+        if let Err(e) = &result {
+            refusal.note("commit", e, false);
+        }
         if committed {
             stats.commits.inc();
             stats.mutations.add(mutations);
@@ -273,9 +377,8 @@ async fn run(
                     Ok(())
                 }
                 Err(e) => {
-                    let e = sync_failed("after a staged commit", &e);
-                    failed = Some(e.clone());
-                    Err(e)
+                    refusal.note("after a staged commit", &e, true);
+                    Err(refusal.error().cloned().unwrap_or_else(|| KvError::from(e)))
                 }
             }
         } else {
@@ -288,8 +391,10 @@ async fn run(
                 Err(e) => Err(e.clone()),
             });
         }
+        publish(&state, was, &refusal, &store, &settings, &mut probe_timer).await;
     }
-    if settings.sabotage == Sabotage::SkipFsync {
+    if settings.sabotage == Sabotage::SkipFsync || refusal.error().is_some() {
+        // Nothing to sync: either by design, or the storage refuses it.
         return;
     }
     match blocking(settings.blocking, store, |s| s.sync()).await {
@@ -322,6 +427,58 @@ fn note_merge_over_cap(
 }
 
 /// The error every later write gets once an fsync has failed (see `failed` in `run`).
+/// Publishes a change of state. On entering the no-space state the store is reopened at
+/// once: redb refuses reads too after an I/O error, and this node still serves them.
+async fn publish(
+    state: &watch::Sender<WriteState>,
+    was: WriteState,
+    refusal: &Refusal,
+    store: &Arc<dyn Store>,
+    settings: &WriterSettings,
+    probe_timer: &mut tokio::time::Interval,
+) {
+    let now = refusal.state();
+    if now == was {
+        return;
+    }
+    if now == WriteState::NoSpace {
+        // The first probe one interval from now, not at once: space rarely returns in
+        // the instant after it ran out.
+        probe_timer.reset();
+        if let Err(e) = blocking(settings.blocking, store.clone(), |s| s.reopen()).await {
+            tracing::warn!(error = %e, "reopening the store after running out of space failed; reads fail until a probe reopens it");
+        }
+    }
+    tracing::info!(
+        from = was.as_str(),
+        to = now.as_str(),
+        "write state changed"
+    );
+    state.send_replace(now);
+}
+
+/// Reopens the store and commits a probe row, then removes it; both durable. On success,
+/// the tree and hint totals as the reopened store has them.
+fn probe_space(store: &dyn Store) -> Result<(Tree, HintLedger), StoreError> {
+    store.reopen()?;
+    let ballast = vec![0u8; SPACE_PROBE_BYTES];
+    let probed = store
+        .write(true, &mut |txn| {
+            txn.put(Table::Meta, SPACE_PROBE_KEY, &ballast)
+        })
+        .and_then(|()| store.write(true, &mut |txn| txn.delete(Table::Meta, SPACE_PROBE_KEY)));
+    if let Err(e) = probed {
+        // The failed probe left redb refusing everything again, reads included: open it
+        // once more so that reads go on until the next probe.
+        if let Err(reopen) = store.reopen() {
+            tracing::warn!(error = %reopen, "reopening the store after a failed space probe failed");
+        }
+        return Err(e);
+    }
+    Ok((load_tree(store)?, HintLedger::load(store)?))
+}
+
+/// The error every later write gets once an fsync has failed (see [`Refusal::failed`]).
 fn sync_failed(when: &str, e: &StoreError) -> KvError {
     tracing::error!(error = %e, when, "fsync failed: this node acknowledges no more writes until it restarts");
     KvError::Store(format!(
@@ -333,13 +490,15 @@ fn sync_failed(when: &str, e: &StoreError) -> KvError {
 /// full hint bound) is answered alone; a storage error fails the whole batch, and nothing
 /// in it is applied. The flag says whether the transaction committed; the number is the
 /// dot floor after it.
+#[allow(clippy::type_complexity)]
 fn commit(
     store: &dyn Store,
     settings: &WriterSettings,
+    stats: &StorageStats,
     dot_floor: u64,
     batch: Vec<Job>,
     durable: bool,
-) -> (Answered, bool, u64) {
+) -> (Answered, Result<(), StoreError>, u64) {
     let mut floor = dot_floor;
     let mut outcomes: Vec<Result<Outcome, KvError>> = Vec::with_capacity(batch.len());
     // Hint totals and the in-memory tree change only once the commit succeeded.
@@ -354,6 +513,7 @@ fn commit(
             outcomes.push(apply(
                 txn,
                 settings,
+                stats,
                 &mut floor,
                 &mut ledger,
                 &mut tree,
@@ -366,21 +526,25 @@ fn commit(
         }
         tree.store(txn)
     });
-    let committed = result.is_ok();
-    match result {
+    match &result {
         Ok(()) => {
             ledger.commit(&settings.hints);
             std::mem::take(&mut tree).apply(&settings.tree);
         }
         Err(e) => {
             tracing::error!(error = %e, mutations = batch.len(), "commit failed");
-            outcomes = batch
-                .iter()
-                .map(|_| Err(KvError::Store(e.to_string())))
-                .collect();
+            // 507 for a full disk, 500 otherwise (see `KvError::from`).
+            let kv = |e: &StoreError| {
+                if e.is_no_space() {
+                    KvError::NoSpace(e.to_string())
+                } else {
+                    KvError::Store(e.to_string())
+                }
+            };
+            outcomes = batch.iter().map(|_| Err(kv(e))).collect();
         }
     }
-    (batch.into_iter().zip(outcomes).collect(), committed, floor)
+    (batch.into_iter().zip(outcomes).collect(), result, floor)
 }
 
 /// Hint count and byte changes made by one transaction, per target.
@@ -405,9 +569,11 @@ impl LedgerDelta {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn apply(
     txn: &mut dyn WriteTxn,
     settings: &WriterSettings,
+    stats: &StorageStats,
     dot_floor: &mut u64,
     ledger: &mut LedgerDelta,
     tree: &mut TreeDelta,
@@ -420,7 +586,7 @@ fn apply(
             payload,
             written_at_ms,
         } => {
-            let current = read_set(txn, key)?;
+            let current = read_set(txn, stats, tree, key)?;
             let (next, dot) = match current.update_above(
                 seen.as_ref(),
                 settings.actor,
@@ -450,12 +616,12 @@ fn apply(
                     key: key.as_str().to_owned(),
                 }));
             }
-            let current = read_set(txn, key)?;
+            let current = read_set(txn, stats, tree, key)?;
             let next = current.sync(set);
             write_set(txn, settings, tree, key, current, next, None).map(Ok)
         }
         Mutation::DropIfDigest { key, digest } => {
-            let current = read_set(txn, key)?;
+            let current = read_set(txn, stats, tree, key)?;
             if current.is_empty() || super::summary::digest(&current) != *digest {
                 return Ok(Ok(Outcome::Dropped(false)));
             }
@@ -477,9 +643,18 @@ fn apply(
             }
             let hkey = hint_key(*target, key);
             let old = txn.get(Table::Hints, &hkey)?;
-            let record = match &old {
-                Some(raw) => {
-                    let mut r = HintRecord::decode(raw)?;
+            // A corrupt held hint is replaced, not merged with (and not allowed to fail the
+            // batch): what it held is left to anti-entropy.
+            let held = old.as_ref().and_then(|raw| match HintRecord::decode(raw) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    stats.corrupt_records.inc();
+                    tracing::error!(key = %key, target, error = %e, "held hint is corrupt; replacing it");
+                    None
+                }
+            });
+            let record = match held {
+                Some(mut r) => {
                     r.set = r.set.sync(set);
                     r
                 }
@@ -520,12 +695,38 @@ fn apply(
                 _ => Ok(Ok(Outcome::HintDeleted(false))),
             }
         }
+        Mutation::DropCorrupt { key } => match txn.get(Table::Data, key.as_bytes())? {
+            Some(raw) if record::decode(&raw).is_err() => {
+                txn.delete(Table::Data, key.as_bytes())?;
+                tree.forget(txn, key)?;
+                tracing::warn!(key = %key, "dropped a corrupt record; anti-entropy and read repair restore it from a replica");
+                Ok(Ok(Outcome::Dropped(true)))
+            }
+            _ => Ok(Ok(Outcome::Dropped(false))),
+        },
     }
 }
 
-fn read_set(txn: &mut dyn WriteTxn, key: &Key) -> Result<SiblingSet, StoreError> {
+/// The key's stored set. A corrupt record counts as absent: it must never take part in a
+/// merge, where its damaged versions could win. It also leaves the index and the tree
+/// (the caller then writes the key afresh, or leaves it absent), so that the tree matches
+/// what this replica really holds.
+fn read_set(
+    txn: &mut dyn WriteTxn,
+    stats: &StorageStats,
+    tree: &mut TreeDelta,
+    key: &Key,
+) -> Result<SiblingSet, StoreError> {
     match txn.get(Table::Data, key.as_bytes())? {
-        Some(raw) => record::decode(&raw),
+        Some(raw) => match record::decode(&raw) {
+            Ok(set) => Ok(set),
+            Err(e) => {
+                stats.corrupt_records.inc();
+                tracing::error!(key = %key, error = %e, "stored record is corrupt; treating it as absent");
+                tree.forget(txn, key)?;
+                Ok(SiblingSet::new())
+            }
+        },
         None => Ok(SiblingSet::new()),
     }
 }
@@ -827,6 +1028,109 @@ mod tests {
                 "{later:?}"
             );
         }
+        drop(w);
+        task.await.unwrap();
+    }
+
+    /// A store whose writes fail with ENOSPC while `full` is set, like a full disk.
+    struct FullDisk {
+        inner: MemoryStore,
+        full: std::sync::atomic::AtomicBool,
+        reopens: std::sync::atomic::AtomicUsize,
+    }
+
+    impl FullDisk {
+        fn check(&self) -> Result<(), StoreError> {
+            if self.full.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(StoreError::Io(std::io::Error::from_raw_os_error(28)));
+            }
+            Ok(())
+        }
+    }
+
+    impl Store for FullDisk {
+        fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(table, key)
+        }
+        fn scan(
+            &self,
+            table: Table,
+            from: std::ops::Bound<&[u8]>,
+            to: std::ops::Bound<&[u8]>,
+            limit: usize,
+        ) -> Result<Vec<crate::store::Entry>, StoreError> {
+            self.inner.scan(table, from, to, limit)
+        }
+        fn write(&self, durable: bool, body: crate::store::TxnBody<'_>) -> Result<(), StoreError> {
+            self.check()?;
+            self.inner.write(durable, body)
+        }
+        fn sync(&self) -> Result<(), StoreError> {
+            self.check()
+        }
+        fn reopen(&self) -> Result<(), StoreError> {
+            self.reopens
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    /// Out of space, writes answer `NoSpace` (507) without a restart being needed: the
+    /// writer reopens the store, probes on a timer, and takes writes again once a probe
+    /// commit succeeds.
+    #[tokio::test]
+    async fn a_full_disk_refuses_writes_then_recovers_when_space_returns() {
+        let store = Arc::new(FullDisk {
+            inner: MemoryStore::new(),
+            full: false.into(),
+            reopens: 0.into(),
+        });
+        let (w, task) = spawn(store.clone(), settings(0), CancellationToken::new());
+        let key = Key::new("k").unwrap();
+        applied(&w, put(&key, "a")).await;
+        assert_eq!(w.write_state(), WriteState::Writable);
+
+        store.full.store(true, std::sync::atomic::Ordering::SeqCst);
+        for value in ["b", "c"] {
+            let r = w.submit(put(&key, value)).await;
+            assert!(matches!(r, Err(KvError::NoSpace(_))), "{r:?}");
+        }
+        assert_eq!(w.write_state(), WriteState::NoSpace);
+        let reopened = store.reopens.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(reopened >= 1, "not reopened for reads");
+        // Probes go on failing while the disk is full.
+        tokio::time::sleep(SPACE_PROBE_INTERVAL + Duration::from_millis(500)).await;
+        assert_eq!(w.write_state(), WriteState::NoSpace);
+        assert!(store.reopens.load(std::sync::atomic::Ordering::SeqCst) > reopened);
+
+        store.full.store(false, std::sync::atomic::Ordering::SeqCst);
+        let mut state = w.watch_write_state();
+        tokio::time::timeout(
+            SPACE_PROBE_INTERVAL * 2,
+            state.wait_for(|s| *s == WriteState::Writable),
+        )
+        .await
+        .expect("writable again within two probe intervals")
+        .unwrap();
+        let d = applied(&w, put(&key, "d")).await;
+        assert!(d.changed);
+        // The probe row is gone again.
+        assert_eq!(store.get(Table::Meta, SPACE_PROBE_KEY).unwrap(), None);
+        drop(w);
+        task.await.unwrap();
+    }
+
+    /// After a failed fsync the state says so, for `/ready` and gossip.
+    #[tokio::test]
+    async fn a_failed_fsync_is_announced_and_final() {
+        let store: Arc<dyn Store> = Arc::new(SyncFails(MemoryStore::new()));
+        let (w, task) = spawn(store, settings(0), CancellationToken::new());
+        let key = Key::new("k").unwrap();
+        let staged = w.submit_staged(put(&key, "a")).await.unwrap();
+        assert!(staged.durable.await.unwrap().is_err());
+        assert_eq!(w.write_state(), WriteState::SyncFailed);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(w.write_state(), WriteState::SyncFailed);
         drop(w);
         task.await.unwrap();
     }

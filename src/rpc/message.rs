@@ -131,4 +131,7 @@ pub enum RemoteError {
     BadRequest(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// The replica's storage is out of space (HTTP 507 where it is answered).
+    #[error("no space: {0}")]
+    NoSpace(String),
 }

@@ -63,11 +63,51 @@ pub enum StoreError {
     Engine(String),
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
+    /// The storage engine panicked (redb does on some corrupt pages); caught at the store
+    /// boundary so that one bad page fails one request, not the connection or the node.
+    #[error("storage engine panicked: {0}")]
+    Panic(String),
+    /// An fsync failed: data had reached the kernel and may have been dropped from it, so
+    /// no later fsync proves anything. Only a restart recovers.
+    #[error("fsync failed: {0}")]
+    SyncFailed(#[source] std::io::Error),
+}
+
+impl StoreError {
+    /// Whether the storage ran out of space (or quota): a state the node can leave once
+    /// space returns, unlike a failed fsync.
+    /// Whether the error says that what was read is damaged: the record (checksum), or
+    /// the engine's pages (a redb corruption report or panic).
+    pub fn is_corruption(&self) -> bool {
+        matches!(self, StoreError::Corrupt(_) | StoreError::Panic(_))
+    }
+
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            StoreError::Io(e) => io_is_no_space(e),
+            _ => false,
+        }
+    }
+}
+
+/// ENOSPC or EDQUOT, by kind or by errno (a wrapped error may carry only the errno).
+pub fn io_is_no_space(e: &std::io::Error) -> bool {
+    const ENOSPC: i32 = 28;
+    const EDQUOT: i32 = 122;
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    ) || matches!(e.raw_os_error(), Some(ENOSPC | EDQUOT))
 }
 
 impl From<::redb::Error> for StoreError {
     fn from(e: ::redb::Error) -> Self {
-        StoreError::Engine(e.to_string())
+        match e {
+            // Keep the io error itself: its kind decides between 507 and 500.
+            ::redb::Error::Io(io) => StoreError::Io(io),
+            ::redb::Error::Corrupted(m) => StoreError::Corrupt(m),
+            other => StoreError::Engine(other.to_string()),
+        }
     }
 }
 
@@ -103,6 +143,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes every earlier commit durable.
     fn sync(&self) -> Result<(), StoreError>;
+
+    /// Closes and opens the storage again, after an I/O error left the engine refusing
+    /// every operation (redb answers "Previous I/O error occurred" until reopened). Commits
+    /// that were not durable may be gone afterwards. Stores without the need do nothing.
+    fn reopen(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
