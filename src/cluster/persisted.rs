@@ -301,6 +301,61 @@ mod tests {
         rmp_serde::to_vec(&rec).unwrap()
     }
 
+    #[tokio::test]
+    async fn views_are_persisted_once_confirmed_and_the_task_stops_on_shutdown() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let me = member(1, MemberState::Normal, 128);
+        let p = Persisted {
+            members: [
+                member(1, MemberState::Normal, 128),
+                member(2, MemberState::Normal, 128),
+            ]
+            .into_iter()
+            .map(|m| (m.id, m))
+            .collect(),
+        };
+        let rejoining = ClusterView::rejoining(me.clone(), &p);
+        let (tx, rx) = watch::channel(Arc::new(rejoining.clone()));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(keep_persisted(
+            store.clone(),
+            rx,
+            Duration::from_millis(5),
+            BlockingMode::Inline,
+            stop.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            load(store.as_ref()).is_none(),
+            "a view still rejoining is not written"
+        );
+        let mut confirmed = rejoining;
+        confirmed.rejoining = false;
+        confirmed
+            .members
+            .insert(NodeId(3), member(3, MemberState::Joining, 64));
+        tx.send(Arc::new(confirmed)).unwrap();
+        let mut written = None;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            written = load(store.as_ref());
+            if written.is_some() {
+                break;
+            }
+        }
+        let written = written.expect("the confirmed view is written");
+        assert_eq!(
+            written.members.keys().copied().collect::<Vec<_>>(),
+            vec![NodeId(1), NodeId(2), NodeId(3)]
+        );
+        assert_eq!(written.members[&NodeId(3)].state, MemberState::Joining);
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the task stops on shutdown")
+            .unwrap();
+    }
+
     #[test]
     fn bad_records_are_ignored_not_fatal() {
         let store = MemoryStore::new();
