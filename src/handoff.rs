@@ -81,7 +81,9 @@ impl Handoff {
                     }
                     continue;
                 }
-                let deliverable = target != view.self_id && view.is_healthy(target);
+                // A target whose disk is full would refuse the hints: hold them until it
+                // takes writes again, as for a down one.
+                let deliverable = target != view.self_id && view.takes_writes(target);
                 let addr = view.member(target).map(|m| m.rpc_addr);
                 // Hints for a down target are only read to expire them, which is rare work:
                 // not every round, or a long outage would rescan them every second.
@@ -134,7 +136,7 @@ impl Handoff {
                 }
                 let addr = view
                     .member(owner)
-                    .filter(|_| view.is_healthy(owner))
+                    .filter(|_| view.takes_writes(owner))
                     .map(|m| m.rpc_addr)
                     .ok_or_else(|| format!("owner {owner} is not reachable"))?;
                 for part in self.batches(owned) {
