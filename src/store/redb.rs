@@ -95,6 +95,25 @@ impl RedbStore {
         Ok(store)
     }
 
+    /// Runs `f` over one table in a read transaction, under [`guarded`] (so a panic inside
+    /// redb, as on a corrupt page, comes back as an error).
+    fn read_table<T>(
+        &self,
+        op: &'static str,
+        table: Table,
+        f: impl FnOnce(&redb::ReadOnlyTable<&'static [u8], &'static [u8]>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        guarded(op, || {
+            let guard = self.db()?;
+            let db = guard.as_ref().ok_or(StoreError::Engine("closed".into()))?;
+            let txn = db.begin_read().map_err(redb::Error::from)?;
+            let t = txn
+                .open_table(definition(table))
+                .map_err(redb::Error::from)?;
+            f(&t)
+        })
+    }
+
     fn db(&self) -> Result<RwLockReadGuard<'_, Option<Database>>, StoreError> {
         // A panic while holding the lock is caught in `guarded`; the database handle
         // itself is still the one to use (or to reopen), so poisoning is ignored.
@@ -270,13 +289,7 @@ impl WriteTxn for Txn<'_> {
 
 impl Store for RedbStore {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        guarded("read", || {
-            let guard = self.db()?;
-            let db = guard.as_ref().ok_or(StoreError::Engine("closed".into()))?;
-            let txn = db.begin_read().map_err(redb::Error::from)?;
-            let t = txn
-                .open_table(definition(table))
-                .map_err(redb::Error::from)?;
+        self.read_table("read", table, |t| {
             let value = t.get(key).map_err(redb::Error::from)?;
             Ok(value.map(|v| v.value().to_vec()))
         })
@@ -292,13 +305,7 @@ impl Store for RedbStore {
         if empty_range(start, end) {
             return Ok(Vec::new());
         }
-        guarded("scan", || {
-            let guard = self.db()?;
-            let db = guard.as_ref().ok_or(StoreError::Engine("closed".into()))?;
-            let txn = db.begin_read().map_err(redb::Error::from)?;
-            let t = txn
-                .open_table(definition(table))
-                .map_err(redb::Error::from)?;
+        self.read_table("scan", table, |t| {
             let mut out = Vec::new();
             for item in t.range::<&[u8]>((start, end)).map_err(redb::Error::from)? {
                 if out.len() >= limit {
