@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::cluster::*;
+use common::metrics::metric;
 use common::*;
 use reqwest::StatusCode;
 
@@ -71,23 +72,6 @@ fn corrupt_values(dir: &Path, which: std::ops::Range<usize>) {
         );
     }
     std::fs::write(&path, bytes).expect("write the data file");
-}
-
-async fn metric(node: &TestNode, name: &str) -> u64 {
-    let text = node
-        .client
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics body");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map(|v| v as u64)
-        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
 }
 
 /// GET through `node`: the exact value, or a JSON error. Anything else (a wrong value, a
