@@ -23,7 +23,7 @@ const READ_CORRUPTED: usize = 15;
 /// Keys READ_CORRUPTED..CORRUPTED are corrupted and read by nobody: only the scrub and
 /// anti-entropy can find and restore them.
 const CORRUPTED: usize = 30;
-/// Enough keys that the middle of the file is mostly leaf pages, as in the issue.
+/// Enough keys that the middle of the file is mostly leaf pages, where a flip lands in data.
 const MID_FILE_KEYS: usize = 2000;
 const REPAIR_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -301,7 +301,7 @@ async fn a_file_with_its_tail_overwritten_fails_startup_with_exit_code_1() {
     );
 }
 
-/// The issue's case: 16 bytes flipped in the middle of a stopped node's file, whatever they
+/// Blind damage: 16 bytes flipped in the middle of a stopped node's file, whatever they
 /// hit (values, B-tree pages, free space). The node either refuses to start (exit code 1
 /// and a message), or starts and answers every key with its right value or a JSON error:
 /// never a wrong value, never a dropped connection.
