@@ -15,7 +15,7 @@
 #   cut one     docker network disconnect node4, then connect it again (same IP)
 #   cut two     disconnect node2 and node5 at once, then connect both
 # After each heal it waits until every node sees 5 live members again. Then it stops the
-# load, lets the cluster settle and checks, as the tests of issue 3 do:
+# load, lets the cluster settle and checks, as tests/cluster_node_down.rs does:
 #   1. hints drain: hints_pending_total is 0 on every node (polled up to FAULTS_SETTLE_SECS)
 #   2. every acknowledged write is readable at the default quorum, with its last
 #      acknowledged value or a later attempt (`ringkv verify`)

@@ -124,6 +124,56 @@ async fn node_2_misses_every_write(interval: &str) -> (Cluster, u64) {
 
 const MOVED: [&str; 2] = ["ae_keys_pulled", "ae_keys_pushed"];
 
+/// Each node's count of finished anti-entropy exchanges.
+async fn exchanges(nodes: &[&TestNode]) -> Vec<u64> {
+    let mut out = Vec::with_capacity(nodes.len());
+    for n in nodes {
+        out.push(counter(&replication_json(n).await, "ae_exchanges"));
+    }
+    out
+}
+
+/// Waits (bounded by `limit`) until every node has finished `more` exchanges since `since`.
+/// A node runs its exchanges one after another, and adds an exchange's keys to its counters
+/// right after counting it, so after two more the one in flight at `since` is fully counted:
+/// the counters can be read without a sleep.
+async fn wait_exchanges_since(nodes: &[&TestNode], since: &[u64], more: u64, limit: Duration) {
+    wait_until(
+        limit,
+        &format!("{more} more anti-entropy exchanges on every node"),
+        || async move {
+            let now = exchanges(nodes).await;
+            if now.iter().zip(since).all(|(n, s)| *n >= s + more) {
+                Ok(())
+            } else {
+                Err(format!("exchanges {since:?} then, {now:?} now"))
+            }
+        },
+    )
+    .await;
+}
+
+/// Waits (bounded by `limit`) until anti-entropy on `nodes` has moved (pulled + pushed) at
+/// least the `KEYS` node 2 missed since `before`; returns the total moved then.
+async fn wait_moved_every_missed_key(nodes: &[&TestNode], before: u64, limit: Duration) -> u64 {
+    wait_until(
+        limit,
+        &format!("anti-entropy to move at least the {KEYS} keys node 2 missed"),
+        || async move {
+            let moved = counters_sum(nodes, &MOVED).await;
+            if moved.saturating_sub(before) >= KEYS as u64 {
+                Ok(moved)
+            } else {
+                Err(format!(
+                    "moved {} keys (pulled+pushed over all nodes) since node 2 came back",
+                    moved.saturating_sub(before)
+                ))
+            }
+        },
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anti_entropy_alone_repairs_a_replica_that_missed_writes() {
     let (cluster, before) = node_2_misses_every_write("1s").await;
@@ -146,35 +196,30 @@ async fn anti_entropy_alone_repairs_a_replica_that_missed_writes() {
     );
 
     let nodes: Vec<&TestNode> = cluster.nodes.iter().collect();
-    // An exchange's counters are added when it ends: let any in flight finish.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // An exchange's counters are added when it ends: wait until the keys are counted, then
+    // until every exchange in flight at convergence has ended, before reading the total.
+    wait_moved_every_missed_key(&nodes, before, Duration::from_secs(10)).await;
+    wait_exchanges_since(&nodes, &exchanges(&nodes).await, 2, Duration::from_secs(15)).await;
     let after = counters_sum(&nodes, &MOVED).await;
     eprintln!("keys pulled+pushed: {before} before node 2 came back, {after} after convergence");
-    assert!(
-        after - before >= KEYS as u64,
-        "anti-entropy moved {} keys (pulled+pushed over all nodes), but node 2 missed {KEYS}",
-        after - before
-    );
     let other_repairs = counters_sum(&nodes, &["hints_delivered", "read_repairs"]).await;
     assert_eq!(
         other_repairs, 0,
         "no hint delivery or read repair may have taken part"
     );
 
-    // Roots match: exchanges keep running (one range per node per second) and move nothing.
-    let exchanges_before = counters_sum(&nodes, &["ae_exchanges"]).await;
-    tokio::time::sleep(Duration::from_millis(3500)).await;
+    // Roots match: exchanges keep running (at least one per node per second) and move
+    // nothing. Every node must finish 3 more within 15 s (a 1 s interval), or the timer
+    // stopped.
+    let per_node_before = exchanges(&nodes).await;
+    let exchanges_before: u64 = per_node_before.iter().sum();
+    wait_exchanges_since(&nodes, &per_node_before, 3, Duration::from_secs(15)).await;
     let exchanges_after = counters_sum(&nodes, &["ae_exchanges"]).await;
     let moved_later = counters_sum(&nodes, &MOVED).await;
     eprintln!(
         "while converged: {} exchanges, {} keys moved",
         exchanges_after - exchanges_before,
         moved_later - after
-    );
-    assert!(
-        exchanges_after - exchanges_before >= 3,
-        "expected several anti-entropy exchanges in 3.5 s at a 1 s interval, got {}",
-        exchanges_after - exchanges_before
     );
     assert_eq!(
         moved_later,
@@ -208,13 +253,8 @@ async fn a_restarted_replica_catches_up_without_waiting_for_the_timer() {
         "replicas identical {:?} after the restart",
         restarted.elapsed()
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = counters_sum(&nodes, &MOVED).await;
-    assert!(
-        after - before >= KEYS as u64,
-        "anti-entropy moved {} keys (pulled+pushed over all nodes), but node 2 missed {KEYS}",
-        after - before
-    );
+    // The catch-up's counters are added as each of its exchanges ends: poll for them.
+    wait_moved_every_missed_key(&nodes, before, Duration::from_secs(10)).await;
     let other_repairs = counters_sum(&nodes, &["hints_delivered", "read_repairs"]).await;
     assert_eq!(
         other_repairs, 0,

@@ -317,23 +317,51 @@ async fn a_node_that_left_does_not_bring_deleted_keys_back_when_restarted() {
         .catch_unwind()
         .await;
     if restarted.is_err() {
+        // Refused for the right reason: the node said it left, not some other failure to
+        // start (a port taken, a crash) that would pass here unseen.
+        let log = cluster.nodes[2].log_text();
+        assert!(
+            log.contains("left its cluster"),
+            "node 3 failed to start again, but not because it left:\n{}",
+            cluster.nodes[2].log_tail(40)
+        );
         eprintln!("node 3 refused to start again after leaving: acceptable");
         return;
     }
     eprintln!("node 3 is running again on the data dir it left with");
-    // For 6 s: no GET through any node finds the value (404, or 503 while node 3 is not yet
-    // able to reach a quorum), and nodes 1 and 2 never store it again.
+    // For 6 s: no GET through any node finds the value, and nodes 1 and 2 never store it
+    // again. Nodes 1 and 2 are the cluster's two live members, so they reach their quorum
+    // and must answer 404 (a 503 from them would hide a cluster that answers nothing); node
+    // 3 may also refuse with a 503 JSON error (rejoining, or fenced).
     let started = Instant::now();
     let mut rounds = 0;
     while started.elapsed() < Duration::from_secs(6) {
         rounds += 1;
         for (i, n) in cluster.nodes.iter().enumerate() {
-            let status = get_status(n, key).await;
-            assert!(
-                status == StatusCode::NOT_FOUND || status == StatusCode::SERVICE_UNAVAILABLE,
-                "GET {key:?} via node {} answered {status} {:?} after node 3 (which left before \
-                 the delete) restarted on its old data dir: the deleted key came back (round \
-                 {rounds}); stored on nodes 1-3: {:?}",
+            let resp = n
+                .client
+                .get(n.kv_url(key))
+                .query(&[("timeout_ms", TIMEOUT_MS)])
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("GET {key:?} via node {}: {e}", i + 1));
+            let status = resp.status();
+            let refused_by_node_3 = i == 2 && status == StatusCode::SERVICE_UNAVAILABLE;
+            if refused_by_node_3 {
+                let body = common::json_body(resp, "503 from node 3").await;
+                let code = body["error"].as_str().unwrap_or_default();
+                assert!(
+                    code == "unavailable" || code == "removed",
+                    "node 3's 503 is not a refusal to serve: {body}"
+                );
+                common::assert_error_json(&body, code, "503 from node 3");
+                continue;
+            }
+            assert_eq!(
+                status,
+                StatusCode::NOT_FOUND,
+                "GET {key:?} via node {} {:?} after node 3 (which left before the delete) \
+                 restarted on its old data dir (round {rounds}); stored on nodes 1-3: {:?}",
                 i + 1,
                 started.elapsed(),
                 held_all(&cluster.nodes.iter().collect::<Vec<_>>(), key).await

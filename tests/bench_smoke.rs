@@ -105,21 +105,8 @@ async fn a_two_second_run_reports_every_figure() {
     assert_eq!(u(&report, "/efficiency/writes_acknowledged"), puts);
 
     // The node's own counters saw the preload and the measured writes.
-    let metrics = node
-        .client
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics body");
-    let acked = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("ringkv_writes_acknowledged_total "))
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .expect("writes_acknowledged counter");
-    assert_eq!(acked, puts + 200, "{metrics}");
+    let acked = common::metrics::metric(&node, "ringkv_writes_acknowledged_total").await;
+    assert_eq!(acked, puts + 200, "writes acknowledged by the node");
 }
 
 #[tokio::test]
@@ -135,11 +122,18 @@ async fn bad_settings_are_refused_before_any_load() {
         assert!(!out.status.success(), "{args:?} was accepted");
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
+    // Nothing listens on the discard port: the bench must say it cannot reach that target
+    // (not fail for some other reason, such as a flag it refused) and print no report.
     let out = bench(&["--url", "http://127.0.0.1:9", "--duration", "1s"]).await;
-    assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "unreachable target: {stderr}");
     assert!(
-        stderr.contains("connect") || stderr.contains("error"),
-        "{stderr}"
+        stderr.contains("cannot reach the target") && stderr.contains("127.0.0.1:9"),
+        "the error must name the unreachable target: {stderr}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "no report for a run that never reached its target: {}",
+        String::from_utf8_lossy(&out.stdout)
     );
 }

@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::cluster::*;
+use common::metrics::metric;
 use common::*;
 use reqwest::StatusCode;
 
@@ -22,7 +23,7 @@ const READ_CORRUPTED: usize = 15;
 /// Keys READ_CORRUPTED..CORRUPTED are corrupted and read by nobody: only the scrub and
 /// anti-entropy can find and restore them.
 const CORRUPTED: usize = 30;
-/// Enough keys that the middle of the file is mostly leaf pages, as in the issue.
+/// Enough keys that the middle of the file is mostly leaf pages, where a flip lands in data.
 const MID_FILE_KEYS: usize = 2000;
 const REPAIR_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -71,23 +72,6 @@ fn corrupt_values(dir: &Path, which: std::ops::Range<usize>) {
         );
     }
     std::fs::write(&path, bytes).expect("write the data file");
-}
-
-async fn metric(node: &TestNode, name: &str) -> u64 {
-    let text = node
-        .client
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics body");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map(|v| v as u64)
-        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
 }
 
 /// GET through `node`: the exact value, or a JSON error. Anything else (a wrong value, a
@@ -317,7 +301,7 @@ async fn a_file_with_its_tail_overwritten_fails_startup_with_exit_code_1() {
     );
 }
 
-/// The issue's case: 16 bytes flipped in the middle of a stopped node's file, whatever they
+/// Blind damage: 16 bytes flipped in the middle of a stopped node's file, whatever they
 /// hit (values, B-tree pages, free space). The node either refuses to start (exit code 1
 /// and a message), or starts and answers every key with its right value or a JSON error:
 /// never a wrong value, never a dropped connection.

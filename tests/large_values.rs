@@ -19,6 +19,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::*;
+use common::listing::list_prefix;
 use common::TestNode;
 use reqwest::StatusCode;
 
@@ -234,43 +235,13 @@ async fn large_values_drain_refill_and_leave_in_bounded_batches() {
 
     // ---- A listing of 1 MiB values: the peer's scan replies stop at their byte budget
     // (two values each) and the pages still cover every key exactly once. ----
-    let listed = list_keys(&cluster.nodes[0]).await;
+    // Bounded: at most one page per key, plus one.
+    let listed = list_prefix(&cluster.nodes[0], "large/", 10, KEYS + 1)
+        .await
+        .unwrap_or_else(|(status, body)| panic!("listing of the large values: {status} {body}"));
     let want: Vec<String> = (0..KEYS).map(key).collect();
     assert_eq!(listed, want, "listing of the large values");
     eprintln!("listing complete ({:?})", started.elapsed());
-}
-
-/// Every key under `large/` listed through `node`, page by page (bounded), in order.
-async fn list_keys(node: &TestNode) -> Vec<String> {
-    let mut keys = Vec::new();
-    let mut cursor: Option<String> = None;
-    for _ in 0..=KEYS {
-        let mut query = vec![
-            ("prefix", "large/".to_string()),
-            ("limit", "10".to_string()),
-        ];
-        if let Some(c) = &cursor {
-            query.push(("cursor", c.clone()));
-        }
-        let resp = node
-            .client
-            .get(node.url("/kv"))
-            .query(&query)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET /kv on {}: {e}", node.addr));
-        let status = resp.status();
-        let body: serde_json::Value = resp.json().await.expect("JSON listing");
-        assert_eq!(status, StatusCode::OK, "listing: {body}");
-        for item in body["items"].as_array().expect("items") {
-            keys.push(item["key"].as_str().expect("key").to_owned());
-        }
-        match body["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_owned()),
-            None => return keys,
-        }
-    }
-    panic!("the listing did not end within {} pages", KEYS + 1);
 }
 
 /// A config whose frame cannot carry a key's largest sibling set is refused at startup

@@ -8,6 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::cluster::*;
+use common::listing::list_prefix;
 use common::{assert_error_json, TestNode};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -20,35 +21,9 @@ fn key(i: usize) -> String {
 
 /// Every key of a paginated listing through `node`, or the first non-200 answer.
 async fn list_all(node: &TestNode) -> Result<BTreeSet<String>, (StatusCode, Value)> {
-    let mut keys = BTreeSet::new();
-    let mut cursor: Option<String> = None;
     // Bounded: at most one page per key, plus one.
-    for _ in 0..=KEYS {
-        let mut query = vec![("prefix", "list/".to_string()), ("limit", "25".to_string())];
-        if let Some(c) = &cursor {
-            query.push(("cursor", c.clone()));
-        }
-        let resp = node
-            .client
-            .get(node.url("/kv"))
-            .query(&query)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET /kv on {}: {e}", node.addr));
-        let status = resp.status();
-        let body: Value = resp.json().await.expect("JSON body");
-        if status != StatusCode::OK {
-            return Err((status, body));
-        }
-        for item in body["items"].as_array().expect("items") {
-            keys.insert(item["key"].as_str().expect("key").to_owned());
-        }
-        match body["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_owned()),
-            None => return Ok(keys),
-        }
-    }
-    panic!("listing did not end within {} pages", KEYS + 1);
+    let keys = list_prefix(node, "list/", 25, KEYS + 1).await?;
+    Ok(keys.into_iter().collect())
 }
 
 async fn write_keys(cluster: &Cluster) {

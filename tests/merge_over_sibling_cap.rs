@@ -54,21 +54,11 @@ async fn a_merge_over_the_cap_is_stored_counted_and_logged() {
         0,
         "node 1 is within its cap"
     );
-    let metrics = replica
-        .client
-        .get(replica.url("/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics body");
-    let counted = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("ringkv_merges_over_sibling_cap_total "))
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or_else(|| panic!("no merges_over_sibling_cap in /metrics:\n{metrics}"));
-    assert!(counted >= 1, "{metrics}");
+    let counted = common::metrics::metric(replica, "ringkv_merges_over_sibling_cap_total").await;
+    assert!(
+        counted >= 1,
+        "ringkv_merges_over_sibling_cap_total is {counted}"
+    );
     wait_until(
         Duration::from_secs(5),
         "the warning in node 2's log",

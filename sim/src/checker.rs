@@ -176,7 +176,7 @@ pub fn check(
         }
     }
 
-    // No lost writes (DESIGN.md §1): an acknowledged write W survives if some surviving
+    // No lost writes (docs/design.md §1): an acknowledged write W survives if some surviving
     // version is W or descends from W. A version leaves a sibling set only when a write
     // whose context covers its dot replaces it, so W survives exactly when the final
     // context covers W's dot and the version under that dot, if any, is W's own.

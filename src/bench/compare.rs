@@ -1,6 +1,6 @@
 //! `ringkv bench-report`: folds the result files of `scripts/bench-compare.sh` (one
 //! `ringkv bench --json` output per target, workload and round) into one markdown table
-//! of figures and ratios, and checks the targets of issue 6 against them.
+//! of figures and ratios, and checks the performance targets (the second table) against them.
 //!
 //! Rounds alternate between targets, so a slow moment of the shared machine hurts every
 //! target about equally; each figure is the median over the rounds.
@@ -126,7 +126,7 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     }
 }
 
-/// The markdown: the figures of every target, then the targets of issue 6.
+/// The markdown: the figures of every target, then the performance targets.
 pub fn render(runs: &Runs, settings_line: &str) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{settings_line}\n");

@@ -1,6 +1,6 @@
 //! Membership through chitchat gossip, behind a typed view.
 //!
-//! Membership is not liveness (DESIGN.md §3): the ring is built from every member that
+//! Membership is not liveness (docs/design.md §3): the ring is built from every member that
 //! joined and was not removed, dead ones included, so a blip never moves data. The failure
 //! detector (phi accrual) only decides who is *healthy*. A member leaves the view when
 //! chitchat has held it dead for the dead-node grace period.

@@ -5,7 +5,7 @@
 //! there: starting at the first token at or after the key's position, wrapping past
 //! `u64::MAX` to 0. So the arc `(previous token, token]` belongs to the token's node.
 //!
-//! The ring knows nothing of liveness (DESIGN §3): a down member keeps its tokens, and
+//! The ring knows nothing of liveness (docs/design.md §3): a down member keeps its tokens, and
 //! the coordinator walks further clockwise ([`Ring::walk`]) for healthy stand-ins.
 //! Building it from live nodes alone would move data on every blip.
 
@@ -19,7 +19,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use super::NodeId;
 
-/// The vnode count when none is configured (DESIGN §3).
+/// The vnode count when none is configured (docs/design.md §3).
 pub const DEFAULT_VNODES: u16 = 128;
 
 /// The number of positions on the circle, 2^64, as `u128` so a whole-circle width fits.

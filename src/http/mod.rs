@@ -1,5 +1,5 @@
 //! The HTTP API (axum): routes, the shared state, and the error shape.
-//! DESIGN.md §2 and README's API section are the contract.
+//! docs/design.md §2 and README's API section are the contract.
 
 mod batch;
 mod cluster;

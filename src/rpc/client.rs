@@ -7,7 +7,7 @@
 //! reason, fails every waiting call with [`RpcError::Closed`] and removes the connection
 //! from the pool, so the next call dials again.
 //!
-//! Reconnecting after a timeout (DESIGN §5): under a partition turmoil drops TCP segments
+//! Reconnecting after a timeout (docs/design.md §5): under a partition turmoil drops TCP segments
 //! and never retransmits them, so a connection can stay stuck after the partition heals.
 //! A call that times out therefore drops its connection when nothing at all arrived on it
 //! while the call waited: that is what a stuck connection looks like. A connection that

@@ -35,7 +35,7 @@ fn actor(i: usize) -> Actor {
 
 #[derive(Clone, Debug)]
 enum Forgery {
-    /// Every member's actor at u64::MAX (the first finding).
+    /// Every member's actor at u64::MAX (the forgery that made the next dot wrap).
     AllAtMax,
     /// Every member's actor at u64::MAX − 1.
     AllAtMaxMinus1,
@@ -273,7 +273,7 @@ impl Model {
                     .expect("no write of a real actor overflows: tokens cannot raise counters");
                 // Stricter than the token's claim: what the token covered *and* the replica
                 // had seen. The law below holding with this allowance implies it holds
-                // with the token's claim alone (the wording), and says more: a
+                // with the token's claim alone (the law as first stated), and says more: a
                 // forged claim supersedes no more than a blind write at that replica.
                 let allowed =
                     seen.map_or_else(|| current.context().clone(), |s| s.meet(current.context()));

@@ -129,7 +129,7 @@ impl SiblingSet {
         // to close this, but it fails honest read-modify-write: a token read at R
         // replicas legitimately carries counters the coordinating replica has not stored
         // yet (replication lag). Clamping instead makes a forged counter exactly as
-        // harmful as a blind write, which DESIGN §1 already allows: it supersedes at most
+        // harmful as a blind write, which docs/design.md §1 already allows: it supersedes at most
         // what this replica holds. Versions held only by other replicas survive as
         // siblings when the sets meet, instead of being swallowed by a claim this replica
         // cannot check. The price would be a sibling in the lag case, never a lost write;

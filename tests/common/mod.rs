@@ -7,7 +7,10 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod listing;
+pub mod metrics;
 pub mod removal;
+pub mod seed;
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -815,21 +818,13 @@ pub fn item_keys(items: &[Value]) -> Vec<String> {
         .collect()
 }
 
-/// A cheap deterministic PRNG (xorshift64*) so tests need no extra crates; seed it from the
-/// clock and print the seed.
+/// A cheap deterministic PRNG (xorshift64*) so tests need no extra crates; seed it with
+/// [`XorShift::from_test_seed`] (`RINGKV_TEST_SEED`, else the clock) and print the seed.
 pub struct XorShift(u64);
 
 impl XorShift {
     pub fn new(seed: u64) -> XorShift {
         XorShift(seed.max(1))
-    }
-
-    pub fn from_clock() -> (XorShift, u64) {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0x9E37_79B9_7F4A_7C15);
-        (XorShift::new(seed), seed)
     }
 
     pub fn next_u64(&mut self) -> u64 {
