@@ -30,18 +30,6 @@ pub enum BlockingMode {
     Inline,
 }
 
-/// Deliberate faults for the simulation's checker to catch (`ringkv-sim --sabotage`):
-/// proof that the checker can fail. Never set by `ringkv serve`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Sabotage {
-    #[default]
-    None,
-    /// Acknowledge writes (client writes, replica merges, hints) without storing them.
-    AckWithoutStore,
-    /// Acknowledge once committed, but never make the commit durable.
-    SkipFsync,
-}
-
 #[derive(Clone, Debug)]
 pub struct Limits {
     pub max_value_bytes: usize,
@@ -143,7 +131,6 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     pub limits: Limits,
     pub blocking: BlockingMode,
-    pub sabotage: Sabotage,
     /// Seeds the node's random choices (its id, on first start). `None` draws from the
     /// OS; the simulation sets it so that a seed replays the same run.
     pub rng_seed: Option<u64>,
@@ -169,7 +156,6 @@ impl NodeConfig {
             request_timeout: Duration::from_secs(5),
             limits: Limits::default(),
             blocking: BlockingMode::Threaded,
-            sabotage: Sabotage::None,
             rng_seed: None,
         }
     }

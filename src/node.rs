@@ -242,7 +242,6 @@ pub async fn run_with_store<N: Network>(
             max_hint_bytes: config.cluster.max_hint_bytes,
             hints: hints.clone(),
             tree: tree.clone(),
-            sabotage: config.sabotage,
         },
         writer_stop.clone(),
     );

@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::sabotage::Sabotage;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use ringkv::config::Sabotage;
 
 use crate::config::{Scenario, SimConfig, Storage};
 use crate::run::run_on_fresh_thread;

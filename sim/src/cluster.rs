@@ -16,6 +16,7 @@ use crate::config::{Scenario, SimConfig, Storage, LARGE_VALUES_FRAME_BYTES};
 use crate::disk::{Fence, SimDisk};
 use crate::gossip::Envelopes;
 use crate::net::TurmoilNetwork;
+use crate::sabotage::{Sabotage, SabotagedStore};
 use crate::workload::{node_name, HTTP_PORT};
 
 pub const RPC_PORT: u16 = 7071;
@@ -67,7 +68,6 @@ pub fn node_config(config: &SimConfig, index: usize) -> NodeConfig {
         w: config.w,
     };
     c.request_timeout = config.request_timeout;
-    c.sabotage = config.sabotage;
     c.rng_seed = Some(config.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ index as u64);
     if config.scenario == Scenario::LargeValues {
         // A frame of 1 MiB holds about nine values: a hint batch, a handoff or an
@@ -100,13 +100,26 @@ pub async fn run_node(
             .get_or_insert_with(|| Arc::new(MemoryStore::new()))
             .clone(),
     };
+    // Without sabotage the node runs on its store as is, so a clean run takes exactly the
+    // path it always took.
+    let (store, sabotaged) = match config.sabotage {
+        Sabotage::None => (store, None),
+        fault => {
+            let s = Arc::new(SabotagedStore::new(store, fault));
+            (s.clone() as Arc<dyn Store>, Some(s))
+        }
+    };
     let shutdown = CancellationToken::new();
     let result = ringkv::node::run_with_store(
         node_config,
         TurmoilNetwork::new(envelopes),
         store,
         shutdown,
-        |_| {},
+        |_| {
+            if let Some(s) = &sabotaged {
+                s.arm();
+            }
+        },
     )
     .await;
     // A node that left, or refuses to start on a left node's data, simply stops: that is

@@ -4,7 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use ringkv::config::Sabotage;
+use crate::sabotage::Sabotage;
 
 /// The nemesis: which faults a run suffers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

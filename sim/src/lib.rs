@@ -6,6 +6,7 @@
 //! - [`config`]: what a run does (cluster, workload, faults, timings) and the scenarios.
 //! - [`net`], [`gossip`]: the network seam over turmoil TCP and UDP.
 //! - [`disk`]: redb on turmoil's simulated disk.
+//! - [`sabotage`]: the `--sabotage` faults, as a store wrapper under a node.
 //! - [`cluster`]: nodes as turmoil hosts.
 //! - [`http`], [`workload`]: the clients and their recorded history ([`history`]).
 //! - [`nemesis`]: the fault schedule.
@@ -27,6 +28,7 @@ pub mod http;
 pub mod nemesis;
 pub mod net;
 pub mod run;
+pub mod sabotage;
 pub mod sweep;
 pub mod trace;
 pub mod workload;

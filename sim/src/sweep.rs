@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ringkv::config::Sabotage;
+use crate::sabotage::Sabotage;
 
 use crate::config::{Scenario, SimConfig, Storage};
 use crate::run::{run_on_fresh_thread, Report};

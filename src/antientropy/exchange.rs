@@ -330,7 +330,6 @@ mod tests {
                 max_hint_bytes: 0,
                 hints: hints.clone(),
                 tree: Arc::clone(&tree),
-                sabotage: Default::default(),
             },
             CancellationToken::new(),
         );

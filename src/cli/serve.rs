@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{
-    Addrs, BlockingMode, ClusterConfig, FsyncMode, Limits, NodeConfig, Sabotage, StorageKind,
+    Addrs, BlockingMode, ClusterConfig, FsyncMode, Limits, NodeConfig, StorageKind,
 };
 use crate::net::TokioNetwork;
 use crate::node::{self, NodeError};
@@ -185,7 +185,6 @@ impl ServeArgs {
                 ..Limits::default()
             },
             blocking: BlockingMode::Threaded,
-            sabotage: Sabotage::None,
             rng_seed: None,
         })
     }

@@ -202,7 +202,6 @@ mod tests {
             max_hint_bytes: 0,
             hints: Arc::new(HintLedger::default()),
             tree: tree.clone(),
-            sabotage: Default::default(),
         }
     }
 
@@ -388,7 +387,6 @@ mod tests {
                 max_hint_bytes: 0,
                 hints: Arc::new(HintLedger::default()),
                 tree: tree.clone(),
-                sabotage: Default::default(),
             },
             CancellationToken::new(),
         );

@@ -17,7 +17,7 @@ use super::hints::{hint_key, HintLedger, HintRecord};
 use super::summary::{load_tree, SharedTree, TreeDelta};
 use super::writable::WriteState;
 use super::{record, KvError};
-use crate::config::{BlockingMode, FsyncMode, Sabotage};
+use crate::config::{BlockingMode, FsyncMode};
 use crate::identity::Identity;
 use crate::key::Key;
 use crate::merkle::Tree;
@@ -125,13 +125,12 @@ pub struct WriterSettings {
     pub max_hint_bytes: u64,
     pub hints: Arc<HintLedger>,
     pub tree: SharedTree,
-    pub sabotage: Sabotage,
 }
 
 impl WriterSettings {
     /// Whether a commit is durable before it is acknowledged.
     fn durable(&self) -> bool {
-        self.fsync == FsyncMode::Always && self.sabotage != Sabotage::SkipFsync
+        self.fsync == FsyncMode::Always
     }
 }
 
@@ -292,8 +291,7 @@ async fn run(
                 rx.recv().await
             }
             _ = sync_timer.tick(), if settings.fsync == FsyncMode::Periodic && unsynced
-                && refusal.error().is_none()
-                && settings.sabotage != Sabotage::SkipFsync => {
+                && refusal.error().is_none() => {
                 match blocking(settings.blocking, store.clone(), |s| s.sync()).await {
                     Ok(()) => stats.fsyncs.inc(),
                     Err(e) => refusal.note("periodic", &e, true),
@@ -393,8 +391,8 @@ async fn run(
         }
         publish(&state, was, &refusal, &store, &settings, &mut probe_timer).await;
     }
-    if settings.sabotage == Sabotage::SkipFsync || refusal.error().is_some() {
-        // Nothing to sync: either by design, or the storage refuses it.
+    if refusal.error().is_some() {
+        // Nothing to sync: the storage refuses it.
         return;
     }
     match blocking(settings.blocking, store, |s| s.sync()).await {
@@ -605,7 +603,7 @@ fn apply(
             // Only a dot this node issues moves the floor; `dot.counter` is above the floor
             // by construction, so this never lowers it.
             *dot_floor = (*dot_floor).max(dot.counter);
-            write_set(txn, settings, tree, key, current, next, Some(dot)).map(Ok)
+            write_set(txn, tree, key, current, next, Some(dot)).map(Ok)
         }
         Mutation::Merge { key, set } => {
             // A counter at u64::MAX is never issued (see `SiblingSet::update_above`);
@@ -618,7 +616,7 @@ fn apply(
             }
             let current = read_set(txn, stats, tree, key)?;
             let next = current.sync(set);
-            write_set(txn, settings, tree, key, current, next, None).map(Ok)
+            write_set(txn, tree, key, current, next, None).map(Ok)
         }
         Mutation::DropIfDigest { key, digest } => {
             let current = read_set(txn, stats, tree, key)?;
@@ -668,9 +666,6 @@ fn apply(
             let total = settings.hints.pending(*target).bytes as i64 + ledger.bytes(*target);
             if total - old_len + raw.len() as i64 > settings.max_hint_bytes as i64 {
                 return Ok(Ok(Outcome::HintRefused));
-            }
-            if settings.sabotage == Sabotage::AckWithoutStore {
-                return Ok(Ok(Outcome::HintStored));
             }
             txn.put(Table::Hints, &hkey, &raw)?;
             ledger.add(
@@ -733,7 +728,6 @@ fn read_set(
 
 fn write_set(
     txn: &mut dyn WriteTxn,
-    settings: &WriterSettings,
     tree: &mut TreeDelta,
     key: &Key,
     current: SiblingSet,
@@ -741,7 +735,7 @@ fn write_set(
     dot: Option<Dot>,
 ) -> Result<Outcome, StoreError> {
     let changed = next != current;
-    if changed && settings.sabotage != Sabotage::AckWithoutStore {
+    if changed {
         txn.put(Table::Data, key.as_bytes(), &record::encode(&next))?;
         tree.record(txn, key, &current, &next)?;
     }
@@ -791,7 +785,6 @@ mod tests {
             max_hint_bytes: 0,
             hints: Arc::new(HintLedger::default()),
             tree: Arc::default(),
-            sabotage: Sabotage::None,
         }
     }
 
