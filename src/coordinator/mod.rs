@@ -29,7 +29,7 @@ use crate::version::{Dot, Payload, SiblingSet, VersionVector};
 
 pub use list::ListRange;
 
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error, Clone)]
 #[non_exhaustive]
 pub enum CoordError {
     #[error(transparent)]
@@ -62,6 +62,9 @@ pub enum CoordError {
         ranges: usize,
         unreachable: String,
     },
+    /// A broken invariant of this node's own code (a 500), not a storage failure.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
 }
 
 /// Per-request options, as parsed from the query string.

@@ -286,10 +286,7 @@ mod tests {
             })
             .await
             .unwrap();
-        match merged {
-            writer::Outcome::Applied(a) => assert_eq!(a.set, theirs),
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(merged.set, theirs);
         assert_eq!(local.read(&keys[5]).unwrap(), Some(theirs));
         assert_eq!(handle.stats().corrupt_records.get(), 2);
         assert_eq!(
