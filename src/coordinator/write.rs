@@ -92,7 +92,7 @@ pub(super) async fn replicated_write(
     seen: Option<VersionVector>,
     payload: Payload,
     w: usize,
-    deadline: Instant,
+    (started, deadline): (Instant, Instant),
 ) -> Result<(SiblingSet, Dot), CoordError> {
     // Each ring's preference list has the configured N clamped to that ring's size: when
     // a second node joins a lone one, the future ring replicates every key twice.
@@ -102,14 +102,7 @@ pub(super) async fn replicated_write(
     if view.in_transition() {
         lists.push(view.write_ring.preference_list(key.as_bytes(), n));
     }
-    let timeout_error = |replied| CoordError::Timeout {
-        after_ms: deadline
-            .saturating_duration_since(Instant::now())
-            .as_millis() as u64,
-        needed: w,
-        replied,
-        write: true,
-    };
+    let timeout_error = |replied| CoordError::timed_out(started, w, replied, true);
 
     let others: Vec<NodeId> = prefs
         .iter()
