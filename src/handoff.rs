@@ -16,11 +16,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::membership::ClusterView;
 use crate::cluster::NodeId;
-use crate::kv::{LocalKv, StoredHint};
+use crate::kv::{KvError, LocalKv, StoredHint};
 use crate::net::Clock;
 use crate::rpc::batch::{self, encoded_len, BatchLimit};
-use crate::rpc::client::RpcClient;
-use crate::rpc::{Request, Response};
+use crate::rpc::client::{RpcClient, RpcError};
+use crate::rpc::{RemoteError, Request, Response};
 use crate::stats::ReplicationStats;
 
 /// Hints read from the store at once while filling a page.
@@ -28,6 +28,22 @@ const HINT_READ_CHUNK: usize = 16;
 
 /// Rounds between expiry sweeps of hints whose target is down.
 const EXPIRY_SWEEP_ROUNDS: u64 = 60;
+
+/// Why a round of delivery or rerouting stopped; the hints stay and go out next round.
+#[derive(Debug, thiserror::Error)]
+pub enum HandoffError {
+    #[error("local store: {0}")]
+    Local(#[from] KvError),
+    #[error("delivery call failed: {0}")]
+    Rpc(#[from] RpcError),
+    #[error("the peer refused the hints: {0}")]
+    Remote(#[from] RemoteError),
+    /// The peer answered a `Merge` with something else: a broken peer.
+    #[error("unexpected answer to a hint delivery: {0}")]
+    BadAnswer(String),
+    #[error("owner {0} of rerouted hints is not reachable or takes no writes")]
+    OwnerUnreachable(NodeId),
+}
 
 #[derive(Clone, Copy, Debug)]
 pub struct HandoffConfig {
@@ -107,7 +123,7 @@ impl Handoff {
         target: NodeId,
         view: &ClusterView,
         shutdown: &CancellationToken,
-    ) -> Result<(), String> {
+    ) -> Result<(), HandoffError> {
         let mut after = None;
         loop {
             if shutdown.is_cancelled() {
@@ -129,8 +145,7 @@ impl Handoff {
                     for h in owned {
                         self.local
                             .merge(h.key.clone(), h.record.set.clone())
-                            .await
-                            .map_err(|e| e.to_string())?;
+                            .await?;
                     }
                     continue;
                 }
@@ -138,7 +153,7 @@ impl Handoff {
                     .member(owner)
                     .filter(|_| view.takes_writes(owner))
                     .map(|m| m.rpc_addr)
-                    .ok_or_else(|| format!("owner {owner} is not reachable"))?;
+                    .ok_or(HandoffError::OwnerUnreachable(owner))?;
                 for part in self.batches(owned) {
                     self.send(addr, &part).await?;
                 }
@@ -155,7 +170,7 @@ impl Handoff {
         target: NodeId,
         addr: Option<std::net::SocketAddr>,
         shutdown: &CancellationToken,
-    ) -> Result<(), String> {
+    ) -> Result<(), HandoffError> {
         let mut after = None;
         let mut delivered = 0u64;
         loop {
@@ -206,15 +221,12 @@ impl Handoff {
         &self,
         target: NodeId,
         after: &mut Option<crate::key::Key>,
-    ) -> Result<Vec<StoredHint>, String> {
+    ) -> Result<Vec<StoredHint>, HandoffError> {
         let mut page: Vec<StoredHint> = Vec::new();
         let mut bytes = 0usize;
         while page.len() < self.config.batch && bytes < self.config.limit.max_bytes {
             let want = (self.config.batch - page.len()).min(HINT_READ_CHUNK);
-            let hints = self
-                .local
-                .scan_hints(target.0, after.as_ref(), want)
-                .map_err(|e| e.to_string())?;
+            let hints = self.local.scan_hints(target.0, after.as_ref(), want)?;
             let last_chunk = hints.len() < want;
             if let Some(last) = hints.last() {
                 *after = Some(last.key.clone());
@@ -238,7 +250,11 @@ impl Handoff {
     }
 
     /// Merges `hints` into the node at `addr`, in one call.
-    async fn send(&self, addr: std::net::SocketAddr, hints: &[&StoredHint]) -> Result<(), String> {
+    async fn send(
+        &self,
+        addr: std::net::SocketAddr,
+        hints: &[&StoredHint],
+    ) -> Result<(), HandoffError> {
         let entries = hints
             .iter()
             .map(|h| (h.key.as_str().to_owned(), h.record.set.clone()))
@@ -249,8 +265,9 @@ impl Handoff {
             .await
         {
             Ok(Response::Merged) => Ok(()),
-            Ok(other) => Err(format!("unexpected answer {other:?}")),
-            Err(e) => Err(e.to_string()),
+            Ok(Response::Error(e)) => Err(e.into()),
+            Ok(other) => Err(HandoffError::BadAnswer(format!("{other:?}"))),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -260,15 +277,10 @@ impl Handoff {
         &self,
         target: NodeId,
         hints: impl IntoIterator<Item = &'a StoredHint>,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, HandoffError> {
         let mut deleted = 0;
         for hint in hints {
-            if self
-                .local
-                .delete_hint(target.0, hint)
-                .await
-                .map_err(|e| e.to_string())?
-            {
+            if self.local.delete_hint(target.0, hint).await? {
                 self.stats.hints_delivered.inc();
                 deleted += 1;
             }

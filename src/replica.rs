@@ -36,7 +36,8 @@ fn kv_error(e: KvError) -> Response {
     match e {
         KvError::SiblingLimit { limit } => Response::Error(RemoteError::SiblingLimit { limit }),
         KvError::ShuttingDown => Response::Error(RemoteError::Unavailable(e.to_string())),
-        KvError::NoSpace(m) => Response::Error(RemoteError::NoSpace(m)),
+        // The wire carries the store error's text; its type ends at this boundary.
+        KvError::NoSpace(e) => Response::Error(RemoteError::NoSpace(e.to_string())),
         other => Response::Error(RemoteError::Internal(other.to_string())),
     }
 }
@@ -46,8 +47,11 @@ impl From<CoordError> for RemoteError {
         match e {
             CoordError::Kv(KvError::SiblingLimit { limit }) => RemoteError::SiblingLimit { limit },
             CoordError::Remote(r) => r,
-            CoordError::Kv(KvError::Store(m)) => RemoteError::Internal(m),
-            CoordError::Kv(KvError::NoSpace(m)) => RemoteError::NoSpace(m),
+            CoordError::Kv(KvError::Store(e)) => RemoteError::Internal(e.to_string()),
+            // A failed fsync is this node's storage failing, as `Store` is: a 500.
+            CoordError::Kv(e @ KvError::SyncFailed { .. }) => RemoteError::Internal(e.to_string()),
+            CoordError::Kv(KvError::NoSpace(e)) => RemoteError::NoSpace(e.to_string()),
+            e @ CoordError::Internal(_) => RemoteError::Internal(e.to_string()),
             other => RemoteError::Unavailable(other.to_string()),
         }
     }

@@ -15,11 +15,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::key::Key;
-use crate::kv::LocalKv;
+use crate::kv::{KvError, LocalKv};
 use crate::merkle::{Interval, Summary};
 use crate::rpc::batch::{self, encoded_len, BatchLimit, Batcher};
-use crate::rpc::client::RpcClient;
-use crate::rpc::{Request, Response};
+use crate::rpc::client::{RpcClient, RpcError};
+use crate::rpc::{RemoteError, Request, Response};
 use crate::version::SiblingSet;
 
 /// Parts an interval splits into when its summaries differ.
@@ -47,10 +47,17 @@ pub struct Exchanged {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExchangeError {
+    /// The call did not get through or got no reply.
     #[error("peer call failed: {0}")]
-    Rpc(String),
+    Rpc(#[from] RpcError),
+    /// The peer answered with an error of its own.
+    #[error("peer refused: {0}")]
+    Remote(#[from] RemoteError),
+    /// The peer answered, but not what was asked: a broken or forged peer.
+    #[error("peer's answer breaks the protocol: {0}")]
+    BadAnswer(String),
     #[error("local store: {0}")]
-    Local(String),
+    Local(#[from] KvError),
 }
 
 pub struct Peer<'a> {
@@ -64,9 +71,9 @@ pub struct Peer<'a> {
 impl Peer<'_> {
     async fn call(&self, request: Request) -> Result<Response, ExchangeError> {
         match self.rpc.call(self.addr, request, self.timeout).await {
-            Ok(Response::Error(e)) => Err(ExchangeError::Rpc(e.to_string())),
+            Ok(Response::Error(e)) => Err(e.into()),
             Ok(r) => Ok(r),
-            Err(e) => Err(ExchangeError::Rpc(e.to_string())),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -78,7 +85,10 @@ impl Peer<'_> {
             .await?
         {
             Response::Summaries(s) if s.len() == intervals.len() => Ok(s),
-            other => Err(ExchangeError::Rpc(format!("unexpected answer {other:?}"))),
+            other => Err(ExchangeError::BadAnswer(format!(
+                "unexpected answer to Summaries of {} intervals: {other:?}",
+                intervals.len()
+            ))),
         }
     }
 
@@ -92,7 +102,9 @@ impl Peer<'_> {
                 limit: BATCH,
             };
             let Response::Digests { entries, more } = self.call(request).await? else {
-                return Err(ExchangeError::Rpc("unexpected answer to Digests".into()));
+                return Err(ExchangeError::BadAnswer(
+                    "unexpected answer to Digests".into(),
+                ));
             };
             after = entries.last().map(|(k, _)| k.clone());
             for (k, d) in entries {
@@ -105,10 +117,6 @@ impl Peer<'_> {
             }
         }
     }
-}
-
-fn local_err(e: impl std::fmt::Display) -> ExchangeError {
-    ExchangeError::Local(e.to_string())
 }
 
 /// Brings this node and `peer` to the same sets for every key in `intervals`.
@@ -124,7 +132,7 @@ pub async fn exchange(
         for chunk in frontier.chunks(SUMMARY_BATCH) {
             let theirs = peer.summaries(chunk).await?;
             for (iv, their) in chunk.iter().zip(theirs) {
-                let ours = local.summary(*iv).map_err(local_err)?;
+                let ours = local.summary(*iv)?;
                 if ours == their {
                     continue;
                 }
@@ -153,9 +161,7 @@ async fn exchange_keys(
     let mut ours = BTreeMap::new();
     let mut after = None;
     loop {
-        let (rows, more) = local
-            .digests(iv, after.as_ref(), BATCH)
-            .map_err(local_err)?;
+        let (rows, more) = local.digests(iv, after.as_ref(), BATCH)?;
         after = rows.last().map(|(k, _)| k.clone());
         ours.extend(rows);
         if !more || after.is_none() {
@@ -194,14 +200,16 @@ async fn pull_keys(
     while !keys.is_empty() {
         let request = Request::ReadMany { keys: keys.clone() };
         let Response::ReadMany { entries, more } = peer.call(request).await? else {
-            return Err(ExchangeError::Rpc("unexpected answer to ReadMany".into()));
+            return Err(ExchangeError::BadAnswer(
+                "unexpected answer to ReadMany".into(),
+            ));
         };
         // A reply answers a prefix of the keys, in order; anything else is a broken peer,
         // and an empty partial reply would loop forever.
         let answered = entries.len();
         let in_order = entries.iter().zip(&keys).all(|((k, _), want)| k == want);
         if answered > keys.len() || !in_order || (more && answered == 0) {
-            return Err(ExchangeError::Rpc(
+            return Err(ExchangeError::BadAnswer(
                 "ReadMany reply does not answer the keys asked".into(),
             ));
         }
@@ -210,11 +218,11 @@ async fn pull_keys(
             set.map(|s| local.merge(key, s))
         });
         for result in futures::future::join_all(merges).await {
-            result.map_err(local_err)?;
+            result?;
             pulled += 1;
         }
         if !more && answered < keys.len() {
-            return Err(ExchangeError::Rpc(format!(
+            return Err(ExchangeError::BadAnswer(format!(
                 "ReadMany answered {answered} of {} keys without saying there is more",
                 keys.len()
             )));
@@ -230,7 +238,7 @@ async fn push_keys(local: &LocalKv, peer: &Peer<'_>, keys: &[Key]) -> Result<u64
     let mut pushed = 0;
     let mut batcher: Batcher<(String, SiblingSet)> = Batcher::new(peer.limit);
     for k in keys {
-        let Some(set) = local.read(k).map_err(local_err)? else {
+        let Some(set) = local.read(k)? else {
             continue;
         };
         let entry = (k.as_str().to_owned(), set);
@@ -249,7 +257,9 @@ async fn merge(peer: &Peer<'_>, entries: Vec<(String, SiblingSet)>) -> Result<u6
     let n = entries.len() as u64;
     match peer.call(Request::Merge { entries }).await? {
         Response::Merged => Ok(n),
-        other => Err(ExchangeError::Rpc(format!("unexpected answer {other:?}"))),
+        other => Err(ExchangeError::BadAnswer(format!(
+            "unexpected answer to Merge: {other:?}"
+        ))),
     }
 }
 
@@ -263,7 +273,6 @@ mod tests {
     use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::config::{BlockingMode, FsyncMode};
     use crate::kv::writer::{self, WriterSettings};
     use crate::kv::HintLedger;
     use crate::net::{Network, TokioNetwork};
@@ -318,19 +327,7 @@ mod tests {
         let tree = Arc::default();
         let (writer, _task) = writer::spawn(
             store.clone(),
-            WriterSettings {
-                actor: Actor { node: 1, epoch: 0 },
-                dot_floor: 0,
-                fsync: FsyncMode::Always,
-                fsync_interval: Duration::from_secs(1),
-                blocking: BlockingMode::Inline,
-                queue: 64,
-                max_batch: 16,
-                max_siblings: 64,
-                max_hint_bytes: 0,
-                hints: hints.clone(),
-                tree: Arc::clone(&tree),
-            },
+            WriterSettings::for_test(Arc::clone(&tree), hints.clone()),
             CancellationToken::new(),
         );
         LocalKv::new(store, writer, hints, tree)
@@ -375,7 +372,10 @@ mod tests {
                     .expect("pull_keys is bounded");
             if broken {
                 // A reply that claims more but answers nothing would loop forever.
-                assert!(matches!(pulled, Err(ExchangeError::Rpc(_))), "{pulled:?}");
+                assert!(
+                    matches!(pulled, Err(ExchangeError::BadAnswer(_))),
+                    "{pulled:?}"
+                );
                 continue;
             }
             assert_eq!(pulled.expect("pulled"), 3);

@@ -29,7 +29,7 @@ use crate::version::{Dot, Payload, SiblingSet, VersionVector};
 
 pub use list::ListRange;
 
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error, Clone)]
 #[non_exhaustive]
 pub enum CoordError {
     #[error(transparent)]
@@ -62,6 +62,28 @@ pub enum CoordError {
         ranges: usize,
         unreachable: String,
     },
+    /// A broken invariant of this node's own code (a 500), not a storage failure.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+}
+
+impl CoordError {
+    /// A request that ran out of time: `after_ms` is how long it ran since `started` (not
+    /// what was left of its budget, which is zero by then), and `replied` what had
+    /// answered by then.
+    fn timed_out(
+        started: tokio::time::Instant,
+        needed: usize,
+        replied: usize,
+        write: bool,
+    ) -> Self {
+        CoordError::Timeout {
+            after_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            needed,
+            replied,
+            write,
+        }
+    }
 }
 
 /// Per-request options, as parsed from the query string.
@@ -265,7 +287,8 @@ impl Coordinator {
     ) -> Result<Written, CoordError> {
         let rep = self.inner.effective(view);
         let w = opts.w.map_or(rep.w, |q| q.resolve(rep.n));
-        let deadline = tokio::time::Instant::now() + opts.timeout;
+        let started = tokio::time::Instant::now();
+        let deadline = started + opts.timeout;
         let (found, seen) = if payload.is_tombstone() {
             // A delete reads first, at R: the tombstone must cover what the quorum holds,
             // not only this replica's copy, and "not found" must mean not found anywhere.
@@ -291,8 +314,16 @@ impl Coordinator {
             }
             (true, seen)
         };
-        let (set, dot) =
-            write::replicated_write(&self.inner, view, key, seen, payload, w, deadline).await?;
+        let (set, dot) = write::replicated_write(
+            &self.inner,
+            view,
+            key,
+            seen,
+            payload,
+            w,
+            (started, deadline),
+        )
+        .await?;
         Ok(Written {
             found,
             set,
@@ -430,5 +461,169 @@ impl Coordinator {
 impl CoordinatorParts {
     fn effective(&self, view: &ClusterView) -> Replication {
         self.config.replication.effective(view.ring.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::net::SocketAddr;
+
+    use async_trait::async_trait;
+    use bytes::Bytes;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::cluster::membership::{Member, MemberState};
+    use crate::cluster::ring::Ring;
+    use crate::kv::writer::{self, WriterSettings};
+    use crate::kv::HintLedger;
+    use crate::net::{Network, SystemClock, TokioNetwork};
+    use crate::rpc::frame::{RpcConfig, RpcStats};
+    use crate::rpc::server::{serve, RpcHandler};
+    use crate::store::{MemoryStore, Store};
+
+    /// A replica that answers reads and merges, after `delay`.
+    struct Replica {
+        delay: Duration,
+    }
+
+    #[async_trait]
+    impl RpcHandler for Replica {
+        async fn handle(&self, request: Request) -> Response {
+            tokio::time::sleep(self.delay).await;
+            match request {
+                Request::Read { .. } => Response::Read(None),
+                Request::Merge { .. } => Response::Merged,
+                _ => Response::Error(RemoteError::Internal("not in this test".into())),
+            }
+        }
+    }
+
+    async fn replica(delay: Duration, shutdown: CancellationToken) -> SocketAddr {
+        let listener = TokioNetwork
+            .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .expect("bind");
+        let addr = axum::serve::Listener::local_addr(&listener).expect("addr");
+        tokio::spawn(serve(
+            listener,
+            Arc::new(Replica { delay }),
+            RpcConfig::default(),
+            Arc::new(RpcStats::default()),
+            shutdown,
+        ));
+        addr
+    }
+
+    fn member(id: u64, rpc_addr: SocketAddr) -> Member {
+        let unused = SocketAddr::from(([127, 0, 0, 1], 9));
+        Member {
+            id: NodeId(id),
+            http_addr: unused,
+            rpc_addr,
+            gossip_addr: unused,
+            state: MemberState::Normal,
+            live: true,
+            vnodes: 16,
+            to_move: None,
+            writable: true,
+        }
+    }
+
+    /// Node 1 with replicas 2 (prompt) and 3 (answers after 3 s), N = R = W = 3.
+    async fn three_nodes(shutdown: &CancellationToken) -> Coordinator {
+        let fast = replica(Duration::ZERO, shutdown.clone()).await;
+        let slow = replica(Duration::from_secs(3), shutdown.clone()).await;
+        let members: BTreeMap<NodeId, Member> = [
+            member(1, SocketAddr::from(([127, 0, 0, 1], 9))),
+            member(2, fast),
+            member(3, slow),
+        ]
+        .into_iter()
+        .map(|m| (m.id, m))
+        .collect();
+        let ring = Arc::new(Ring::new(members.keys().copied(), 16));
+        let view = ClusterView {
+            self_id: NodeId(1),
+            members,
+            departed: BTreeSet::new(),
+            write_ring: ring.clone(),
+            ring,
+            rejoining: false,
+            disagreements: Vec::new(),
+        };
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let hints = Arc::new(HintLedger::default());
+        let tree: crate::kv::summary::SharedTree = Arc::default();
+        let (writer, _task) = writer::spawn(
+            store.clone(),
+            WriterSettings {
+                max_hint_bytes: 1 << 20,
+                ..WriterSettings::for_test(tree.clone(), hints.clone())
+            },
+            shutdown.clone(),
+        );
+        let (_tx, view) = watch::channel(Arc::new(view));
+        Coordinator::new(CoordinatorParts {
+            local: LocalKv::new(store, writer, hints, tree),
+            view,
+            rpc: Arc::new(RpcClient::new(
+                crate::rpc::connector_for(Arc::new(TokioNetwork)),
+                RpcConfig::default(),
+                Arc::new(RpcStats::default()),
+            )),
+            clock: Arc::new(SystemClock),
+            stats: Arc::new(ReplicationStats::default()),
+            config: CoordinatorConfig {
+                replication: Replication { n: 3, r: 3, w: 3 },
+                rpc_timeout: Duration::from_secs(5),
+                repair_wait: Duration::from_millis(10),
+            },
+        })
+    }
+
+    /// A request that times out says how long it ran and how many replicas had answered:
+    /// this node and the prompt replica, not the slow one.
+    #[tokio::test]
+    async fn a_timeout_reports_the_time_taken_and_the_replies_that_came() {
+        let shutdown = CancellationToken::new();
+        let coordinator = three_nodes(&shutdown).await;
+        let opts = RequestOpts {
+            r: None,
+            w: None,
+            timeout: Duration::from_millis(300),
+        };
+        let key = Key::new("k").unwrap();
+        let payload = Payload::Value {
+            data: Bytes::from_static(b"v"),
+            content_type: "text/plain".into(),
+        };
+        let wrote = coordinator.put(key.clone(), None, payload, &opts).await;
+        let read = coordinator.get(&key, &opts).await;
+        for (result, write) in [(wrote.map(|_| ()), true), (read.map(|_| ()), false)] {
+            let Err(e) = result else {
+                panic!("no timeout (write: {write})")
+            };
+            let message = e.to_string();
+            match e {
+                CoordError::Timeout {
+                    after_ms,
+                    needed,
+                    replied,
+                    write: w,
+                } => {
+                    assert!((300..3000).contains(&after_ms), "{message}");
+                    assert_eq!((needed, replied, w), (3, 2, write), "{message}");
+                }
+                other => panic!("not a timeout: {other:?}"),
+            }
+            assert!(
+                message.starts_with("timed out after ")
+                    && message.contains("3 replica(s) needed, 2 replied"),
+                "{message}"
+            );
+        }
+        shutdown.cancel();
     }
 }

@@ -5,6 +5,7 @@
 //! replies it will use to repair: every replica whose copy lacks something the others
 //! have gets the merged set.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +20,24 @@ use crate::rpc::{Request, Response};
 use crate::version::SiblingSet;
 
 type Reply = (NodeId, Result<Option<SiblingSet>, String>);
+
+/// How many replicas a read round has heard from, shared with its caller so that a caller
+/// who stops waiting can say what had come in by then.
+#[derive(Debug, Default)]
+struct Progress {
+    replied: AtomicUsize,
+    failed: AtomicUsize,
+}
+
+impl Progress {
+    fn replied(&self) -> usize {
+        self.replied.load(Ordering::Relaxed)
+    }
+
+    fn failed(&self) -> usize {
+        self.failed.load(Ordering::Relaxed)
+    }
+}
 
 pub(super) async fn quorum_read(
     inner: &Arc<Inner>,
@@ -47,6 +66,8 @@ pub(super) async fn quorum_read(
     if targets == [view.self_id] {
         return Ok(inner.local.read(key)?);
     }
+    let started = tokio::time::Instant::now();
+    let progress = Arc::new(Progress::default());
     let (answer_tx, answer_rx) = oneshot::channel();
     tokio::spawn(read_round(
         inner.clone(),
@@ -54,22 +75,19 @@ pub(super) async fn quorum_read(
         key.clone(),
         targets,
         r,
+        progress.clone(),
         answer_tx,
     ));
     match tokio::time::timeout(timeout, answer_rx).await {
         Ok(Ok(result)) => result,
+        // The round ended without answering (its task died): say what it had counted.
         Ok(Err(_)) => Err(CoordError::QuorumFailed {
             needed: r,
-            replied: 0,
-            failed: 0,
+            replied: progress.replied(),
+            failed: progress.failed(),
             write: false,
         }),
-        Err(_) => Err(CoordError::Timeout {
-            after_ms: timeout.as_millis() as u64,
-            needed: r,
-            replied: 0,
-            write: false,
-        }),
+        Err(_) => Err(CoordError::timed_out(started, r, progress.replied(), false)),
     }
 }
 
@@ -79,6 +97,7 @@ async fn read_round(
     key: Key,
     targets: Vec<NodeId>,
     r: usize,
+    progress: Arc<Progress>,
     answer: oneshot::Sender<Result<Option<SiblingSet>, CoordError>>,
 ) {
     let (tx, mut rx) = mpsc::channel::<Reply>(targets.len());
@@ -109,6 +128,10 @@ async fn read_round(
                 tracker.failure();
             }
         }
+        progress
+            .replied
+            .store(tracker.succeeded(), Ordering::Relaxed);
+        progress.failed.store(tracker.failed(), Ordering::Relaxed);
         if tracker.is_met() || tracker.is_lost() {
             if let Some(answer) = answer.take() {
                 let result = if tracker.is_met() {

@@ -20,7 +20,7 @@ use super::{CoordError, CoordinatorParts as Inner};
 use crate::cluster::membership::ClusterView;
 use crate::cluster::NodeId;
 use crate::key::Key;
-use crate::kv::{self, KvError};
+use crate::kv::KvError;
 use crate::quorum::Tracker;
 use crate::rpc::{Request, Response};
 use crate::version::{Dot, Payload, SiblingSet, VersionVector};
@@ -92,7 +92,7 @@ pub(super) async fn replicated_write(
     seen: Option<VersionVector>,
     payload: Payload,
     w: usize,
-    deadline: Instant,
+    (started, deadline): (Instant, Instant),
 ) -> Result<(SiblingSet, Dot), CoordError> {
     // Each ring's preference list has the configured N clamped to that ring's size: when
     // a second node joins a lone one, the future ring replicates every key twice.
@@ -102,14 +102,7 @@ pub(super) async fn replicated_write(
     if view.in_transition() {
         lists.push(view.write_ring.preference_list(key.as_bytes(), n));
     }
-    let timeout_error = |replied| CoordError::Timeout {
-        after_ms: deadline
-            .saturating_duration_since(Instant::now())
-            .as_millis() as u64,
-        needed: w,
-        replied,
-        write: true,
-    };
+    let timeout_error = |replied| CoordError::timed_out(started, w, replied, true);
 
     let others: Vec<NodeId> = prefs
         .iter()
@@ -119,7 +112,8 @@ pub(super) async fn replicated_write(
 
     // The local write first: it issues the dot, and every other replica gets its result.
     let now = inner.clock.now_ms();
-    let no_dot = || CoordError::Kv(KvError::Store("a client write issued no dot".into()));
+    // The writer gives every client write a dot; `Applied::dot` is optional for merges.
+    let no_dot = || CoordError::Internal("a client write issued no dot");
     if others.is_empty() {
         // Alone: one durable commit, nothing to overlap with its fsync.
         let applied = tokio::time::timeout_at(
@@ -139,15 +133,19 @@ pub(super) async fn replicated_write(
             .update_staged(key.clone(), seen, payload, now)
             .await?;
         let committed = staged.committed.await.map_err(|_| KvError::ShuttingDown)?;
-        Ok::<_, KvError>((kv::applied(committed)?, staged.durable))
+        Ok::<_, KvError>((committed?, staged.durable))
     };
     let (applied, durable) = tokio::time::timeout_at(deadline, staged)
         .await
         .map_err(|_| timeout_error(0))??;
     let set = applied.set;
     let dot = applied.dot.ok_or_else(no_dot)?;
-    let local_durable =
-        async move { kv::applied(durable.await.map_err(|_| KvError::ShuttingDown)?).map(|_| ()) };
+    let local_durable = async move {
+        durable
+            .await
+            .map_err(|_| KvError::ShuttingDown)?
+            .map(|_| ())
+    };
 
     let mut quorums = Quorums::new(lists, w);
 

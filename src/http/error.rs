@@ -119,9 +119,45 @@ impl From<CoordError> for ApiError {
             | CoordError::Remote(RemoteError::Unavailable(_)) => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
             }
-            CoordError::Kv(_) | CoordError::Remote(_) => {
+            CoordError::Kv(_) | CoordError::Remote(_) | CoordError::Internal(_) => {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::store::StoreError;
+
+    fn status(e: KvError) -> StatusCode {
+        ApiError::from(CoordError::Kv(e)).status
+    }
+
+    /// The storage errors keep their type up to here, and their status: 507 for a full
+    /// disk, 500 for anything else the storage did.
+    #[test]
+    fn storage_errors_map_to_507_for_no_space_and_500_otherwise() {
+        let full = StoreError::Io(std::io::Error::from_raw_os_error(28));
+        assert_eq!(
+            status(KvError::from(full)),
+            StatusCode::INSUFFICIENT_STORAGE
+        );
+        let corrupt = KvError::from(StoreError::Corrupt("bad page".into()));
+        assert!(matches!(&corrupt, KvError::Store(e) if e.is_corruption()));
+        assert_eq!(status(corrupt), StatusCode::INTERNAL_SERVER_ERROR);
+        let sync = KvError::SyncFailed {
+            when: "commit",
+            source: Arc::new(StoreError::SyncFailed(std::io::Error::other("EIO"))),
+        };
+        assert!(std::error::Error::source(&sync).is_some());
+        assert_eq!(status(sync), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            ApiError::from(CoordError::Internal("x")).status,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
     }
 }

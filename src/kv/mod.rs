@@ -17,15 +17,17 @@ use crate::version::{Payload, SiblingSet, VersionVector};
 
 pub use hints::{HintLedger, HintRecord, Pending};
 use summary::SharedTree;
-pub use writer::{Applied, Mutation, Outcome, Staged, WriterHandle, WriterSettings};
+pub use writer::{Applied, Mutation, Staged, Upkeep, WriterHandle, WriterSettings};
 
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+/// `Clone` because the writer answers every job of a failed batch with the same error:
+/// the store errors it carries are shared (`Arc`), which keeps their type.
+#[derive(Debug, thiserror::Error, Clone)]
 #[non_exhaustive]
 pub enum KvError {
     #[error("the write would leave more than {limit} siblings; read the key, merge the siblings, and write back with the causality token")]
     SiblingLimit { limit: usize },
     #[error("storage failed: {0}")]
-    Store(String),
+    Store(#[source] Arc<StoreError>),
     #[error("the node is shutting down")]
     ShuttingDown,
     /// This node's dot counter cannot grow (see `SiblingSet::update_above`).
@@ -36,26 +38,25 @@ pub enum KvError {
     OverflowedSet { key: String },
     /// The storage is out of space: a 507, and a state the node leaves by itself.
     #[error("no space left for this write: {0}")]
-    NoSpace(String),
+    NoSpace(#[source] Arc<StoreError>),
+    /// An fsync failed (`when` says on which path): no later write is acknowledged until
+    /// the node restarts (see `writer::Refusal::failed`). A 500, like `Store`.
+    #[error("fsync failed ({when}: {source}); this node accepts no writes until it restarts")]
+    SyncFailed {
+        when: &'static str,
+        #[source]
+        source: Arc<StoreError>,
+    },
 }
 
 impl From<StoreError> for KvError {
     fn from(e: StoreError) -> Self {
+        // 507 for a full disk, 500 otherwise (see `http::error`).
         if e.is_no_space() {
-            KvError::NoSpace(e.to_string())
+            KvError::NoSpace(Arc::new(e))
         } else {
-            KvError::Store(e.to_string())
+            KvError::Store(Arc::new(e))
         }
-    }
-}
-
-/// The outcome of a data mutation, as what it did to the key.
-pub fn applied(outcome: Result<Outcome, KvError>) -> Result<Applied, KvError> {
-    match outcome? {
-        Outcome::Applied(a) => Ok(a),
-        other => Err(KvError::Store(format!(
-            "unexpected writer outcome {other:?}"
-        ))),
     }
 }
 
@@ -127,13 +128,14 @@ impl LocalKv {
         payload: Payload,
         written_at_ms: u64,
     ) -> Result<Applied, KvError> {
-        self.applied(Mutation::Update {
-            key,
-            seen,
-            payload,
-            written_at_ms,
-        })
-        .await
+        self.writer
+            .submit(Mutation::Update {
+                key,
+                seen,
+                payload,
+                written_at_ms,
+            })
+            .await
     }
 
     /// A client write on this replica, answered twice: the resulting set once committed,
@@ -157,11 +159,7 @@ impl LocalKv {
 
     /// Merges another replica's set into this one.
     pub async fn merge(&self, key: Key, set: SiblingSet) -> Result<Applied, KvError> {
-        self.applied(Mutation::Merge { key, set }).await
-    }
-
-    async fn applied(&self, mutation: Mutation) -> Result<Applied, KvError> {
-        applied(self.writer.submit(mutation).await)
+        self.writer.submit(Mutation::Merge { key, set }).await
     }
 
     /// Keeps a hint for `target`; `false` when its bound is full.
@@ -172,54 +170,32 @@ impl LocalKv {
         set: SiblingSet,
         now_ms: u64,
     ) -> Result<bool, KvError> {
-        match self
-            .writer
-            .submit(Mutation::Hint {
+        self.writer
+            .submit_upkeep(Upkeep::Hint {
                 target,
                 key,
                 set,
                 now_ms,
             })
-            .await?
-        {
-            Outcome::HintStored => Ok(true),
-            Outcome::HintRefused => Ok(false),
-            other => Err(KvError::Store(format!(
-                "unexpected writer outcome {other:?}"
-            ))),
-        }
+            .await
     }
 
     /// Deletes a hint that was handed off, if it is still the one delivered.
     pub async fn delete_hint(&self, target: u64, hint: &StoredHint) -> Result<bool, KvError> {
-        match self
-            .writer
-            .submit(Mutation::DeleteHint {
+        self.writer
+            .submit_upkeep(Upkeep::DeleteHint {
                 target,
                 key: hint.key.clone(),
                 expected: hint.raw.clone(),
             })
-            .await?
-        {
-            Outcome::HintDeleted(deleted) => Ok(deleted),
-            other => Err(KvError::Store(format!(
-                "unexpected writer outcome {other:?}"
-            ))),
-        }
+            .await
     }
 
     /// Removes `key` if its stored set still has `digest`.
     pub async fn drop_if_digest(&self, key: Key, digest: u64) -> Result<bool, KvError> {
-        match self
-            .writer
-            .submit(Mutation::DropIfDigest { key, digest })
-            .await?
-        {
-            Outcome::Dropped(dropped) => Ok(dropped),
-            other => Err(KvError::Store(format!(
-                "unexpected writer outcome {other:?}"
-            ))),
-        }
+        self.writer
+            .submit_upkeep(Upkeep::DropIfDigest { key, digest })
+            .await
     }
 
     /// The summary of every key stored in a ring-position interval: whole leaves from the
@@ -339,7 +315,7 @@ impl LocalKv {
                 // anti-entropy brings the target what the hint held.
                 Err(e) => {
                     self.corrupt(&key, &e);
-                    self.writer.submit_detached(Mutation::DeleteHint {
+                    self.writer.submit_detached(Upkeep::DeleteHint {
                         target,
                         key,
                         expected: raw,
@@ -365,7 +341,7 @@ impl LocalKv {
             Err(e) => {
                 self.corrupt(key, &e);
                 self.writer
-                    .submit_detached(Mutation::DropCorrupt { key: key.clone() });
+                    .submit_detached(Upkeep::DropCorrupt { key: key.clone() });
                 None
             }
         }

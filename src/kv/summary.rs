@@ -158,7 +158,6 @@ pub fn load_tree(store: &dyn Store) -> Result<Tree, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{BlockingMode, FsyncMode};
     use crate::kv::writer::{self, Mutation, WriterSettings};
     use crate::kv::HintLedger;
     use crate::store::MemoryStore;
@@ -190,19 +189,7 @@ mod tests {
     }
 
     fn writer_settings(tree: &SharedTree) -> WriterSettings {
-        WriterSettings {
-            actor: Actor { node: 1, epoch: 0 },
-            dot_floor: 0,
-            fsync: FsyncMode::Always,
-            fsync_interval: Duration::from_secs(1),
-            blocking: BlockingMode::Inline,
-            queue: 64,
-            max_batch: 16,
-            max_siblings: 64,
-            max_hint_bytes: 0,
-            hints: Arc::new(HintLedger::default()),
-            tree: tree.clone(),
-        }
+        WriterSettings::for_test(tree.clone(), Arc::new(HintLedger::default()))
     }
 
     /// Flips the last byte of a stored record, as a bad disk might.
@@ -285,10 +272,7 @@ mod tests {
             })
             .await
             .unwrap();
-        match merged {
-            writer::Outcome::Applied(a) => assert_eq!(a.set, theirs),
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(merged.set, theirs);
         assert_eq!(local.read(&keys[5]).unwrap(), Some(theirs));
         assert_eq!(handle.stats().corrupt_records.get(), 2);
         assert_eq!(
@@ -375,19 +359,7 @@ mod tests {
         let tree: SharedTree = Arc::default();
         let (handle, task) = writer::spawn(
             store.clone(),
-            WriterSettings {
-                actor: Actor { node: 1, epoch: 0 },
-                dot_floor: 0,
-                fsync: FsyncMode::Always,
-                fsync_interval: Duration::from_secs(1),
-                blocking: BlockingMode::Inline,
-                queue: 64,
-                max_batch: 16,
-                max_siblings: 64,
-                max_hint_bytes: 0,
-                hints: Arc::new(HintLedger::default()),
-                tree: tree.clone(),
-            },
+            WriterSettings::for_test(tree.clone(), Arc::new(HintLedger::default())),
             CancellationToken::new(),
         );
         let value = |s: &str| Payload::Value {

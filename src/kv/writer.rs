@@ -25,7 +25,8 @@ use crate::stats::StorageStats;
 use crate::store::{Store, StoreError, Table, WriteTxn};
 use crate::version::{Actor, Dot, Payload, SiblingSet, VersionVector};
 
-/// A change to one key, decided against the key's current state inside the transaction.
+/// A change to one key's data, decided against the key's current state inside the
+/// transaction, and answered with what it did to the key ([`Applied`]).
 #[derive(Debug)]
 pub enum Mutation {
     /// A client write: a new version over `seen` (None = blind). A delete is a write of
@@ -39,7 +40,14 @@ pub enum Mutation {
     /// A sibling set from another replica, merged with DVV sync. Never refused for the
     /// sibling cap: refusing would lose data another node already acknowledged.
     Merge { key: Key, set: SiblingSet },
-    /// Keep `set` for `target`, merged with any hint already held for that key.
+}
+
+/// Upkeep of the hints and the data rows, answered with whether it did what it asks
+/// (each variant says what `false` means).
+#[derive(Debug)]
+pub enum Upkeep {
+    /// Keep `set` for `target`, merged with any hint already held for that key. `false`:
+    /// refused, the target's hints are at `--max-hint-bytes`.
     Hint {
         target: u64,
         key: Key,
@@ -47,10 +55,11 @@ pub enum Mutation {
         now_ms: u64,
     },
     /// Remove the key entirely if its stored set still has this digest (see
-    /// `Request::DropIfDigest`).
+    /// `Request::DropIfDigest`). `false`: it did not (or the key is gone).
     DropIfDigest { key: Key, digest: u64 },
     /// Drop a delivered hint, unless it changed since it was read (`expected` is the stored
-    /// record that was delivered): a hint merged meanwhile still has to go out.
+    /// record that was delivered): a hint merged meanwhile still has to go out. `false`:
+    /// it changed, and stays.
     DeleteHint {
         target: u64,
         key: Key,
@@ -58,7 +67,7 @@ pub enum Mutation {
     },
     /// Delete the key's data row if it is still corrupt (see `LocalKv::read`), taking it
     /// out of the index and the tree in the same transaction so that anti-entropy sees
-    /// it missing here.
+    /// it missing here. `false`: it is not corrupt (any more), or gone.
     DropCorrupt { key: Key },
 }
 
@@ -75,34 +84,124 @@ pub struct Applied {
     pub dot: Option<Dot>,
 }
 
-#[derive(Debug, Clone)]
-pub enum Outcome {
-    Applied(Applied),
-    HintStored,
-    /// The target's hints are at `--max-hint-bytes`.
-    HintRefused,
-    HintDeleted(bool),
-    Dropped(bool),
+type Answer<T> = oneshot::Sender<Result<T, KvError>>;
+
+/// One queued change with where its answer goes. Each kind carries its own outcome type,
+/// so that every submitter gets exactly what its change produces.
+enum Job {
+    Data {
+        mutation: Mutation,
+        /// Told the outcome as soon as the transaction has committed, before its fsync
+        /// (see [`WriterHandle::submit_staged`]).
+        staged: Option<Answer<Applied>>,
+        /// Told the outcome once it is as durable as `--fsync` makes it.
+        reply: Answer<Applied>,
+        /// Set by the commit (see [`commit`]).
+        outcome: Option<Result<Applied, KvError>>,
+    },
+    Upkeep {
+        upkeep: Upkeep,
+        reply: Answer<bool>,
+        outcome: Option<Result<bool, KvError>>,
+    },
 }
 
-struct Job {
-    mutation: Mutation,
-    /// Told the outcome as soon as the transaction has committed, before its fsync (see
-    /// [`WriterHandle::submit_staged`]).
-    staged: Option<oneshot::Sender<Result<Outcome, KvError>>>,
-    /// Told the outcome once it is as durable as `--fsync` makes it.
-    reply: oneshot::Sender<Result<Outcome, KvError>>,
-}
+impl Job {
+    fn data(mutation: Mutation, staged: Option<Answer<Applied>>, reply: Answer<Applied>) -> Self {
+        Job::Data {
+            mutation,
+            staged,
+            reply,
+            outcome: None,
+        }
+    }
 
-/// Each job of a batch with its outcome.
-type Answered = Vec<(Job, Result<Outcome, KvError>)>;
+    fn upkeep(upkeep: Upkeep, reply: Answer<bool>) -> Self {
+        Job::Upkeep {
+            upkeep,
+            reply,
+            outcome: None,
+        }
+    }
+
+    fn is_staged(&self) -> bool {
+        matches!(
+            self,
+            Job::Data {
+                staged: Some(_),
+                ..
+            }
+        )
+    }
+
+    /// Answers the job with `e`, without applying it.
+    fn refuse(self, e: &KvError) {
+        match self {
+            Job::Data { staged, reply, .. } => {
+                if let Some(staged) = staged {
+                    let _ = staged.send(Err(e.clone()));
+                }
+                let _ = reply.send(Err(e.clone()));
+            }
+            Job::Upkeep { reply, .. } => {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+
+    /// Every job of a batch whose transaction failed gets its error.
+    fn fail(&mut self, e: &KvError) {
+        match self {
+            Job::Data { outcome, .. } => *outcome = Some(Err(e.clone())),
+            Job::Upkeep { outcome, .. } => *outcome = Some(Err(e.clone())),
+        }
+    }
+
+    /// Once committed: tells a staged job its outcome, and notes a merge over the cap.
+    fn committed(&mut self, settings: &WriterSettings, stats: &StorageStats) {
+        if let Job::Data {
+            mutation,
+            staged,
+            outcome: Some(result),
+            ..
+        } = self
+        {
+            note_merge_over_cap(settings, stats, mutation, result);
+            if let Some(staged) = staged.take() {
+                let _ = staged.send(result.clone());
+            }
+        }
+    }
+
+    /// The final answer: the outcome, or `synced`'s error if the commit's sync failed. A
+    /// job the commit never reached (the store ran no transaction body) is dropped
+    /// unanswered, which its submitter sees as the writer gone.
+    fn answer(self, synced: &Result<(), KvError>) {
+        fn send<T>(
+            reply: Answer<T>,
+            outcome: Option<Result<T, KvError>>,
+            synced: &Result<(), KvError>,
+        ) {
+            let Some(result) = outcome else { return };
+            // The requester may have timed out and gone; the write stands regardless.
+            let _ = reply.send(match synced {
+                Ok(()) => result,
+                Err(e) => Err(e.clone()),
+            });
+        }
+        match self {
+            Job::Data { reply, outcome, .. } => send(reply, outcome, synced),
+            Job::Upkeep { reply, outcome, .. } => send(reply, outcome, synced),
+        }
+    }
+}
 
 /// The two answers of [`WriterHandle::submit_staged`].
 pub struct Staged {
     /// The outcome, once committed: visible to this node, not yet synced.
-    pub committed: oneshot::Receiver<Result<Outcome, KvError>>,
+    pub committed: oneshot::Receiver<Result<Applied, KvError>>,
     /// The same outcome once synced, or the error that kept it from being synced.
-    pub durable: oneshot::Receiver<Result<Outcome, KvError>>,
+    pub durable: oneshot::Receiver<Result<Applied, KvError>>,
 }
 
 #[derive(Clone)]
@@ -128,6 +227,24 @@ pub struct WriterSettings {
 }
 
 impl WriterSettings {
+    /// Settings for unit tests: actor 1, durable commits, I/O inline, no hint budget.
+    #[cfg(test)]
+    pub(crate) fn for_test(tree: SharedTree, hints: Arc<HintLedger>) -> Self {
+        WriterSettings {
+            actor: Actor { node: 1, epoch: 0 },
+            dot_floor: 0,
+            fsync: FsyncMode::Always,
+            fsync_interval: Duration::from_secs(1),
+            blocking: BlockingMode::Inline,
+            queue: 64,
+            max_batch: 16,
+            max_siblings: 64,
+            max_hint_bytes: 0,
+            hints,
+            tree,
+        }
+    }
+
     /// Whether a commit is durable before it is acknowledged.
     fn durable(&self) -> bool {
         self.fsync == FsyncMode::Always
@@ -135,17 +252,22 @@ impl WriterSettings {
 }
 
 impl WriterHandle {
-    pub async fn submit(&self, mutation: Mutation) -> Result<Outcome, KvError> {
+    /// Applies a data change, and answers what it did to the key once durable.
+    pub async fn submit(&self, mutation: Mutation) -> Result<Applied, KvError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Job {
-                mutation,
-                staged: None,
-                reply,
-            })
-            .await
-            .map_err(|_| KvError::ShuttingDown)?;
+        self.queue(Job::data(mutation, None, reply)).await?;
         rx.await.map_err(|_| KvError::ShuttingDown)?
+    }
+
+    /// Applies an upkeep change, and answers whether it did what it asks (see [`Upkeep`]).
+    pub async fn submit_upkeep(&self, upkeep: Upkeep) -> Result<bool, KvError> {
+        let (reply, rx) = oneshot::channel();
+        self.queue(Job::upkeep(upkeep, reply)).await?;
+        rx.await.map_err(|_| KvError::ShuttingDown)?
+    }
+
+    async fn queue(&self, job: Job) -> Result<(), KvError> {
+        self.tx.send(job).await.map_err(|_| KvError::ShuttingDown)
     }
 
     /// Queues a mutation and answers twice: once its transaction has committed, and once
@@ -160,26 +282,15 @@ impl WriterHandle {
     pub async fn submit_staged(&self, mutation: Mutation) -> Result<Staged, KvError> {
         let (staged, committed) = oneshot::channel();
         let (reply, durable) = oneshot::channel();
-        self.tx
-            .send(Job {
-                mutation,
-                staged: Some(staged),
-                reply,
-            })
-            .await
-            .map_err(|_| KvError::ShuttingDown)?;
+        self.queue(Job::data(mutation, Some(staged), reply)).await?;
         Ok(Staged { committed, durable })
     }
 
     /// Queues a mutation without waiting for it; dropped when the queue is full. For
     /// repairs that the next read would ask for again anyway.
-    pub fn submit_detached(&self, mutation: Mutation) {
+    pub fn submit_detached(&self, upkeep: Upkeep) {
         let (reply, _) = oneshot::channel();
-        let _ = self.tx.try_send(Job {
-            mutation,
-            staged: None,
-            reply,
-        });
+        let _ = self.tx.try_send(Job::upkeep(upkeep, reply));
     }
 
     /// Whether the writer takes writes now.
@@ -247,14 +358,15 @@ impl Refusal {
     }
 
     /// Takes in a storage error of a commit or a sync.
-    fn note(&mut self, when: &str, e: &StoreError, sync: bool) {
-        if e.is_no_space() && !matches!(e, StoreError::SyncFailed(_)) {
+    fn note(&mut self, when: &'static str, e: &Arc<StoreError>, sync: bool) {
+        let sync_error = matches!(**e, StoreError::SyncFailed(_));
+        if e.is_no_space() && !sync_error {
             if self.no_space.is_none() {
                 tracing::error!(error = %e, when, probe_every = ?SPACE_PROBE_INTERVAL,
                     "out of space: refusing writes until a probe commit succeeds; reads go on");
             }
-            self.no_space = Some(KvError::NoSpace(e.to_string()));
-        } else if sync || matches!(e, StoreError::SyncFailed(_)) {
+            self.no_space = Some(KvError::NoSpace(e.clone()));
+        } else if sync || sync_error {
             self.failed = Some(sync_failed(when, e));
         }
     }
@@ -294,7 +406,7 @@ async fn run(
                 && refusal.error().is_none() => {
                 match blocking(settings.blocking, store.clone(), |s| s.sync()).await {
                     Ok(()) => stats.fsyncs.inc(),
-                    Err(e) => refusal.note("periodic", &e, true),
+                    Err(e) => refusal.note("periodic", &Arc::new(e), true),
                 }
                 unsynced = false;
                 publish(&state, was, &refusal, &store, &settings, &mut probe_timer).await;
@@ -312,7 +424,7 @@ async fn run(
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "space probe failed; still refusing writes");
-                        refusal.note("space probe", &e, false);
+                        refusal.note("space probe", &Arc::new(e), false);
                     }
                 }
                 publish(&state, was, &refusal, &store, &settings, &mut probe_timer).await;
@@ -329,20 +441,17 @@ async fn run(
         }
         if let Some(e) = refusal.error() {
             for job in batch {
-                if let Some(staged) = job.staged {
-                    let _ = staged.send(Err(e.clone()));
-                }
-                let _ = job.reply.send(Err(e.clone()));
+                job.refuse(e);
             }
             continue;
         }
         let durable = settings.durable();
         // With a staged job in the batch, commit first and sync after, so that its set can
         // go out between the two (see `submit_staged`); otherwise one durable commit.
-        let split = durable && batch.iter().any(|j| j.staged.is_some());
+        let split = durable && batch.iter().any(Job::is_staged);
         let s = settings.clone();
         let mutations = batch.len() as u64;
-        let (outcomes, result, floor) = blocking(settings.blocking, store.clone(), {
+        let (mut jobs, result, floor) = blocking(settings.blocking, store.clone(), {
             let stats = stats.clone();
             move |store| commit(store, &s, &stats, dot_floor, batch, durable && !split)
         })
@@ -360,13 +469,8 @@ async fn run(
             }
         }
         unsynced |= !durable;
-        let mut replies = Vec::with_capacity(outcomes.len());
-        for (job, result) in outcomes {
-            note_merge_over_cap(&settings, &stats, &job.mutation, &result);
-            if let Some(staged) = job.staged {
-                let _ = staged.send(result.clone());
-            }
-            replies.push((job.reply, result));
+        for job in &mut jobs {
+            job.committed(&settings, &stats);
         }
         let synced = if split && committed {
             match blocking(settings.blocking, store.clone(), |s| s.sync()).await {
@@ -375,19 +479,21 @@ async fn run(
                     Ok(())
                 }
                 Err(e) => {
+                    let e = Arc::new(e);
                     refusal.note("after a staged commit", &e, true);
-                    Err(refusal.error().cloned().unwrap_or_else(|| KvError::from(e)))
+                    // `note` always records a failed sync; the fallback only keeps this
+                    // total without an unwrap.
+                    Err(refusal.error().cloned().unwrap_or(KvError::SyncFailed {
+                        when: "after a staged commit",
+                        source: e,
+                    }))
                 }
             }
         } else {
             Ok(())
         };
-        for (reply, result) in replies {
-            // The requester may have timed out and gone; the write stands regardless.
-            let _ = reply.send(match &synced {
-                Ok(()) => result,
-                Err(e) => Err(e.clone()),
-            });
+        for job in jobs {
+            job.answer(&synced);
         }
         publish(&state, was, &refusal, &store, &settings, &mut probe_timer).await;
     }
@@ -409,9 +515,9 @@ fn note_merge_over_cap(
     settings: &WriterSettings,
     stats: &StorageStats,
     mutation: &Mutation,
-    result: &Result<Outcome, KvError>,
+    result: &Result<Applied, KvError>,
 ) {
-    if let (Mutation::Merge { key, .. }, Ok(Outcome::Applied(a))) = (mutation, result) {
+    if let (Mutation::Merge { key, .. }, Ok(a)) = (mutation, result) {
         if a.changed && a.set.len() > settings.max_siblings {
             stats.merges_over_sibling_cap.inc();
             tracing::warn!(
@@ -424,7 +530,6 @@ fn note_merge_over_cap(
     }
 }
 
-/// The error every later write gets once an fsync has failed (see `failed` in `run`).
 /// Publishes a change of state. On entering the no-space state the store is reopened at
 /// once: redb refuses reads too after an I/O error, and this node still serves them.
 async fn publish(
@@ -477,18 +582,18 @@ fn probe_space(store: &dyn Store) -> Result<(Tree, HintLedger), StoreError> {
 }
 
 /// The error every later write gets once an fsync has failed (see [`Refusal::failed`]).
-fn sync_failed(when: &str, e: &StoreError) -> KvError {
+fn sync_failed(when: &'static str, e: &Arc<StoreError>) -> KvError {
     tracing::error!(error = %e, when, "fsync failed: this node acknowledges no more writes until it restarts");
-    KvError::Store(format!(
-        "fsync failed ({when}: {e}); this node accepts no writes until it restarts"
-    ))
+    KvError::SyncFailed {
+        when,
+        source: e.clone(),
+    }
 }
 
-/// One transaction for the whole batch. A mutation that is refused (the sibling cap, a
-/// full hint bound) is answered alone; a storage error fails the whole batch, and nothing
-/// in it is applied. The flag says whether the transaction committed; the number is the
-/// dot floor after it.
-#[allow(clippy::type_complexity)]
+/// One transaction for the whole batch. A mutation that is refused (the sibling cap, an
+/// overflowed counter) is answered alone; a storage error fails the whole batch, and
+/// nothing in it is applied. Returns the jobs with their outcomes set, whether the
+/// transaction committed, and the dot floor after it.
 fn commit(
     store: &dyn Store,
     settings: &WriterSettings,
@@ -496,27 +601,39 @@ fn commit(
     dot_floor: u64,
     batch: Vec<Job>,
     durable: bool,
-) -> (Answered, Result<(), StoreError>, u64) {
+) -> (Vec<Job>, Result<(), Arc<StoreError>>, u64) {
+    let mut batch = batch;
     let mut floor = dot_floor;
-    let mut outcomes: Vec<Result<Outcome, KvError>> = Vec::with_capacity(batch.len());
     // Hint totals and the in-memory tree change only once the commit succeeded.
     let mut ledger = LedgerDelta::default();
     let mut tree = TreeDelta::default();
     let result = store.write(durable, &mut |txn| {
-        outcomes.clear();
+        // The body may run again (the store retries it): each run starts afresh.
         ledger = LedgerDelta::default();
         tree = TreeDelta::default();
         floor = dot_floor;
-        for job in &batch {
-            outcomes.push(apply(
-                txn,
-                settings,
-                stats,
-                &mut floor,
-                &mut ledger,
-                &mut tree,
-                &job.mutation,
-            )?);
+        for job in &mut batch {
+            match job {
+                Job::Data {
+                    mutation, outcome, ..
+                } => {
+                    *outcome = Some(apply(
+                        txn, settings, stats, &mut floor, &mut tree, mutation,
+                    )?);
+                }
+                Job::Upkeep {
+                    upkeep, outcome, ..
+                } => {
+                    *outcome = Some(apply_upkeep(
+                        txn,
+                        settings,
+                        stats,
+                        &mut ledger,
+                        &mut tree,
+                        upkeep,
+                    )?);
+                }
+            }
         }
         // In the same transaction as the versions that raised it: as durable as they are.
         if floor != dot_floor {
@@ -524,6 +641,7 @@ fn commit(
         }
         tree.store(txn)
     });
+    let result = result.map_err(Arc::new);
     match &result {
         Ok(()) => {
             ledger.commit(&settings.hints);
@@ -531,18 +649,19 @@ fn commit(
         }
         Err(e) => {
             tracing::error!(error = %e, mutations = batch.len(), "commit failed");
-            // 507 for a full disk, 500 otherwise (see `KvError::from`).
-            let kv = |e: &StoreError| {
-                if e.is_no_space() {
-                    KvError::NoSpace(e.to_string())
-                } else {
-                    KvError::Store(e.to_string())
-                }
+            // Every job gets the one error, its type kept: 507 for a full disk, 500
+            // otherwise (see `KvError::from`).
+            let kv = if e.is_no_space() {
+                KvError::NoSpace(e.clone())
+            } else {
+                KvError::Store(e.clone())
             };
-            outcomes = batch.iter().map(|_| Err(kv(e))).collect();
+            for job in &mut batch {
+                job.fail(&kv);
+            }
         }
     }
-    (batch.into_iter().zip(outcomes).collect(), result, floor)
+    (batch, result, floor)
 }
 
 /// Hint count and byte changes made by one transaction, per target.
@@ -567,16 +686,14 @@ impl LedgerDelta {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn apply(
     txn: &mut dyn WriteTxn,
     settings: &WriterSettings,
     stats: &StorageStats,
     dot_floor: &mut u64,
-    ledger: &mut LedgerDelta,
     tree: &mut TreeDelta,
     mutation: &Mutation,
-) -> Result<Result<Outcome, KvError>, StoreError> {
+) -> Result<Result<Applied, KvError>, StoreError> {
     match mutation {
         Mutation::Update {
             key,
@@ -618,16 +735,28 @@ fn apply(
             let next = current.sync(set);
             write_set(txn, tree, key, current, next, None).map(Ok)
         }
-        Mutation::DropIfDigest { key, digest } => {
+    }
+}
+
+fn apply_upkeep(
+    txn: &mut dyn WriteTxn,
+    settings: &WriterSettings,
+    stats: &StorageStats,
+    ledger: &mut LedgerDelta,
+    tree: &mut TreeDelta,
+    upkeep: &Upkeep,
+) -> Result<Result<bool, KvError>, StoreError> {
+    match upkeep {
+        Upkeep::DropIfDigest { key, digest } => {
             let current = read_set(txn, stats, tree, key)?;
             if current.is_empty() || super::summary::digest(&current) != *digest {
-                return Ok(Ok(Outcome::Dropped(false)));
+                return Ok(Ok(false));
             }
             txn.delete(Table::Data, key.as_bytes())?;
             tree.record(txn, key, &current, &SiblingSet::new())?;
-            Ok(Ok(Outcome::Dropped(true)))
+            Ok(Ok(true))
         }
-        Mutation::Hint {
+        Upkeep::Hint {
             target,
             key,
             set,
@@ -665,7 +794,7 @@ fn apply(
             let old_len = old.as_ref().map_or(0, |o| o.len() as i64);
             let total = settings.hints.pending(*target).bytes as i64 + ledger.bytes(*target);
             if total - old_len + raw.len() as i64 > settings.max_hint_bytes as i64 {
-                return Ok(Ok(Outcome::HintRefused));
+                return Ok(Ok(false));
             }
             txn.put(Table::Hints, &hkey, &raw)?;
             ledger.add(
@@ -673,9 +802,9 @@ fn apply(
                 i64::from(old.is_none()),
                 raw.len() as i64 - old_len,
             );
-            Ok(Ok(Outcome::HintStored))
+            Ok(Ok(true))
         }
-        Mutation::DeleteHint {
+        Upkeep::DeleteHint {
             target,
             key,
             expected,
@@ -685,19 +814,19 @@ fn apply(
                 Some(raw) if raw == *expected => {
                     txn.delete(Table::Hints, &hkey)?;
                     ledger.add(*target, -1, -(raw.len() as i64));
-                    Ok(Ok(Outcome::HintDeleted(true)))
+                    Ok(Ok(true))
                 }
-                _ => Ok(Ok(Outcome::HintDeleted(false))),
+                _ => Ok(Ok(false)),
             }
         }
-        Mutation::DropCorrupt { key } => match txn.get(Table::Data, key.as_bytes())? {
+        Upkeep::DropCorrupt { key } => match txn.get(Table::Data, key.as_bytes())? {
             Some(raw) if record::decode(&raw).is_err() => {
                 txn.delete(Table::Data, key.as_bytes())?;
                 tree.forget(txn, key)?;
                 tracing::warn!(key = %key, "dropped a corrupt record; anti-entropy and read repair restore it from a replica");
-                Ok(Ok(Outcome::Dropped(true)))
+                Ok(Ok(true))
             }
-            _ => Ok(Ok(Outcome::Dropped(false))),
+            _ => Ok(Ok(false)),
         },
     }
 }
@@ -733,18 +862,18 @@ fn write_set(
     current: SiblingSet,
     next: SiblingSet,
     dot: Option<Dot>,
-) -> Result<Outcome, StoreError> {
+) -> Result<Applied, StoreError> {
     let changed = next != current;
     if changed {
         txn.put(Table::Data, key.as_bytes(), &record::encode(&next))?;
         tree.record(txn, key, &current, &next)?;
     }
-    Ok(Outcome::Applied(Applied {
+    Ok(Applied {
         had_live: current.has_live(),
         set: next,
         changed,
         dot,
-    }))
+    })
 }
 
 /// Runs blocking storage work as the mode says (see [`BlockingMode`]).
@@ -774,17 +903,10 @@ mod tests {
 
     fn settings(dot_floor: u64) -> WriterSettings {
         WriterSettings {
-            actor: Actor { node: 1, epoch: 0 },
             dot_floor,
-            fsync: FsyncMode::Always,
-            fsync_interval: Duration::from_secs(1),
-            blocking: BlockingMode::Inline,
             queue: 16,
             max_batch: 8,
-            max_siblings: 64,
-            max_hint_bytes: 0,
-            hints: Arc::new(HintLedger::default()),
-            tree: Arc::default(),
+            ..WriterSettings::for_test(Arc::default(), Arc::new(HintLedger::default()))
         }
     }
 
@@ -801,10 +923,7 @@ mod tests {
     }
 
     async fn applied(w: &WriterHandle, m: Mutation) -> Applied {
-        match w.submit(m).await.unwrap() {
-            Outcome::Applied(a) => a,
-            other => panic!("not applied: {other:?}"),
-        }
+        w.submit(m).await.unwrap()
     }
 
     /// The case the node-wide floor exists for: this node loses a key's history (here it
@@ -820,13 +939,13 @@ mod tests {
         let stale = applied(&w, put(&key, "v1")).await;
         let second = applied(&w, put(&key, "v2")).await;
         let dropped = w
-            .submit(Mutation::DropIfDigest {
+            .submit_upkeep(Upkeep::DropIfDigest {
                 key: key.clone(),
                 digest: digest(&second.set),
             })
             .await
             .unwrap();
-        assert!(matches!(dropped, Outcome::Dropped(true)));
+        assert!(dropped);
         let new = applied(&w, put(&key, "new")).await;
         let new_dot = new.dot.unwrap();
         // Counting from the key's empty history would have issued v1's dot again, for
@@ -1013,11 +1132,14 @@ mod tests {
             "visible before the fsync"
         );
         let durable = staged.durable.await.unwrap();
-        assert!(matches!(durable, Err(KvError::Store(_))), "{durable:?}");
+        assert!(
+            matches!(&durable, Err(KvError::SyncFailed { source, .. }) if matches!(**source, StoreError::Io(_))),
+            "{durable:?}"
+        );
         for value in ["b", "c"] {
             let later = w.submit(put(&key, value)).await;
             assert!(
-                matches!(&later, Err(KvError::Store(m)) if m.contains("fsync failed")),
+                matches!(&later, Err(e @ KvError::SyncFailed { .. }) if e.to_string().contains("fsync failed")),
                 "{later:?}"
             );
         }
@@ -1086,7 +1208,11 @@ mod tests {
         store.full.store(true, std::sync::atomic::Ordering::SeqCst);
         for value in ["b", "c"] {
             let r = w.submit(put(&key, value)).await;
-            assert!(matches!(r, Err(KvError::NoSpace(_))), "{r:?}");
+            // The store's own error, type and all, not its text.
+            assert!(
+                matches!(&r, Err(KvError::NoSpace(e)) if matches!(&**e, StoreError::Io(io) if io.raw_os_error() == Some(28))),
+                "{r:?}"
+            );
         }
         assert_eq!(w.write_state(), WriteState::NoSpace);
         let reopened = store.reopens.load(std::sync::atomic::Ordering::SeqCst);
