@@ -46,7 +46,7 @@ pub const SPLIT_AFTER_ROUNDS: u32 = 10;
 /// absent while it does, so a node of an older build reads as writable.
 pub const KEY_NO_WRITES: &str = "no_writes";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MemberState {
     /// Takes writes for its future ranges while it pulls them; serves no reads yet.
@@ -202,25 +202,33 @@ impl ClusterView {
     /// The two rings of a member set (see [`ClusterView`]), each member with the vnode
     /// count it gossips.
     pub fn rings(members: &BTreeMap<NodeId, Member>) -> (Ring, Ring) {
-        let with = |states: &[MemberState]| -> Vec<(NodeId, u16)> {
-            members
-                .values()
-                .filter(|m| states.contains(&m.state))
-                .map(|m| (m.id, m.vnodes))
-                .collect()
-        };
-        let mut read = with(&[MemberState::Normal, MemberState::Leaving]);
-        let mut write = with(&[MemberState::Normal, MemberState::Joining]);
-        // A cluster of joiners only (all started at once) has no one to pull from: they
-        // all hold nothing, so the joiners are the ring.
-        if read.is_empty() {
-            read = write.clone();
-        }
-        if write.is_empty() {
-            write = read.clone();
-        }
-        (Ring::weighted(read), Ring::weighted(write))
+        rings_of(members.values().map(|m| (m.id, m.state, m.vnodes)))
     }
+}
+
+/// The read and write rings of a member set given as (id, state, vnodes): the one place
+/// that decides which states each ring takes. The node builds its rings with it, and so
+/// do the tools that check placement from `/cluster`, so the two cannot drift apart.
+pub fn rings_of(members: impl IntoIterator<Item = (NodeId, MemberState, u16)>) -> (Ring, Ring) {
+    let members: Vec<(NodeId, MemberState, u16)> = members.into_iter().collect();
+    let with = |states: &[MemberState]| -> Vec<(NodeId, u16)> {
+        members
+            .iter()
+            .filter(|(_, state, _)| states.contains(state))
+            .map(|&(id, _, vnodes)| (id, vnodes))
+            .collect()
+    };
+    let mut read = with(&[MemberState::Normal, MemberState::Leaving]);
+    let mut write = with(&[MemberState::Normal, MemberState::Joining]);
+    // A cluster of joiners only (all started at once) has no one to pull from: they
+    // all hold nothing, so the joiners are the ring.
+    if read.is_empty() {
+        read = write.clone();
+    }
+    if write.is_empty() {
+        write = read.clone();
+    }
+    (Ring::weighted(read), Ring::weighted(write))
 }
 
 #[derive(Clone, Debug)]
