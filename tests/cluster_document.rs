@@ -12,8 +12,9 @@ async fn cluster_document_round_trips_and_rebuilds_the_rings() {
     let cluster = Cluster::start(3, &["--vnodes", "16"]).await;
     for (i, node) in cluster.nodes.iter().enumerate() {
         let raw = cluster_json(node).await;
-        let doc: ClusterJson = serde_json::from_value(raw.clone())
-            .unwrap_or_else(|e| panic!("node {}: /cluster is not a ClusterJson: {e}\n{raw}", i + 1));
+        let doc: ClusterJson = serde_json::from_value(raw.clone()).unwrap_or_else(|e| {
+            panic!("node {}: /cluster is not a ClusterJson: {e}\n{raw}", i + 1)
+        });
         // Serialised again it is the very answer: the type holds every field the node sends.
         assert_eq!(serde_json::to_value(&doc).unwrap(), raw, "node {}", i + 1);
         assert_eq!(doc.self_id().unwrap().to_string(), node.node_id);

@@ -654,3 +654,50 @@ fn collect_members(
     departed.remove(&me.id);
     (members, departed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn state() -> impl Strategy<Value = MemberState> {
+        prop_oneof![
+            Just(MemberState::Joining),
+            Just(MemberState::Normal),
+            Just(MemberState::Leaving),
+            Just(MemberState::Left),
+        ]
+    }
+
+    fn ids(ring: &Ring) -> BTreeSet<NodeId> {
+        ring.members().iter().copied().collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Reads go to the holders (normal, leaving), writes to normal and joining; a side
+        /// with nobody takes the other side's members; a departed member is in neither;
+        /// the order the members come in does not matter.
+        #[test]
+        fn rings_of_takes_each_state_to_its_rings(
+            members in proptest::collection::btree_map(1u64..64, (state(), 1u16..16), 0..10),
+        ) {
+            let list: Vec<(NodeId, MemberState, u16)> =
+                members.iter().map(|(&id, &(s, v))| (NodeId(id), s, v)).collect();
+            let (read, write) = rings_of(list.iter().copied());
+            let with = |states: &[MemberState]| -> BTreeSet<NodeId> {
+                list.iter().filter(|m| states.contains(&m.1)).map(|m| m.0).collect()
+            };
+            let holders = with(&[MemberState::Normal, MemberState::Leaving]);
+            let writers = with(&[MemberState::Normal, MemberState::Joining]);
+            let want_read = if holders.is_empty() { writers.clone() } else { holders };
+            let want_write = if writers.is_empty() { want_read.clone() } else { writers };
+            prop_assert_eq!(ids(&read), want_read);
+            prop_assert_eq!(ids(&write), want_write);
+            let (r2, w2) = rings_of(list.iter().rev().copied());
+            prop_assert_eq!(r2.hash(), read.hash());
+            prop_assert_eq!(w2.hash(), write.hash());
+        }
+    }
+}

@@ -1109,7 +1109,10 @@ mod tests {
 
     #[test]
     fn joiners_alone_are_the_ring() {
-        let cluster = document(&[("0000000000000001", "joining"), ("0000000000000002", "joining")]);
+        let cluster = document(&[
+            ("0000000000000001", "joining"),
+            ("0000000000000002", "joining"),
+        ]);
         let (ring, _) = ring_of(&cluster).unwrap();
         assert_eq!(ring.members(), &[NodeId(1), NodeId(2)]);
     }
