@@ -6,7 +6,7 @@
 #
 # Starts node1..node5 (compose project "ringkv-faults", HTTP on 127.0.0.1:BASE+I), loads
 # K keys (default 5000; 1000 with --short) recording every acknowledged write, and keeps
-# `ringkv churn` going (reads, read-modify-writes and inserts at SCALE_CHURN_RATE/s,
+# `ringkv-tools churn` going (reads, read-modify-writes and inserts at SCALE_CHURN_RATE/s,
 # bounded in time and count; it records its writes too). Then, one after the other, each
 # held for SECS (default 20; 6 with --short) and healed before the next:
 #   kill        docker kill node3, then docker start it (same volume)
@@ -18,9 +18,9 @@
 # load, lets the cluster settle and checks, as tests/cluster_node_down.rs does:
 #   1. hints drain: hints_pending_total is 0 on every node (polled up to FAULTS_SETTLE_SECS)
 #   2. every acknowledged write is readable at the default quorum, with its last
-#      acknowledged value or a later attempt (`ringkv verify`)
+#      acknowledged value or a later attempt (`ringkv-tools verify`)
 #   3. replicas converge: every acknowledged key's /debug/local is the same on each member
-#      of its preference list (`ringkv verify --replicas`), and no key is misplaced
+#      of its preference list (`ringkv-tools verify --replicas`), and no key is misplaced
 # It prints a summary and exits non-zero if any of them fails. Containers, the network
 # and the volumes are removed on exit, whatever happens; on failure the work dir keeps
 # the node logs, the record and the JSON of the checks.
@@ -73,8 +73,8 @@ log() { echo "faults: $*" >&2; }
 url() { echo "http://127.0.0.1:$((fbase + $1))"; }
 urls() { local i out=; for i in 1 2 3 4 5; do out+="${out:+,}$(url "$i")"; done; echo "$out"; }
 
-cargo build --release --quiet --bin ringkv
-bin=$(realpath target/release/ringkv)
+cargo build --release --quiet -p ringkv-tools
+tools=$(realpath target/release/ringkv-tools)
 record=$work/record.tsv
 churn_pid=
 
@@ -248,12 +248,12 @@ wait_whole 120 || { log "the 5 nodes did not form one cluster in 120s"; exit 1; 
 for i in 1 2 3 4 5; do curl -sf "$(url "$i")/cluster" | sed -n 's/.*"node_id":"\([0-9a-f]*\)".*/\1/p' >"$work/id.$i"; done
 log "5 nodes up in $((SECONDS - started))s"
 
-"$bin" load --node "$(urls)" --keys "$keys" --record "$record" >"$work/load.json" 2>"$work/load.log" \
+"$tools" load --node "$(urls)" --keys "$keys" --record "$record" >"$work/load.json" 2>"$work/load.log" \
   || { log "load failed: $(tail -n 5 "$work/load.log")"; exit 1; }
 log "loaded: $(cat "$work/load.json")"
 
 # Bounded: it stops at the stop file, or after an hour, or after 100000 operations.
-"$bin" churn --node "$(urls)" --record "$record" --rate "$churn_rate" --seconds 3600 \
+"$tools" churn --node "$(urls)" --record "$record" --rate "$churn_rate" --seconds 3600 \
   --max-ops 100000 --stop-file "$work/stop" --summary "$work/churn.json" >"$work/churn.log" 2>&1 &
 churn_pid=$!
 
@@ -281,7 +281,7 @@ hints_ok=$([ "$hints" -eq 0 ] && echo PASS || echo FAIL)
 [ "$hints_ok" = PASS ] || failed=1
 
 verify_rc=0
-"$bin" verify --node "$(urls)" --record "$record" --replicas --settle-secs "$settle_secs" \
+"$tools" verify --node "$(urls)" --record "$record" --replicas --settle-secs "$settle_secs" \
   >"$work/verify.json" 2>"$work/verify.log" || verify_rc=$?
 field() { grep -o "\"$1\":[^,}]*" "$work/verify.json" | head -n 1 | cut -d: -f2- || true; }
 readable_ok=FAIL replicas_ok=FAIL

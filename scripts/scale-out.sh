@@ -11,10 +11,10 @@
 # volumes at the end; the load and checks run on the host, as in the local mode.
 #
 # Starts node 1 and loads K keys (default 20000) through it, recording every acknowledged
-# write. Then adds nodes 2..N (default 5) one at a time while `ringkv churn` keeps a light,
+# write. Then adds nodes 2..N (default 5) one at a time while `ringkv-tools churn` keeps a light,
 # bounded read/write load going (it records its writes too). After each join it waits
 # until the new node is normal (its /ready is 200 and every node's /cluster shows it
-# "normal") and `ringkv verify` prints one Markdown row:
+# "normal") and `ringkv-tools verify` prints one Markdown row:
 #   nodes        ring members
 #   join s       from starting the new node until every node shows it normal
 #   keys moved   the sum over all nodes of the increase of `ae_keys_pulled` during the
@@ -31,6 +31,8 @@
 # Settings (environment):
 #   RINGKV_BASE_PORT    node I uses HTTP BASE+10*I, RPC +1, gossip +2 (default 21000)
 #   RINGKV_BIN          the ringkv binary (default target/release/ringkv, built first)
+#   RINGKV_TOOLS_BIN    the ringkv-tools binary: load, churn, verify (default
+#                       target/release/ringkv-tools, built first)
 #   SCALE_JOIN_TIMEOUT  seconds one join may take (default 600)
 #   SCALE_SETTLE_SECS   seconds placement may take to settle after a join (default 120)
 #   SCALE_CHURN_RATE    churn operations per second (default 40)
@@ -45,7 +47,7 @@ while [ $# -gt 0 ]; do
     --nodes) nodes=${2:?--nodes needs a number}; shift 2 ;;
     --keep) keep=1; shift ;;
     --docker) docker=1; shift ;;
-    -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,39p' "$0"; exit 0 ;;
     *) echo "scale-out.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -66,6 +68,11 @@ if [ -z "${RINGKV_BIN:-}" ]; then
 fi
 bin=$(realpath "$RINGKV_BIN")
 export RINGKV_BIN=$bin
+if [ -z "${RINGKV_TOOLS_BIN:-}" ]; then
+  cargo build --release --quiet -p ringkv-tools
+  RINGKV_TOOLS_BIN=target/release/ringkv-tools
+fi
+tools=$(realpath "$RINGKV_TOOLS_BIN")
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/ringkv-scale-out.XXXXXX")
 record=$work/record.tsv
@@ -186,7 +193,7 @@ wait_normal() {
 # verify I [VERIFY FLAGS]: checks nodes 1..I and appends a row to the table.
 verify() {
   local upto=$1; shift
-  "$bin" verify --node "$(urls "$upto")" --record "$record" --settle-secs "$settle_secs" \
+  "$tools" verify --node "$(urls "$upto")" --record "$record" --settle-secs "$settle_secs" \
     --json-out "$work/verify.jsonl" --row-out "$table" "$@" >>"$work/verify.log" 2>&1
 }
 
@@ -217,12 +224,12 @@ row() {
 }
 
 t0=$(now)
-"$bin" load --node "$(orch_url 1)" --keys "$keys" --record "$record" >"$work/load.json" 2>"$work/load.log" \
+"$tools" load --node "$(orch_url 1)" --keys "$keys" --record "$record" >"$work/load.json" 2>"$work/load.log" \
   || { log "load failed: $(cat "$work/load.json" "$work/load.log" | tail -n 5)"; exit 1; }
 log "loaded $keys keys in $(elapsed "$t0" "$(now)")s: $(cat "$work/load.json")"
 row verify 1
 
-"$bin" churn --nodes-file "$nodes_file" --record "$record" --rate "$churn_rate" \
+"$tools" churn --nodes-file "$nodes_file" --record "$record" --rate "$churn_rate" \
   --seconds $((join_timeout * nodes + 600)) --stop-file "$work/stop" --summary "$work/churn.json" \
   >"$work/churn.log" 2>&1 &
 churn_pid=$!

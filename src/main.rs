@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use ringkv::cli::{run_bench, run_bench_report, run_client, run_scale, run_serve, Cli, Command};
+use ringkv::cli::{run_bench, run_bench_report, run_client, run_serve, Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -17,11 +17,6 @@ fn main() -> ExitCode {
             Command::Serve(args) => run_serve(*args).await.map_err(|e| e.to_string()),
             Command::Bench(args) => run_bench(*args).await,
             Command::BenchReport(args) => run_bench_report(args),
-            Command::Scale(c) => match run_scale(c).await {
-                Ok(true) => Ok(()),
-                Ok(false) => Err("the check failed".to_owned()),
-                Err(e) => Err(e),
-            },
             other => run_client(other).await.map_err(|e| e.to_string()),
         }
     });

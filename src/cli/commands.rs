@@ -28,7 +28,6 @@ pub enum CommandError {
 pub async fn run_client(command: Command) -> Result<(), CommandError> {
     match command {
         Command::Serve(_) => unreachable!("serve is not a client command"),
-        Command::Scale(_) => unreachable!("the scale-out helpers run through run_scale"),
         Command::Bench(_) | Command::BenchReport(_) => {
             unreachable!("the benchmark runs through run_bench")
         }

@@ -2,14 +2,12 @@
 
 mod bench;
 mod commands;
-mod scale;
 mod serve;
 
 use clap::{Parser, Subcommand};
 
 pub use bench::{run_bench, run_bench_report, BenchArgs, BenchReportArgs};
 pub use commands::run_client;
-pub use scale::{run_scale, ScaleCommand};
 pub use serve::{run_serve, ServeArgs};
 
 #[derive(Parser, Debug)]
@@ -110,7 +108,4 @@ pub enum Command {
     /// Fold `bench --json` outputs into the comparison table (`scripts/bench-compare.sh`).
     #[command(hide = true)]
     BenchReport(BenchReportArgs),
-    /// `load`, `churn`, `verify`: hidden helpers of `scripts/scale-out.sh`.
-    #[command(flatten)]
-    Scale(ScaleCommand),
 }

@@ -46,7 +46,7 @@ pub const SPLIT_AFTER_ROUNDS: u32 = 10;
 /// absent while it does, so a node of an older build reads as writable.
 pub const KEY_NO_WRITES: &str = "no_writes";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MemberState {
     /// Takes writes for its future ranges while it pulls them; serves no reads yet.
@@ -202,25 +202,33 @@ impl ClusterView {
     /// The two rings of a member set (see [`ClusterView`]), each member with the vnode
     /// count it gossips.
     pub fn rings(members: &BTreeMap<NodeId, Member>) -> (Ring, Ring) {
-        let with = |states: &[MemberState]| -> Vec<(NodeId, u16)> {
-            members
-                .values()
-                .filter(|m| states.contains(&m.state))
-                .map(|m| (m.id, m.vnodes))
-                .collect()
-        };
-        let mut read = with(&[MemberState::Normal, MemberState::Leaving]);
-        let mut write = with(&[MemberState::Normal, MemberState::Joining]);
-        // A cluster of joiners only (all started at once) has no one to pull from: they
-        // all hold nothing, so the joiners are the ring.
-        if read.is_empty() {
-            read = write.clone();
-        }
-        if write.is_empty() {
-            write = read.clone();
-        }
-        (Ring::weighted(read), Ring::weighted(write))
+        rings_of(members.values().map(|m| (m.id, m.state, m.vnodes)))
     }
+}
+
+/// The read and write rings of a member set given as (id, state, vnodes): the one place
+/// that decides which states each ring takes. The node builds its rings with it, and so
+/// do the tools that check placement from `/cluster`, so the two cannot drift apart.
+pub fn rings_of(members: impl IntoIterator<Item = (NodeId, MemberState, u16)>) -> (Ring, Ring) {
+    let members: Vec<(NodeId, MemberState, u16)> = members.into_iter().collect();
+    let with = |states: &[MemberState]| -> Vec<(NodeId, u16)> {
+        members
+            .iter()
+            .filter(|(_, state, _)| states.contains(state))
+            .map(|&(id, _, vnodes)| (id, vnodes))
+            .collect()
+    };
+    let mut read = with(&[MemberState::Normal, MemberState::Leaving]);
+    let mut write = with(&[MemberState::Normal, MemberState::Joining]);
+    // A cluster of joiners only (all started at once) has no one to pull from: they
+    // all hold nothing, so the joiners are the ring.
+    if read.is_empty() {
+        read = write.clone();
+    }
+    if write.is_empty() {
+        write = read.clone();
+    }
+    (Ring::weighted(read), Ring::weighted(write))
 }
 
 #[derive(Clone, Debug)]
@@ -645,4 +653,51 @@ fn collect_members(
     departed.extend(gone.into_keys());
     departed.remove(&me.id);
     (members, departed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn state() -> impl Strategy<Value = MemberState> {
+        prop_oneof![
+            Just(MemberState::Joining),
+            Just(MemberState::Normal),
+            Just(MemberState::Leaving),
+            Just(MemberState::Left),
+        ]
+    }
+
+    fn ids(ring: &Ring) -> BTreeSet<NodeId> {
+        ring.members().iter().copied().collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Reads go to the holders (normal, leaving), writes to normal and joining; a side
+        /// with nobody takes the other side's members; a departed member is in neither;
+        /// the order the members come in does not matter.
+        #[test]
+        fn rings_of_takes_each_state_to_its_rings(
+            members in proptest::collection::btree_map(1u64..64, (state(), 1u16..16), 0..10),
+        ) {
+            let list: Vec<(NodeId, MemberState, u16)> =
+                members.iter().map(|(&id, &(s, v))| (NodeId(id), s, v)).collect();
+            let (read, write) = rings_of(list.iter().copied());
+            let with = |states: &[MemberState]| -> BTreeSet<NodeId> {
+                list.iter().filter(|m| states.contains(&m.1)).map(|m| m.0).collect()
+            };
+            let holders = with(&[MemberState::Normal, MemberState::Leaving]);
+            let writers = with(&[MemberState::Normal, MemberState::Joining]);
+            let want_read = if holders.is_empty() { writers.clone() } else { holders };
+            let want_write = if writers.is_empty() { want_read.clone() } else { writers };
+            prop_assert_eq!(ids(&read), want_read);
+            prop_assert_eq!(ids(&write), want_write);
+            let (r2, w2) = rings_of(list.iter().rev().copied());
+            prop_assert_eq!(r2.hash(), read.hash());
+            prop_assert_eq!(w2.hash(), write.hash());
+        }
+    }
 }

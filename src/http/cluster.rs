@@ -7,9 +7,11 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::Uri;
 use axum::Json;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::cluster::ring::key_position;
+use crate::cluster::membership::{rings_of, MemberState};
+use crate::cluster::ring::{key_position, Ring};
+use crate::cluster::NodeId;
 use crate::kv::Pending;
 use crate::stats::ReplicationStats;
 
@@ -17,70 +19,131 @@ use super::error::ApiError;
 use super::kv::key_from_uri;
 use super::AppState;
 
-#[derive(Serialize)]
+/// One member as `/cluster` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MemberJson {
-    id: String,
-    http_addr: String,
-    rpc_addr: String,
-    gossip_addr: String,
-    live: bool,
-    state: &'static str,
-    vnodes: u16,
+    /// The node id, 16 hex digits (see [`MemberJson::node_id`]).
+    pub id: String,
+    pub http_addr: String,
+    pub rpc_addr: String,
+    pub gossip_addr: String,
+    pub live: bool,
+    pub state: MemberState,
+    pub vnodes: u16,
     /// Share of the key space this member is first in the preference list for.
-    ownership: f64,
+    pub ownership: f64,
     /// Share of the key space this member holds a replica of (sums to N).
-    replica_share: f64,
+    pub replica_share: f64,
     /// What a joining or leaving member still has to move (ranges to pull, or keys to
     /// hand off).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    to_move: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_move: Option<u64>,
     /// Whether its storage takes writes (false while its disk is full, or after a failed
     /// fsync); a member that does not still serves reads.
-    writable: bool,
+    pub writable: bool,
 }
 
-#[derive(Serialize)]
+impl MemberJson {
+    pub fn node_id(&self) -> Result<NodeId, DocumentError> {
+        self.id.parse().map_err(|source| DocumentError::BadId {
+            id: self.id.clone(),
+            source,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Factors {
-    n: usize,
-    r: usize,
-    w: usize,
+    pub n: usize,
+    pub r: usize,
+    pub w: usize,
 }
 
-#[derive(Serialize)]
+/// Hints pending for one target, as `/cluster` and `/debug/replication` show them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingJson {
+    pub count: u64,
+    pub bytes: u64,
+}
+
+impl From<Pending> for PendingJson {
+    fn from(p: Pending) -> Self {
+        PendingJson {
+            count: p.count,
+            bytes: p.bytes,
+        }
+    }
+}
+
+/// The `/cluster` document: what the node answers, and what the tools (`ringkv-tools`)
+/// and tests read back, typed on both sides so a renamed field breaks the build rather
+/// than a check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClusterJson {
-    node_id: String,
-    cluster_id: String,
+    pub node_id: String,
+    pub cluster_id: String,
     /// The ring reads use: members that hold data (normal, leaving).
-    ring_hash: String,
+    pub ring_hash: String,
     /// The ring writes also go to while data moves (normal, joining); equal to
     /// `ring_hash` when nothing moves.
-    write_ring_hash: String,
-    members: Vec<MemberJson>,
+    pub write_ring_hash: String,
+    pub members: Vec<MemberJson>,
     /// As configured.
-    replication: Factors,
+    pub replication: Factors,
     /// In force, clamped to the member count.
-    effective: Factors,
+    pub effective: Factors,
     /// Hints this node holds, per target node id.
-    hints_pending: BTreeMap<String, Pending>,
+    pub hints_pending: BTreeMap<String, PendingJson>,
     /// The ids that left or were removed, as this node keeps and gossips them.
-    departed: Vec<DepartedJson>,
+    pub departed: Vec<DepartedJson>,
     /// False while a live member's gossiped ring has differed from this node's for more
     /// than a few gossip rounds: a split ring.
-    ring_agreement: bool,
+    pub ring_agreement: bool,
     /// The members whose ring differs, and the ring they gossip.
-    ring_disagreements: Vec<DisagreementJson>,
+    pub ring_disagreements: Vec<DisagreementJson>,
     /// Restarted on its persisted membership and not yet confirmed by its peers: takes no
     /// KV request.
-    rejoining: bool,
+    pub rejoining: bool,
 }
 
-#[derive(Serialize)]
+impl ClusterJson {
+    /// The answering node's id.
+    pub fn self_id(&self) -> Result<NodeId, DocumentError> {
+        self.node_id.parse().map_err(|source| DocumentError::BadId {
+            id: self.node_id.clone(),
+            source,
+        })
+    }
+
+    /// The read and write rings of the members listed, built as the node builds its own
+    /// ([`rings_of`]).
+    pub fn rings(&self) -> Result<(Ring, Ring), DocumentError> {
+        let members = self
+            .members
+            .iter()
+            .map(|m| Ok((m.node_id()?, m.state, m.vnodes)))
+            .collect::<Result<Vec<_>, DocumentError>>()?;
+        Ok(rings_of(members))
+    }
+}
+
+/// A `/cluster` document that does not describe a cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum DocumentError {
+    #[error("/cluster names a node id {id:?} that is not 16 hex digits")]
+    BadId {
+        id: String,
+        source: std::num::ParseIntError,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DepartedJson {
-    id: String,
+    pub id: String,
     /// `left` or `removed`.
-    kind: &'static str,
+    pub kind: String,
     /// When the departure was first recorded (ms since the Unix epoch).
-    at_ms: u64,
+    pub at_ms: u64,
 }
 
 async fn departed(state: &AppState) -> Vec<DepartedJson> {
@@ -93,17 +156,17 @@ async fn departed(state: &AppState) -> Vec<DepartedJson> {
         .iter()
         .map(|(id, d)| DepartedJson {
             id: id.to_string(),
-            kind: d.kind.as_str(),
+            kind: d.kind.as_str().to_owned(),
             at_ms: d.at_ms,
         })
         .collect()
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DisagreementJson {
-    id: String,
-    ring_hash: String,
-    write_ring_hash: String,
+    pub id: String,
+    pub ring_hash: String,
+    pub write_ring_hash: String,
 }
 
 fn pending(state: &AppState) -> BTreeMap<String, Pending> {
@@ -132,7 +195,7 @@ pub async fn cluster(State(state): State<Arc<AppState>>) -> Json<ClusterJson> {
             rpc_addr: m.rpc_addr.to_string(),
             gossip_addr: m.gossip_addr.to_string(),
             live: view.is_healthy(m.id),
-            state: m.state.as_str(),
+            state: m.state,
             vnodes: m.vnodes,
             ownership: ownership.get(&m.id).copied().unwrap_or(0.0),
             replica_share: shares.get(&m.id).copied().unwrap_or(0.0),
@@ -161,7 +224,10 @@ pub async fn cluster(State(state): State<Arc<AppState>>) -> Json<ClusterJson> {
             r: eff.r,
             w: eff.w,
         },
-        hints_pending: pending(&state),
+        hints_pending: pending(&state)
+            .into_iter()
+            .map(|(t, p)| (t, p.into()))
+            .collect(),
         departed: departed(&state).await,
         ring_agreement: view.disagreements.is_empty(),
         ring_disagreements: view

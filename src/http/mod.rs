@@ -28,6 +28,9 @@ use crate::config::NodeConfig;
 use crate::coordinator::Coordinator;
 use crate::readiness::NotReady;
 
+pub use cluster::{
+    ClusterJson, DepartedJson, DisagreementJson, DocumentError, Factors, MemberJson, PendingJson,
+};
 pub use error::ApiError;
 pub use kv::TOKEN_HEADER;
 

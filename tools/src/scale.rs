@@ -1,4 +1,4 @@
-//! Hidden commands behind `scripts/scale-out.sh`:
+//! The checks behind `scripts/scale-out.sh` and `scripts/docker-faults.sh`:
 //! - `load` writes keys and records every write it made;
 //! - `churn` keeps a light read/write load going until a deadline, an op count or a stop
 //!   file, recording its writes in the same file;
@@ -6,7 +6,9 @@
 //!   each key is stored (`/debug/keys` on every node) with its preference list, built
 //!   from `/cluster` exactly as the nodes build it; with `--replicas`, it also compares
 //!   every acknowledged key's `/debug/local` across its preference list. It prints one
-//!   JSON line.
+//!   JSON line. The ring comes from the typed `/cluster` document
+//!   ([`ringkv::http::ClusterJson`]) through the function the node builds its own rings
+//!   with, so the check cannot drift from the node.
 //!
 //! The record file has one line per event, `KIND\tKEY\tVALUE`: `U` before a write is sent
 //! (a write may be applied even when it is never acknowledged: Dynamo semantics), `A`
@@ -28,20 +30,18 @@ use futures::stream::{self, StreamExt};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
-use crate::client::{Client, ReadResult};
-use crate::cluster::ring::Ring;
-use crate::cluster::NodeId;
+use ringkv::client::{Client, ReadResult};
+use ringkv::cluster::ring::Ring;
+use ringkv::cluster::NodeId;
+use ringkv::http::ClusterJson;
 
 #[derive(Subcommand, Debug)]
 pub enum ScaleCommand {
     /// Write keys through the nodes and record each write (scale-out check).
-    #[command(hide = true)]
     Load(LoadArgs),
     /// A light, bounded read/write load that records its writes (scale-out check).
-    #[command(hide = true)]
     Churn(ChurnArgs),
     /// Check recorded keys read back and sit on their preference lists (scale-out check).
-    #[command(hide = true)]
     Verify(VerifyArgs),
 }
 
@@ -576,7 +576,7 @@ impl Worker {
 /// One node as the check sees it.
 struct NodeInfo {
     id: NodeId,
-    cluster: Value,
+    cluster: ClusterJson,
 }
 
 /// Where keys are stored, against where the ring says they belong.
@@ -609,43 +609,24 @@ async fn node_infos(clients: &[Client]) -> Result<Vec<NodeInfo>, String> {
         .enumerate()
         .map(|(i, a)| {
             let cluster = a.map_err(|e| format!("GET /cluster on node {}: {e}", i + 1))?;
-            let id = cluster["node_id"]
-                .as_str()
-                .and_then(|s| s.parse::<NodeId>().ok())
-                .ok_or_else(|| format!("node {}: /cluster has no node_id", i + 1))?;
+            let cluster: ClusterJson = serde_json::from_value(cluster)
+                .map_err(|e| format!("node {}: /cluster: {e}", i + 1))?;
+            let id = cluster
+                .self_id()
+                .map_err(|e| format!("node {}: {e}", i + 1))?;
             Ok(NodeInfo { id, cluster })
         })
         .collect()
 }
 
-/// The read ring, as `ClusterView::rings` builds it: normal and leaving members, or the
-/// joiners when there are none.
-fn ring_of(cluster: &Value) -> Result<(Ring, usize), String> {
-    let members = cluster["members"]
-        .as_array()
-        .ok_or("/cluster has no members")?;
-    let with = |states: &[&str]| -> Vec<(NodeId, u16)> {
-        members
-            .iter()
-            .filter(|m| states.contains(&m["state"].as_str().unwrap_or("")))
-            .filter_map(|m| {
-                let id = m["id"].as_str()?.parse::<NodeId>().ok()?;
-                let vnodes = u16::try_from(m["vnodes"].as_u64()?).ok()?;
-                Some((id, vnodes))
-            })
-            .collect()
-    };
-    let mut read = with(&["normal", "leaving"]);
-    if read.is_empty() {
-        read = with(&["normal", "joining"]);
-    }
+/// The read ring of a `/cluster` document, built as the node builds it
+/// ([`ClusterJson::rings`]), and the N in force.
+fn ring_of(cluster: &ClusterJson) -> Result<(Ring, usize), String> {
+    let (read, _write) = cluster.rings().map_err(|e| e.to_string())?;
     if read.is_empty() {
         return Err("the ring is empty".into());
     }
-    let n = cluster["effective"]["n"]
-        .as_u64()
-        .ok_or("/cluster has no effective.n")? as usize;
-    Ok((Ring::weighted(read), n))
+    Ok((read, cluster.effective.n))
 }
 
 /// One stored key on one node: (digest, live).
@@ -691,7 +672,7 @@ async fn placement(clients: &[Client], also: &BTreeSet<String>) -> Result<Placem
     let (ring, n) = ring_of(first)?;
     p.members = ring.len();
     p.n = n;
-    p.ring_hash = first["ring_hash"].as_str().unwrap_or_default().to_owned();
+    p.ring_hash = first.ring_hash.clone();
     p.ring_ok = ring.hash_hex() == p.ring_hash;
     if !p.ring_ok {
         p.problems.push(format!(
@@ -701,8 +682,8 @@ async fn placement(clients: &[Client], also: &BTreeSet<String>) -> Result<Placem
         ));
     }
     for (i, info) in infos.iter().enumerate() {
-        let hash = info.cluster["ring_hash"].as_str().unwrap_or_default();
-        if hash != p.ring_hash {
+        let hash = &info.cluster.ring_hash;
+        if *hash != p.ring_hash {
             p.ring_ok = false;
             p.problems.push(format!(
                 "node {} has ring {hash}, node 1 {}",
@@ -1090,19 +1071,59 @@ mod tests {
         assert_eq!(record_lines(&path, 6).unwrap().len(), 1);
     }
 
+    /// A `/cluster` document with these (id, state) members, 8 vnodes each, N = 3.
+    fn document(members: &[(&str, &str)]) -> ClusterJson {
+        let members: Vec<Value> = members
+            .iter()
+            .map(|(id, state)| {
+                json!({
+                    "id": id, "http_addr": "127.0.0.1:1", "rpc_addr": "127.0.0.1:2",
+                    "gossip_addr": "127.0.0.1:3", "live": true, "state": state, "vnodes": 8,
+                    "ownership": 0.0, "replica_share": 0.0, "writable": true,
+                })
+            })
+            .collect();
+        serde_json::from_value(json!({
+            "node_id": "0000000000000001", "cluster_id": "c",
+            "ring_hash": "0", "write_ring_hash": "0", "members": members,
+            "replication": {"n": 3, "r": 2, "w": 2}, "effective": {"n": 3, "r": 2, "w": 2},
+            "hints_pending": {"0000000000000002": {"count": 1, "bytes": 10}},
+            "departed": [{"id": "0000000000000009", "kind": "left", "at_ms": 5}],
+            "ring_agreement": true, "ring_disagreements": [], "rejoining": false,
+        }))
+        .unwrap()
+    }
+
     #[test]
     fn the_ring_is_built_from_normal_and_leaving_members() {
-        let cluster = json!({
-            "effective": {"n": 3},
-            "members": [
-                {"id": "0000000000000001", "state": "normal", "vnodes": 8},
-                {"id": "0000000000000002", "state": "joining", "vnodes": 8},
-                {"id": "0000000000000003", "state": "leaving", "vnodes": 8},
-            ],
-        });
+        let cluster = document(&[
+            ("0000000000000001", "normal"),
+            ("0000000000000002", "joining"),
+            ("0000000000000003", "leaving"),
+        ]);
         let (ring, n) = ring_of(&cluster).unwrap();
         assert_eq!(n, 3);
         assert_eq!(ring.members(), &[NodeId(1), NodeId(3)]);
         assert_eq!(ring.hash(), Ring::new([NodeId(1), NodeId(3)], 8).hash());
+    }
+
+    #[test]
+    fn joiners_alone_are_the_ring() {
+        let cluster = document(&[
+            ("0000000000000001", "joining"),
+            ("0000000000000002", "joining"),
+        ]);
+        let (ring, _) = ring_of(&cluster).unwrap();
+        assert_eq!(ring.members(), &[NodeId(1), NodeId(2)]);
+    }
+
+    #[test]
+    fn a_document_without_ring_members_or_with_a_bad_id_is_refused() {
+        assert!(ring_of(&document(&[("0000000000000001", "left")])).is_err());
+        assert!(ring_of(&document(&[("not-hex", "normal")])).is_err());
+        // An unknown state is not read as some other state.
+        let mut doc = serde_json::to_value(document(&[("0000000000000001", "normal")])).unwrap();
+        doc["members"][0]["state"] = json!("gone");
+        assert!(serde_json::from_value::<ClusterJson>(doc).is_err());
     }
 }
