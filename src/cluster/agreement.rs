@@ -96,6 +96,9 @@ pub struct Rejoin {
     /// Persisted members gossip has not delivered yet.
     fallback: BTreeMap<NodeId, Member>,
     rejoining: bool,
+    /// Whether a record naming no peer opens the gate at once (a lone node). Not for a
+    /// node that was a cluster's member and has no record: it waits for its peers.
+    lone_ok: bool,
 }
 
 impl Rejoin {
@@ -104,6 +107,17 @@ impl Rejoin {
         Rejoin {
             fallback: BTreeMap::new(),
             rejoining: false,
+            lone_ok: true,
+        }
+    }
+
+    /// A gate that stays closed until live peers agree on the ring gossip gives: a node
+    /// that was a member of a cluster but has no record of its peers.
+    pub fn awaiting() -> Self {
+        Rejoin {
+            fallback: BTreeMap::new(),
+            rejoining: true,
+            lone_ok: false,
         }
     }
 
@@ -112,6 +126,7 @@ impl Rejoin {
         Rejoin {
             fallback: persisted,
             rejoining: true,
+            lone_ok: true,
         }
     }
 
@@ -151,7 +166,7 @@ impl Rejoin {
         } else if agreed == Some(merged_hashes) {
             opened = self.rejoining;
             self.rejoining = false;
-        } else if self.rejoining && !merged.keys().any(|id| *id != me) {
+        } else if self.rejoining && self.lone_ok && !merged.keys().any(|id| *id != me) {
             // Nothing to confirm against and nobody to wait for: a lone node.
             self.fallback.clear();
             opened = true;
@@ -367,6 +382,22 @@ mod tests {
         let p = peers(&[(2, true, Some(a)), (3, true, Some(b))]);
         assert!(!gate.round(NodeId(1), &mut members, &BTreeSet::new(), &p));
         assert!(gate.rejoining());
+    }
+
+    #[test]
+    fn a_former_member_without_a_record_waits_for_its_peers() {
+        let mut gate = Rejoin::awaiting();
+        // Gossip has told of nobody yet: alone, but it was a member, so it waits.
+        let mut members = set(&[1]);
+        assert!(!gate.round(NodeId(1), &mut members, &BTreeSet::new(), &peers(&[])));
+        assert!(gate.rejoining());
+        // Gossip delivers the cluster, and the live peers gossip that ring: it opens.
+        let all = set(&[1, 2, 3]);
+        let ring = hashes_of(&all);
+        let mut members = all.clone();
+        let live = peers(&[(2, true, Some(ring)), (3, true, Some(ring))]);
+        assert!(gate.round(NodeId(1), &mut members, &BTreeSet::new(), &live));
+        assert!(!gate.rejoining());
     }
 
     #[test]

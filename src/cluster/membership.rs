@@ -245,6 +245,11 @@ pub struct MembershipConfig {
     pub generation: u64,
     /// The membership kept in the data dir, if any (see `persisted`).
     pub persisted: Option<Persisted>,
+    /// The node was a member of a cluster before (it joined through seeds), whether or not
+    /// its record names a peer: it may have been stopped before it could write one, and
+    /// its data still belongs to that cluster's ring. It then waits for its peers' word
+    /// before it serves, even with no record to start from.
+    pub was_member: bool,
 }
 
 /// Hands chitchat a socket bound beforehand (see `Network::bind_gossip`).
@@ -381,7 +386,7 @@ impl Membership {
         let handle = spawn_chitchat(chitchat_config, initial, &transport)
             .await
             .map_err(MembershipError)?;
-        let (initial, gate) = initial_view(&me, config.persisted.as_ref());
+        let (initial, gate) = initial_view(&me, config.persisted.as_ref(), config.was_member);
         let (tx, view) = watch::channel(Arc::new(initial));
         let refresher = tokio::spawn(refresh(
             handle.chitchat(),
@@ -424,7 +429,11 @@ impl Membership {
 
 /// The first view, and the rejoin gate: a record naming peers means the node had a ring,
 /// and it starts from it, rejoining; otherwise it starts alone, as a new node does.
-fn initial_view(me: &Member, persisted: Option<&Persisted>) -> (ClusterView, Rejoin) {
+fn initial_view(
+    me: &Member,
+    persisted: Option<&Persisted>,
+    was_member: bool,
+) -> (ClusterView, Rejoin) {
     match persisted {
         Some(p) if p.has_peers(me.id) => {
             tracing::info!(
@@ -433,6 +442,13 @@ fn initial_view(me: &Member, persisted: Option<&Persisted>) -> (ClusterView, Rej
             );
             let view = ClusterView::rejoining(me.clone(), p);
             (view, Rejoin::closed(p.members.clone()))
+        }
+        // Killed within a moment of joining, before its record named a peer: it has no
+        // ring to start from, but must not serve as "a cluster of myself" either.
+        _ if was_member => {
+            tracing::info!("no persisted peers; rejoining until peers confirm the ring");
+            let view = ClusterView::rejoining(me.clone(), &Persisted::default());
+            (view, Rejoin::awaiting())
         }
         _ => (ClusterView::alone(me.clone()), Rejoin::open()),
     }

@@ -64,7 +64,7 @@ pub enum PersistError {
 
 /// What the node knew of its cluster when it last ran: every member of its rings, itself
 /// included, none live (liveness is gossip's to tell).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Persisted {
     pub members: BTreeMap<NodeId, Member>,
 }
