@@ -275,9 +275,9 @@ mod tests {
     use super::*;
     use crate::kv::writer::{self, WriterSettings};
     use crate::kv::HintLedger;
-    use crate::net::{Network, TokioNetwork};
+    use crate::net::TokioNetwork;
     use crate::rpc::frame::{RpcConfig, RpcStats};
-    use crate::rpc::server::{serve, RpcHandler};
+    use crate::rpc::server::RpcHandler;
     use crate::store::{MemoryStore, Store};
     use crate::version::{Actor, Payload};
 
@@ -334,19 +334,7 @@ mod tests {
     }
 
     async fn peer_server(broken: bool, shutdown: CancellationToken) -> SocketAddr {
-        let listener = TokioNetwork
-            .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-            .await
-            .expect("bind");
-        let addr = axum::serve::Listener::local_addr(&listener).expect("addr");
-        tokio::spawn(serve(
-            listener,
-            Arc::new(OneAtATime { broken }),
-            RpcConfig::default(),
-            Arc::new(RpcStats::default()),
-            shutdown,
-        ));
-        addr
+        crate::rpc::server::serve_on_loopback(Arc::new(OneAtATime { broken }), shutdown).await
     }
 
     #[tokio::test]

@@ -478,9 +478,9 @@ mod tests {
     use crate::cluster::ring::Ring;
     use crate::kv::writer::{self, WriterSettings};
     use crate::kv::HintLedger;
-    use crate::net::{Network, SystemClock, TokioNetwork};
+    use crate::net::{SystemClock, TokioNetwork};
     use crate::rpc::frame::{RpcConfig, RpcStats};
-    use crate::rpc::server::{serve, RpcHandler};
+    use crate::rpc::server::RpcHandler;
     use crate::store::{MemoryStore, Store};
 
     /// A replica that answers reads and merges, after `delay`.
@@ -501,19 +501,7 @@ mod tests {
     }
 
     async fn replica(delay: Duration, shutdown: CancellationToken) -> SocketAddr {
-        let listener = TokioNetwork
-            .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-            .await
-            .expect("bind");
-        let addr = axum::serve::Listener::local_addr(&listener).expect("addr");
-        tokio::spawn(serve(
-            listener,
-            Arc::new(Replica { delay }),
-            RpcConfig::default(),
-            Arc::new(RpcStats::default()),
-            shutdown,
-        ));
-        addr
+        crate::rpc::server::serve_on_loopback(Arc::new(Replica { delay }), shutdown).await
     }
 
     fn member(id: u64, rpc_addr: SocketAddr) -> Member {

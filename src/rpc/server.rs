@@ -31,6 +31,29 @@ pub trait RpcHandler: Send + Sync + 'static {
     async fn handle(&self, request: Request) -> Response;
 }
 
+/// For unit tests: serves `handler` on a fresh loopback port with the default config until
+/// `shutdown`, and returns the port's address.
+#[cfg(test)]
+pub(crate) async fn serve_on_loopback(
+    handler: Arc<dyn RpcHandler>,
+    shutdown: CancellationToken,
+) -> SocketAddr {
+    use crate::net::{Network, TokioNetwork};
+    let listener = TokioNetwork
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .expect("bind a loopback port");
+    let addr = axum::serve::Listener::local_addr(&listener).expect("a bound address");
+    tokio::spawn(serve(
+        listener,
+        handler,
+        RpcConfig::default(),
+        Arc::new(RpcStats::default()),
+        shutdown,
+    ));
+    addr
+}
+
 /// Serves internode RPC on `listener` until `shutdown` is cancelled. Then it stops
 /// accepting, ends every connection (in-flight handlers are aborted; their callers see the
 /// connection close) and returns once all connection tasks have exited.
