@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # ringkv side by side with the HTTP ceiling of this machine, etcd and Redis, all loaded by
-# the same tool (`ringkv bench`) with the same client settings, on loopback.
+# the same load generator with the same client settings, on loopback: `ringkv bench` for
+# ringkv and the reference, `ringkv-tools bench` (the same code, with the etcd and Redis
+# adapters the product does not carry) for the others.
 #
 #   scripts/bench-compare.sh [--quick]
 #
@@ -60,6 +62,8 @@ else
   cargo build --release -q --bin ringkv --example bench_reference
   bin=target/release/ringkv
 fi
+cargo build --release -q -p ringkv-tools
+tools=target/release/ringkv-tools
 all=(reference ringkv-1-always ringkv-1-periodic ringkv-3 etcd-1 etcd-3 redis-always redis-none)
 read -r -a order <<<"${BENCH_TARGETS:-${all[*]}}"
 for t in "${order[@]}"; do
@@ -181,8 +185,9 @@ for round in $(seq 1 "$rounds"); do
     for wl in "${workloads[@]}"; do
       pre=()
       [ "$round" -eq 1 ] && [ "$wl" = get ] && pre=(--preload)
+      case ${kind[$t]} in ringkv|reference) loader=$bin ;; *) loader=$tools ;; esac
       # shellcheck disable=SC2086 # extra holds separate flags
-      "$bin" bench --target "${kind[$t]}" --url "${urls[$t]}" --label "$t" \
+      "$loader" bench --target "${kind[$t]}" --url "${urls[$t]}" --label "$t" \
         --concurrency "$conc" --duration "${secs}s" --read-ratio "$(ratio_of "$wl")" \
         --value-size "$vsize" --keys "$keys" --pids "${cpu[$t]}" --seed "$round" \
         ${extra[$t]:-} "${pre[@]}" --json >"$runs/$t.$wl.$round.json" \
@@ -196,5 +201,5 @@ settings="$rounds alternating rounds of ${secs} s per target and workload; $conc
 clients, ${vsize}-byte values, $keys keys (uniform), on $(nproc) cores shared by the load \
 generator and the servers. Produced by \`scripts/bench-compare.sh$([ $quick -eq 1 ] && echo ' --quick')\` \
 on $(date -u +%Y-%m-%d)."
-"$bin" bench-report "$runs" --settings "$settings" | tee "$out/compare.md"
+"$tools" bench-report "$runs" --settings "$settings" | tee "$out/compare.md"
 echo "wrote $out/compare.md" >&2

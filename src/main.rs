@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use ringkv::cli::{run_bench, run_bench_report, run_client, run_serve, Cli, Command};
+use ringkv::cli::{run_bench, run_client, run_serve, Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -16,7 +16,6 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => run_serve(*args).await.map_err(|e| e.to_string()),
             Command::Bench(args) => run_bench(*args).await,
-            Command::BenchReport(args) => run_bench_report(args),
             other => run_client(other).await.map_err(|e| e.to_string()),
         }
     });

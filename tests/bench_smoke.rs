@@ -115,7 +115,7 @@ async fn bad_settings_are_refused_before_any_load() {
         (vec!["--read-ratio", "1.5"], "--read-ratio"),
         (vec!["--concurrency", "0"], "--concurrency"),
         (vec!["--duration", "2h"], "--duration"),
-        (vec!["--target", "etcd", "--w", "2"], "--w"),
+        (vec!["--target", "reference", "--w", "2"], "--w"),
     ] {
         let out = bench(&args).await;
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -6,7 +6,6 @@
 //! overload are understated (coordinated omission): compare systems at equal concurrency,
 //! as `scripts/bench-compare.sh` does, and read the ops/s first.
 
-pub mod compare;
 pub mod report;
 pub mod target;
 pub mod usage;
@@ -21,15 +20,15 @@ use tokio::time::Instant;
 
 use crate::client::ClientOptions;
 use report::{Efficiency, OpStats, Report, Settings, Tally};
-use target::{Target, TargetKind};
+use target::Target;
 use usage::CpuSource;
 use workload::{key_name, Op, Workload};
 
 /// Everything a run needs; the CLI builds it from the flags.
 #[derive(Clone, Debug)]
 pub struct BenchConfig {
-    pub target: TargetKind,
-    pub urls: Vec<String>,
+    /// What is loaded, and where.
+    pub target: Arc<dyn Target>,
     pub label: String,
     pub concurrency: usize,
     pub duration: Duration,
@@ -60,10 +59,8 @@ pub enum BenchError {
 
 /// Runs the benchmark and returns its report.
 pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
-    let target = Target::new(config.target, config.urls.clone(), &config.client)
-        .map_err(|e| BenchError::Connect(e.to_string()))?;
-    let target = Arc::new(target);
-    probe(&target).await?;
+    let target = config.target.clone();
+    probe(target.as_ref()).await?;
     let preloaded = if config.preload {
         preload(&target, &config).await?
     } else {
@@ -102,8 +99,8 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
     Ok(Report {
         label: config.label.clone(),
         settings: Settings {
-            target: format!("{:?}", config.target).to_lowercase(),
-            urls: config.urls.clone(),
+            target: target.name().to_owned(),
+            urls: target.urls().to_vec(),
             concurrency: config.concurrency,
             read_ratio: w.read_ratio,
             value_size: w.value.len(),
@@ -128,7 +125,7 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
 
 /// One read before anything else, so that a wrong URL fails the run at once instead of
 /// producing a report made of connection errors. Any answer will do.
-async fn probe(target: &Target) -> Result<(), BenchError> {
+async fn probe(target: &dyn Target) -> Result<(), BenchError> {
     let mut conn = target
         .connect(0)
         .await
@@ -160,7 +157,7 @@ async fn sample_metrics(
 }
 
 /// Writes every key once, `concurrency` at a time, so that reads find values.
-async fn preload(target: &Arc<Target>, config: &BenchConfig) -> Result<u64, BenchError> {
+async fn preload(target: &Arc<dyn Target>, config: &BenchConfig) -> Result<u64, BenchError> {
     let keys = config.workload.keys;
     let next = Arc::new(AtomicU64::new(0));
     let mut workers = tokio::task::JoinSet::new();
@@ -203,7 +200,7 @@ async fn preload(target: &Arc<Target>, config: &BenchConfig) -> Result<u64, Benc
 /// The measured phase. Returns the merged tally, the operations completed and how long
 /// they took.
 async fn measure(
-    target: &Arc<Target>,
+    target: &Arc<dyn Target>,
     config: &BenchConfig,
 ) -> Result<(Tally, u64, Duration), BenchError> {
     // Tickets bound the run by operation count: a worker takes one before each request.

@@ -1,17 +1,14 @@
-//! The systems `ringkv bench` can load, behind one pair of operations (get, put). Every
-//! HTTP target uses the same pooled keep-alive client settings; Redis gets one
-//! connection per worker, as the HTTP targets get one in-flight request per worker.
+//! What `ringkv bench` loads, behind one pair of operations (get, put): a [`Target`] shared
+//! by every worker, and one [`Conn`] per worker. The product ships the HTTP target: ringkv
+//! nodes, and the reference server (`examples/bench_reference.rs`), which speaks the same
+//! `/kv/{key}` API. The adapters for other stores (etcd, Redis) live in `ringkv-tools`, so
+//! that their client crates stay out of the node's dependencies.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
-
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine as _;
 use bytes::Bytes;
-use serde::Deserialize;
 
 use crate::client::{Client, ClientError, ClientOptions};
 
+/// The targets `ringkv bench` itself can load.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
 )]
@@ -19,12 +16,17 @@ use crate::client::{Client, ClientError, ClientOptions};
 pub enum TargetKind {
     /// ringkv nodes (`/kv/{key}`), round-robin.
     Ringkv,
-    /// etcd's v3 JSON gateway (`/v3/kv/put`, serializable `/v3/kv/range`), round-robin.
-    Etcd,
-    /// Redis (RESP `SET`/`GET`), one connection per worker, spread over the URLs.
-    Redis,
     /// The in-memory axum server (`examples/bench_reference.rs`): the HTTP ceiling.
     Reference,
+}
+
+impl TargetKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            TargetKind::Ringkv => "ringkv",
+            TargetKind::Reference => "reference",
+        }
+    }
 }
 
 /// Why one operation failed; `kind()` is the key of the error table.
@@ -77,171 +79,131 @@ impl From<ClientError> for OpError {
     }
 }
 
-impl From<redis::RedisError> for OpError {
-    fn from(e: redis::RedisError) -> Self {
-        if e.is_timeout() {
-            OpError::Timeout
-        } else if e.is_connection_refusal() || e.is_connection_dropped() {
-            OpError::Connect(e.to_string())
-        } else {
-            OpError::Other(e.to_string())
-        }
+/// A system under load, shared by every worker.
+#[async_trait::async_trait]
+pub trait Target: Send + Sync + std::fmt::Debug {
+    /// The name a report gives it (`ringkv`, `etcd`, …).
+    fn name(&self) -> &str;
+    /// Where its requests go.
+    fn urls(&self) -> &[String];
+    /// A worker's handle. Workers start at different URLs, then go round-robin.
+    async fn connect(&self, worker: usize) -> Result<Box<dyn Conn + '_>, OpError>;
+}
+
+/// One worker's connection: it keeps one request in flight at a time.
+#[async_trait::async_trait]
+pub trait Conn: Send {
+    /// Reads a key; whether it had a value.
+    async fn get(&mut self, key: &str) -> Result<bool, OpError>;
+    async fn put(&mut self, key: &str, value: &Bytes) -> Result<(), OpError>;
+}
+
+/// Round-robin over `len` URLs from a worker's own starting point.
+#[derive(Clone, Copy, Debug)]
+pub struct RoundRobin {
+    next: usize,
+}
+
+impl RoundRobin {
+    pub fn starting_at(worker: usize) -> Self {
+        RoundRobin { next: worker }
+    }
+
+    /// The next index below `len` (`len` is at least 1: a target has a URL).
+    pub fn pick(&mut self, len: usize) -> usize {
+        let i = self.next % len.max(1);
+        self.next = self.next.wrapping_add(1);
+        i
     }
 }
 
-/// How to reach the target, shared by every worker.
-pub struct Target {
+/// URLs without a trailing slash; an empty list is an error.
+pub fn normalise_urls(urls: Vec<String>) -> Result<Vec<String>, OpError> {
+    if urls.is_empty() {
+        return Err(OpError::Other("no target URL given".into()));
+    }
+    Ok(urls
+        .into_iter()
+        .map(|u| u.trim_end_matches('/').to_owned())
+        .collect())
+}
+
+/// ringkv nodes, or the reference server: the same pooled keep-alive client for both.
+#[derive(Debug)]
+pub struct HttpTarget {
     kind: TargetKind,
     urls: Vec<String>,
     http: Vec<Client>,
-    etcd: reqwest::Client,
-    timeout: Duration,
 }
 
-impl Target {
+impl HttpTarget {
     pub fn new(
         kind: TargetKind,
         urls: Vec<String>,
         options: &ClientOptions,
     ) -> Result<Self, OpError> {
-        if urls.is_empty() {
-            return Err(OpError::Other("no target URL given".into()));
-        }
-        let http = match kind {
-            TargetKind::Ringkv | TargetKind::Reference => urls
-                .iter()
-                .map(|u| Client::with_options(u, options))
-                .collect::<Result<_, _>>()?,
-            _ => Vec::new(),
-        };
-        let etcd = reqwest::Client::builder()
-            .timeout(options.timeout)
-            .connect_timeout(options.connect_timeout)
-            .pool_max_idle_per_host(options.max_idle_connections)
-            .tcp_nodelay(true)
-            .build()?;
-        Ok(Target {
-            kind,
-            urls: urls
-                .into_iter()
-                .map(|u| u.trim_end_matches('/').to_owned())
-                .collect(),
-            http,
-            etcd,
-            timeout: options.timeout,
-        })
+        let urls = normalise_urls(urls)?;
+        let http = urls
+            .iter()
+            .map(|u| Client::with_options(u, options))
+            .collect::<Result<_, _>>()?;
+        Ok(HttpTarget { kind, urls, http })
+    }
+}
+
+#[async_trait::async_trait]
+impl Target for HttpTarget {
+    fn name(&self) -> &str {
+        self.kind.name()
     }
 
-    pub fn kind(&self) -> TargetKind {
-        self.kind
+    fn urls(&self) -> &[String] {
+        &self.urls
     }
 
-    /// A worker's handle. Its requests go round-robin over the URLs, starting at a
-    /// different one per worker.
-    pub async fn connect(&self, worker: usize) -> Result<Conn<'_>, OpError> {
-        let redis = match self.kind {
-            TargetKind::Redis => {
-                let url = &self.urls[worker % self.urls.len()];
-                let client = redis::Client::open(url.as_str())?;
-                let conn =
-                    tokio::time::timeout(self.timeout, client.get_multiplexed_async_connection())
-                        .await
-                        .map_err(|_| OpError::Timeout)??;
-                Some(conn)
-            }
-            _ => None,
-        };
-        Ok(Conn {
+    async fn connect(&self, worker: usize) -> Result<Box<dyn Conn + '_>, OpError> {
+        Ok(Box::new(HttpConn {
             target: self,
-            next: AtomicUsize::new(worker),
-            redis,
-        })
+            next: RoundRobin::starting_at(worker),
+        }))
     }
 }
 
-pub struct Conn<'a> {
-    target: &'a Target,
-    next: AtomicUsize,
-    redis: Option<redis::aio::MultiplexedConnection>,
+struct HttpConn<'a> {
+    target: &'a HttpTarget,
+    next: RoundRobin,
 }
 
-#[derive(Deserialize)]
-struct EtcdRange {
-    #[serde(default)]
-    kvs: Vec<serde::de::IgnoredAny>,
+#[async_trait::async_trait]
+impl Conn for HttpConn<'_> {
+    async fn get(&mut self, key: &str) -> Result<bool, OpError> {
+        let client = &self.target.http[self.next.pick(self.target.http.len())];
+        Ok(client.exists(key).await?)
+    }
+
+    async fn put(&mut self, key: &str, value: &Bytes) -> Result<(), OpError> {
+        let client = &self.target.http[self.next.pick(self.target.http.len())];
+        Ok(client.put_blind(key, value.clone()).await?)
+    }
 }
 
-impl Conn<'_> {
-    fn pick(&self) -> usize {
-        self.next.fetch_add(1, Ordering::Relaxed) % self.target.urls.len()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_robin_visits_every_url_in_turn_from_its_start() {
+        let mut rr = RoundRobin::starting_at(2);
+        let picks: Vec<usize> = (0..6).map(|_| rr.pick(3)).collect();
+        assert_eq!(picks, vec![2, 0, 1, 2, 0, 1]);
     }
 
-    /// Reads a key; whether it had a value.
-    pub async fn get(&mut self, key: &str) -> Result<bool, OpError> {
-        let t = self.target;
-        match t.kind {
-            TargetKind::Ringkv | TargetKind::Reference => {
-                Ok(t.http[self.pick()].exists(key).await?)
-            }
-            TargetKind::Etcd => {
-                let url = format!("{}/v3/kv/range", t.urls[self.pick()]);
-                let body = serde_json::json!({"key": B64.encode(key), "serializable": true});
-                let resp = t.etcd.post(url).json(&body).send().await?;
-                let status = resp.status();
-                if !status.is_success() {
-                    return Err(OpError::Status {
-                        status: status.as_u16(),
-                        code: String::new(),
-                    });
-                }
-                let range: EtcdRange = resp.json().await?;
-                Ok(!range.kvs.is_empty())
-            }
-            TargetKind::Redis => {
-                let conn = self.redis_conn()?;
-                let value: Option<Vec<u8>> = redis::cmd("GET").arg(key).query_async(conn).await?;
-                Ok(value.is_some())
-            }
-        }
-    }
-
-    pub async fn put(&mut self, key: &str, value: &Bytes) -> Result<(), OpError> {
-        let t = self.target;
-        match t.kind {
-            TargetKind::Ringkv | TargetKind::Reference => {
-                Ok(t.http[self.pick()].put_blind(key, value.clone()).await?)
-            }
-            TargetKind::Etcd => {
-                let url = format!("{}/v3/kv/put", t.urls[self.pick()]);
-                let body = serde_json::json!({"key": B64.encode(key), "value": B64.encode(value)});
-                let resp = t.etcd.post(url).json(&body).send().await?;
-                let status = resp.status();
-                // Read the body through, so the connection goes back to the pool.
-                resp.bytes().await?;
-                if status.is_success() {
-                    Ok(())
-                } else {
-                    Err(OpError::Status {
-                        status: status.as_u16(),
-                        code: String::new(),
-                    })
-                }
-            }
-            TargetKind::Redis => {
-                let conn = self.redis_conn()?;
-                redis::cmd("SET")
-                    .arg(key)
-                    .arg(value.as_ref())
-                    .query_async::<()>(conn)
-                    .await?;
-                Ok(())
-            }
-        }
-    }
-
-    fn redis_conn(&mut self) -> Result<&mut redis::aio::MultiplexedConnection, OpError> {
-        self.redis
-            .as_mut()
-            .ok_or_else(|| OpError::Other("no Redis connection".into()))
+    #[test]
+    fn no_url_is_an_error() {
+        assert!(normalise_urls(Vec::new()).is_err());
+        assert_eq!(
+            normalise_urls(vec!["http://a:1/".into()]).unwrap(),
+            vec!["http://a:1".to_owned()]
+        );
     }
 }

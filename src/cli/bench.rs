@@ -1,11 +1,10 @@
-//! `ringkv bench` (the load generator) and the hidden `bench-report` of
-//! `scripts/bench-compare.sh`.
+//! `ringkv bench`, the load generator: its flags, checked, and the run.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::bench::compare::{render, Runs};
-use crate::bench::target::TargetKind;
+use crate::bench::target::{HttpTarget, Target, TargetKind};
 use crate::bench::usage::CpuSource;
 use crate::bench::workload::{KeyDist, Workload};
 use crate::bench::{self, BenchConfig};
@@ -17,14 +16,21 @@ const MAX_CONCURRENCY: usize = 4096;
 const MAX_KEYS: u64 = 100_000_000;
 const MAX_VALUE_BYTES: usize = 64 * 1024 * 1024;
 
+/// `ringkv bench`: the targets the product knows, and the flags every target shares.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// What to load.
+    /// What to load. etcd and Redis: `ringkv-tools bench`.
     #[arg(long, value_enum, default_value = "ringkv")]
     pub target: TargetKind,
-    /// Where: node URLs (`http://…`, `redis://…`), comma-separated; requests go
-    /// round-robin. Default: ringkv's and the reference's 127.0.0.1:7070, etcd's :2379,
-    /// Redis's :6379.
+    #[command(flatten)]
+    pub options: BenchOptions,
+}
+
+/// The flags of a benchmark run, whatever the target: `ringkv-tools bench` shares them.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchOptions {
+    /// Where: node URLs, comma-separated; requests go round-robin. Default: the target's
+    /// usual local address (ringkv's and the reference's `http://127.0.0.1:7070`).
     #[arg(long, value_delimiter = ',')]
     pub url: Vec<String>,
     /// Requests in flight at once (one per worker).
@@ -78,17 +84,9 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
-#[derive(clap::Args, Debug, Clone)]
-pub struct BenchReportArgs {
-    /// The directory of `ringkv bench --json` outputs.
-    pub dir: PathBuf,
-    /// A line saying how the runs were made, put above the table.
-    #[arg(long, default_value = "")]
-    pub settings: String,
-}
-
-impl BenchArgs {
-    fn config(self) -> Result<BenchConfig, String> {
+impl BenchOptions {
+    /// Checks every bound; `ringkv` says whether the target takes `--r`/`--w`.
+    pub fn check(&self, ringkv: bool) -> Result<(), String> {
         if self.concurrency == 0 || self.concurrency > MAX_CONCURRENCY {
             return Err(format!("--concurrency must be 1..={MAX_CONCURRENCY}"));
         }
@@ -113,43 +111,51 @@ impl BenchArgs {
         if self.timeout.is_zero() {
             return Err("--timeout must be more than 0".into());
         }
-        if (self.r.is_some() || self.w.is_some()) && self.target != TargetKind::Ringkv {
+        if (self.r.is_some() || self.w.is_some()) && !ringkv {
             return Err("--r and --w apply to --target ringkv only".into());
         }
-        let urls = if self.url.is_empty() {
-            vec![match self.target {
-                TargetKind::Ringkv | TargetKind::Reference => "http://127.0.0.1:7070",
-                TargetKind::Etcd => "http://127.0.0.1:2379",
-                TargetKind::Redis => "redis://127.0.0.1:6379",
-            }
-            .to_owned()]
+        Ok(())
+    }
+
+    /// The `--url`s, or `default` when none was given.
+    pub fn urls_or(&self, default: &str) -> Vec<String> {
+        if self.url.is_empty() {
+            vec![default.to_owned()]
         } else {
-            self.url
+            self.url.clone()
+        }
+    }
+
+    /// The HTTP client settings: one idle connection kept per worker.
+    pub fn client_options(&self) -> ClientOptions {
+        ClientOptions {
+            timeout: self.timeout,
+            max_idle_connections: self.concurrency,
+            r: self.r.clone(),
+            w: self.w.clone(),
+            ..ClientOptions::default()
+        }
+    }
+
+    /// The run's settings, on a target built from these flags. `/metrics` are read from
+    /// `--metrics-url`, or else from `default_metrics` (a ringkv target's own URLs).
+    pub fn into_config(self, target: Arc<dyn Target>, default_metrics: Vec<String>) -> BenchConfig {
+        let client = self.client_options();
+        let metrics_urls = if self.metrics_url.is_empty() {
+            default_metrics
+        } else {
+            self.metrics_url
         };
-        let metrics_urls = match (self.metrics_url.is_empty(), self.target) {
-            (false, _) => self.metrics_url,
-            (true, TargetKind::Ringkv) => urls.clone(),
-            (true, _) => Vec::new(),
-        };
-        let label = self
-            .label
-            .unwrap_or_else(|| format!("{:?}", self.target).to_lowercase());
-        Ok(BenchConfig {
-            target: self.target,
-            urls,
+        let label = self.label.unwrap_or_else(|| target.name().to_owned());
+        BenchConfig {
+            target,
             label,
             concurrency: self.concurrency,
             duration: self.duration,
             max_ops: self.ops,
             workload: Workload::new(self.read_ratio, self.keys, self.key_dist, self.value_size),
             preload: self.preload,
-            client: ClientOptions {
-                timeout: self.timeout,
-                max_idle_connections: self.concurrency,
-                r: self.r,
-                w: self.w,
-                ..ClientOptions::default()
-            },
+            client,
             cpu: CpuSource {
                 pids: self.pids,
                 cgroup: self.cgroup,
@@ -157,14 +163,12 @@ impl BenchArgs {
             metrics_urls,
             seed: self.seed,
             progress: !self.json && bench::stderr_is_terminal(),
-        })
+        }
     }
 }
 
-/// Runs `ringkv bench`: the report goes to stdout, as a table or JSON.
-pub async fn run_bench(args: BenchArgs) -> Result<(), String> {
-    let json = args.json;
-    let config = args.config()?;
+/// Runs a benchmark and prints its report on stdout, as a table or JSON.
+pub async fn run_and_print(config: BenchConfig, json: bool) -> Result<(), String> {
     let report = bench::run(config).await.map_err(|e| e.to_string())?;
     if json {
         let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
@@ -175,9 +179,18 @@ pub async fn run_bench(args: BenchArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs `ringkv bench-report DIR`: the comparison table goes to stdout.
-pub fn run_bench_report(args: BenchReportArgs) -> Result<(), String> {
-    let runs = Runs::load(&args.dir)?;
-    print!("{}", render(&runs, &args.settings));
-    Ok(())
+/// Runs `ringkv bench` against ringkv nodes or the reference server.
+pub async fn run_bench(args: BenchArgs) -> Result<(), String> {
+    let BenchArgs { target, options } = args;
+    options.check(target == TargetKind::Ringkv)?;
+    let urls = options.urls_or("http://127.0.0.1:7070");
+    let http = HttpTarget::new(target, urls.clone(), &options.client_options())
+        .map_err(|e| format!("cannot reach the target: {e}"))?;
+    let metrics = if target == TargetKind::Ringkv {
+        urls
+    } else {
+        Vec::new()
+    };
+    let json = options.json;
+    run_and_print(options.into_config(Arc::new(http), metrics), json).await
 }

@@ -28,7 +28,7 @@ pub enum CommandError {
 pub async fn run_client(command: Command) -> Result<(), CommandError> {
     match command {
         Command::Serve(_) => unreachable!("serve is not a client command"),
-        Command::Bench(_) | Command::BenchReport(_) => {
+        Command::Bench(_) => {
             unreachable!("the benchmark runs through run_bench")
         }
         Command::Put {

@@ -6,7 +6,7 @@ mod serve;
 
 use clap::{Parser, Subcommand};
 
-pub use bench::{run_bench, run_bench_report, BenchArgs, BenchReportArgs};
+pub use bench::{run_and_print, run_bench, BenchArgs, BenchOptions};
 pub use commands::run_client;
 pub use serve::{run_serve, ServeArgs};
 
@@ -102,10 +102,7 @@ pub enum Command {
         #[command(flatten)]
         node: NodeArg,
     },
-    /// Load a ringkv cluster, etcd, Redis or the reference server, and report ops/s,
-    /// latency percentiles, errors and server efficiency.
+    /// Load a ringkv cluster (or the reference server), and report ops/s, latency
+    /// percentiles, errors and server efficiency.
     Bench(Box<BenchArgs>),
-    /// Fold `bench --json` outputs into the comparison table (`scripts/bench-compare.sh`).
-    #[command(hide = true)]
-    BenchReport(BenchReportArgs),
 }

@@ -1,7 +1,14 @@
 //! `ringkv-tools`: test and ops tooling that drives a ringkv cluster from outside, over
 //! its HTTP API. It is not part of the node: `scripts/scale-out.sh` and
-//! `scripts/docker-faults.sh` run it on the host against local or containerised nodes.
+//! `scripts/docker-faults.sh` run it on the host against local or containerised nodes, and
+//! `scripts/bench-compare.sh` loads etcd and Redis with it.
+//!
+//! - [`scale`]: `load`, `churn` and `verify`, the scale-out and fault checks.
+//! - [`bench`]: `bench --target etcd|redis`, `ringkv bench`'s load generator on other stores.
+//! - [`bench_report`]: `bench-report`, the comparison table of `scripts/bench-compare.sh`.
 
+mod bench;
+mod bench_report;
 mod scale;
 
 use std::process::ExitCode;
@@ -12,11 +19,29 @@ use clap::Parser;
 #[command(
     name = "ringkv-tools",
     version,
-    about = "Load, churn and verify checks for ringkv clusters"
+    about = "Load, churn and verify checks for ringkv clusters, and benchmarks of other stores"
 )]
 struct Cli {
     #[command(subcommand)]
-    command: scale::ScaleCommand,
+    command: Command,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    #[command(flatten)]
+    Scale(scale::ScaleCommand),
+    /// Load etcd or Redis as `ringkv bench` loads ringkv, with the same flags and report.
+    Bench(Box<bench::BenchArgs>),
+    /// Fold `bench --json` outputs into the comparison table (`scripts/bench-compare.sh`).
+    BenchReport(bench_report::BenchReportArgs),
+}
+
+async fn run(command: Command) -> Result<bool, String> {
+    match command {
+        Command::Scale(c) => scale::run_scale(c).await,
+        Command::Bench(args) => bench::run(*args).await.map(|()| true),
+        Command::BenchReport(args) => bench_report::run(args).map(|()| true),
+    }
 }
 
 fn main() -> ExitCode {
@@ -28,7 +53,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(scale::run_scale(cli.command));
+    let result = runtime.block_on(run(cli.command));
     // What may remain are the HTTP client's idle connections; they hold nothing that
     // needs flushing, so they do not get to delay the exit.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));

@@ -1,5 +1,5 @@
-//! `ringkv bench-report`: folds the result files of `scripts/bench-compare.sh` (one
-//! `ringkv bench --json` output per target, workload and round) into one markdown table
+//! `ringkv-tools bench-report`: folds the result files of `scripts/bench-compare.sh` (one
+//! `bench --json` output per target, workload and round) into one markdown table
 //! of figures and ratios, and checks the performance targets (the second table) against them.
 //!
 //! Rounds alternate between targets, so a slow moment of the shared machine hurts every
@@ -9,7 +9,23 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use super::report::Report;
+use ringkv::bench::report::Report;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchReportArgs {
+    /// The directory of `bench --json` outputs.
+    pub dir: std::path::PathBuf,
+    /// A line saying how the runs were made, put above the table.
+    #[arg(long, default_value = "")]
+    pub settings: String,
+}
+
+/// Prints the comparison table of the runs in `args.dir` on stdout.
+pub fn run(args: BenchReportArgs) -> Result<(), String> {
+    let runs = Runs::load(&args.dir)?;
+    print!("{}", render(&runs, &args.settings));
+    Ok(())
+}
 
 /// The rows of the table, in order: the label each run was given, and how it reads.
 pub const ROWS: &[(&str, &str)] = &[
@@ -307,7 +323,7 @@ fn targets(runs: &Runs) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::report::{Efficiency, OpStats, Settings};
+    use ringkv::bench::report::{Efficiency, OpStats, Settings};
 
     fn report(label: &str, read_ratio: f64, ops_per_sec: f64, p99_us: u64) -> Report {
         let op = OpStats {
