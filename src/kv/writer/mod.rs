@@ -5,24 +5,26 @@
 //! makes concurrent writes to one key safe: two blind writes can never both read the old
 //! set and have the second silently overwrite the first.
 
+mod apply;
+mod refusal;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use std::collections::BTreeMap;
+use apply::commit;
+use refusal::{probe_space, publish, Refusal, SPACE_PROBE_INTERVAL};
 
-use super::hints::{hint_key, HintLedger, HintRecord};
-use super::summary::{load_tree, SharedTree, TreeDelta};
+use super::hints::HintLedger;
+use super::summary::SharedTree;
 use super::writable::WriteState;
-use super::{record, KvError};
+use super::KvError;
 use crate::config::{BlockingMode, FsyncMode};
-use crate::identity::Identity;
 use crate::key::Key;
-use crate::merkle::Tree;
 use crate::stats::StorageStats;
-use crate::store::{Store, StoreError, Table, WriteTxn};
+use crate::store::Store;
 use crate::version::{Actor, Dot, Payload, SiblingSet, VersionVector};
 
 /// A change to one key's data, decided against the key's current state inside the
@@ -308,13 +310,6 @@ impl WriterHandle {
     }
 }
 
-/// How often a writer out of space tries a probe commit.
-const SPACE_PROBE_INTERVAL: Duration = Duration::from_secs(2);
-/// The probe's size: a commit of this much proves there is room for ordinary writes.
-const SPACE_PROBE_BYTES: usize = 64 * 1024;
-/// The meta row the probe writes, then deletes.
-const SPACE_PROBE_KEY: &[u8] = b"space_probe";
-
 /// Starts the writer. It runs until `stop` is cancelled, then commits what is queued,
 /// syncs, and ends.
 pub fn spawn(
@@ -327,49 +322,6 @@ pub fn spawn(
     let (state_tx, state) = watch::channel(WriteState::Writable);
     let task = tokio::spawn(run(store, settings, stats.clone(), state_tx, rx, stop));
     (WriterHandle { tx, stats, state }, task)
-}
-
-/// Why the writer does not commit, if it does not.
-#[derive(Default)]
-struct Refusal {
-    /// After a failed fsync the kernel may have dropped the dirty pages and cleared the
-    /// error, so a later fsync that succeeds proves nothing about earlier commits. No
-    /// further write is acknowledged once one has failed; restarting the node recovers
-    /// from the last durable commit, with a new epoch.
-    failed: Option<KvError>,
-    /// Out of space: refused until a probe commit succeeds. Unlike a failed fsync this
-    /// is safe to leave, since the data of the failed write never reached the kernel.
-    no_space: Option<KvError>,
-}
-
-impl Refusal {
-    fn error(&self) -> Option<&KvError> {
-        self.failed.as_ref().or(self.no_space.as_ref())
-    }
-
-    fn state(&self) -> WriteState {
-        if self.failed.is_some() {
-            WriteState::SyncFailed
-        } else if self.no_space.is_some() {
-            WriteState::NoSpace
-        } else {
-            WriteState::Writable
-        }
-    }
-
-    /// Takes in a storage error of a commit or a sync.
-    fn note(&mut self, when: &'static str, e: &Arc<StoreError>, sync: bool) {
-        let sync_error = matches!(**e, StoreError::SyncFailed(_));
-        if e.is_no_space() && !sync_error {
-            if self.no_space.is_none() {
-                tracing::error!(error = %e, when, probe_every = ?SPACE_PROBE_INTERVAL,
-                    "out of space: refusing writes until a probe commit succeeds; reads go on");
-            }
-            self.no_space = Some(KvError::NoSpace(e.clone()));
-        } else if sync || sync_error {
-            self.failed = Some(sync_failed(when, e));
-        }
-    }
 }
 
 async fn run(
@@ -530,352 +482,6 @@ fn note_merge_over_cap(
     }
 }
 
-/// Publishes a change of state. On entering the no-space state the store is reopened at
-/// once: redb refuses reads too after an I/O error, and this node still serves them.
-async fn publish(
-    state: &watch::Sender<WriteState>,
-    was: WriteState,
-    refusal: &Refusal,
-    store: &Arc<dyn Store>,
-    settings: &WriterSettings,
-    probe_timer: &mut tokio::time::Interval,
-) {
-    let now = refusal.state();
-    if now == was {
-        return;
-    }
-    if now == WriteState::NoSpace {
-        // The first probe one interval from now, not at once: space rarely returns in
-        // the instant after it ran out.
-        probe_timer.reset();
-        if let Err(e) = blocking(settings.blocking, store.clone(), |s| s.reopen()).await {
-            tracing::warn!(error = %e, "reopening the store after running out of space failed; reads fail until a probe reopens it");
-        }
-    }
-    tracing::info!(
-        from = was.as_str(),
-        to = now.as_str(),
-        "write state changed"
-    );
-    state.send_replace(now);
-}
-
-/// Reopens the store and commits a probe row, then removes it; both durable. On success,
-/// the tree and hint totals as the reopened store has them.
-fn probe_space(store: &dyn Store) -> Result<(Tree, HintLedger), StoreError> {
-    store.reopen()?;
-    let ballast = vec![0u8; SPACE_PROBE_BYTES];
-    let probed = store
-        .write(true, &mut |txn| {
-            txn.put(Table::Meta, SPACE_PROBE_KEY, &ballast)
-        })
-        .and_then(|()| store.write(true, &mut |txn| txn.delete(Table::Meta, SPACE_PROBE_KEY)));
-    if let Err(e) = probed {
-        // The failed probe left redb refusing everything again, reads included: open it
-        // once more so that reads go on until the next probe.
-        if let Err(reopen) = store.reopen() {
-            tracing::warn!(error = %reopen, "reopening the store after a failed space probe failed");
-        }
-        return Err(e);
-    }
-    Ok((load_tree(store)?, HintLedger::load(store)?))
-}
-
-/// The error every later write gets once an fsync has failed (see [`Refusal::failed`]).
-fn sync_failed(when: &'static str, e: &Arc<StoreError>) -> KvError {
-    tracing::error!(error = %e, when, "fsync failed: this node acknowledges no more writes until it restarts");
-    KvError::SyncFailed {
-        when,
-        source: e.clone(),
-    }
-}
-
-/// One transaction for the whole batch. A mutation that is refused (the sibling cap, an
-/// overflowed counter) is answered alone; a storage error fails the whole batch, and
-/// nothing in it is applied. Returns the jobs with their outcomes set, whether the
-/// transaction committed, and the dot floor after it.
-fn commit(
-    store: &dyn Store,
-    settings: &WriterSettings,
-    stats: &StorageStats,
-    dot_floor: u64,
-    batch: Vec<Job>,
-    durable: bool,
-) -> (Vec<Job>, Result<(), Arc<StoreError>>, u64) {
-    let mut batch = batch;
-    let mut floor = dot_floor;
-    // Hint totals and the in-memory tree change only once the commit succeeded.
-    let mut ledger = LedgerDelta::default();
-    let mut tree = TreeDelta::default();
-    let result = store.write(durable, &mut |txn| {
-        // The body may run again (the store retries it): each run starts afresh.
-        ledger = LedgerDelta::default();
-        tree = TreeDelta::default();
-        floor = dot_floor;
-        for job in &mut batch {
-            match job {
-                Job::Data {
-                    mutation, outcome, ..
-                } => {
-                    *outcome = Some(apply(
-                        txn, settings, stats, &mut floor, &mut tree, mutation,
-                    )?);
-                }
-                Job::Upkeep {
-                    upkeep, outcome, ..
-                } => {
-                    *outcome = Some(apply_upkeep(
-                        txn,
-                        settings,
-                        stats,
-                        &mut ledger,
-                        &mut tree,
-                        upkeep,
-                    )?);
-                }
-            }
-        }
-        // In the same transaction as the versions that raised it: as durable as they are.
-        if floor != dot_floor {
-            Identity::record_dot_floor(txn, floor)?;
-        }
-        tree.store(txn)
-    });
-    let result = result.map_err(Arc::new);
-    match &result {
-        Ok(()) => {
-            ledger.commit(&settings.hints);
-            std::mem::take(&mut tree).apply(&settings.tree);
-        }
-        Err(e) => {
-            tracing::error!(error = %e, mutations = batch.len(), "commit failed");
-            // Every job gets the one error, its type kept: 507 for a full disk, 500
-            // otherwise (see `KvError::from`).
-            let kv = if e.is_no_space() {
-                KvError::NoSpace(e.clone())
-            } else {
-                KvError::Store(e.clone())
-            };
-            for job in &mut batch {
-                job.fail(&kv);
-            }
-        }
-    }
-    (batch, result, floor)
-}
-
-/// Hint count and byte changes made by one transaction, per target.
-#[derive(Default)]
-struct LedgerDelta(BTreeMap<u64, (i64, i64)>);
-
-impl LedgerDelta {
-    fn add(&mut self, target: u64, count: i64, bytes: i64) {
-        let e = self.0.entry(target).or_default();
-        e.0 += count;
-        e.1 += bytes;
-    }
-
-    fn bytes(&self, target: u64) -> i64 {
-        self.0.get(&target).map_or(0, |e| e.1)
-    }
-
-    fn commit(self, ledger: &HintLedger) {
-        for (target, (count, bytes)) in self.0 {
-            ledger.adjust(target, count, bytes);
-        }
-    }
-}
-
-fn apply(
-    txn: &mut dyn WriteTxn,
-    settings: &WriterSettings,
-    stats: &StorageStats,
-    dot_floor: &mut u64,
-    tree: &mut TreeDelta,
-    mutation: &Mutation,
-) -> Result<Result<Applied, KvError>, StoreError> {
-    match mutation {
-        Mutation::Update {
-            key,
-            seen,
-            payload,
-            written_at_ms,
-        } => {
-            let current = read_set(txn, stats, tree, key)?;
-            let (next, dot) = match current.update_above(
-                seen.as_ref(),
-                settings.actor,
-                *dot_floor,
-                payload.clone(),
-                *written_at_ms,
-            ) {
-                Ok(updated) => updated,
-                Err(e) => return Ok(Err(e.into())),
-            };
-            if next.len() > settings.max_siblings {
-                return Ok(Err(KvError::SiblingLimit {
-                    limit: settings.max_siblings,
-                }));
-            }
-            // Only a dot this node issues moves the floor; `dot.counter` is above the floor
-            // by construction, so this never lowers it.
-            *dot_floor = (*dot_floor).max(dot.counter);
-            write_set(txn, tree, key, current, next, Some(dot)).map(Ok)
-        }
-        Mutation::Merge { key, set } => {
-            // A counter at u64::MAX is never issued (see `SiblingSet::update_above`);
-            // merged, it would make this node's next write of that actor overflow, so the
-            // set is refused here, where peer data enters the store.
-            if set.has_overflowed_counter() {
-                return Ok(Err(KvError::OverflowedSet {
-                    key: key.as_str().to_owned(),
-                }));
-            }
-            let current = read_set(txn, stats, tree, key)?;
-            let next = current.sync(set);
-            write_set(txn, tree, key, current, next, None).map(Ok)
-        }
-    }
-}
-
-fn apply_upkeep(
-    txn: &mut dyn WriteTxn,
-    settings: &WriterSettings,
-    stats: &StorageStats,
-    ledger: &mut LedgerDelta,
-    tree: &mut TreeDelta,
-    upkeep: &Upkeep,
-) -> Result<Result<bool, KvError>, StoreError> {
-    match upkeep {
-        Upkeep::DropIfDigest { key, digest } => {
-            let current = read_set(txn, stats, tree, key)?;
-            if current.is_empty() || super::summary::digest(&current) != *digest {
-                return Ok(Ok(false));
-            }
-            txn.delete(Table::Data, key.as_bytes())?;
-            tree.record(txn, key, &current, &SiblingSet::new())?;
-            Ok(Ok(true))
-        }
-        Upkeep::Hint {
-            target,
-            key,
-            set,
-            now_ms,
-        } => {
-            // Delivered later as a Merge: refused for the same reason, before it is kept.
-            if set.has_overflowed_counter() {
-                return Ok(Err(KvError::OverflowedSet {
-                    key: key.as_str().to_owned(),
-                }));
-            }
-            let hkey = hint_key(*target, key);
-            let old = txn.get(Table::Hints, &hkey)?;
-            // A corrupt held hint is replaced, not merged with (and not allowed to fail the
-            // batch): what it held is left to anti-entropy.
-            let held = old.as_ref().and_then(|raw| match HintRecord::decode(raw) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    stats.corrupt_records.inc();
-                    tracing::error!(key = %key, target, error = %e, "held hint is corrupt; replacing it");
-                    None
-                }
-            });
-            let record = match held {
-                Some(mut r) => {
-                    r.set = r.set.sync(set);
-                    r
-                }
-                None => HintRecord {
-                    stored_at_ms: *now_ms,
-                    set: set.clone(),
-                },
-            };
-            let raw = record.encode();
-            let old_len = old.as_ref().map_or(0, |o| o.len() as i64);
-            let total = settings.hints.pending(*target).bytes as i64 + ledger.bytes(*target);
-            if total - old_len + raw.len() as i64 > settings.max_hint_bytes as i64 {
-                return Ok(Ok(false));
-            }
-            txn.put(Table::Hints, &hkey, &raw)?;
-            ledger.add(
-                *target,
-                i64::from(old.is_none()),
-                raw.len() as i64 - old_len,
-            );
-            Ok(Ok(true))
-        }
-        Upkeep::DeleteHint {
-            target,
-            key,
-            expected,
-        } => {
-            let hkey = hint_key(*target, key);
-            match txn.get(Table::Hints, &hkey)? {
-                Some(raw) if raw == *expected => {
-                    txn.delete(Table::Hints, &hkey)?;
-                    ledger.add(*target, -1, -(raw.len() as i64));
-                    Ok(Ok(true))
-                }
-                _ => Ok(Ok(false)),
-            }
-        }
-        Upkeep::DropCorrupt { key } => match txn.get(Table::Data, key.as_bytes())? {
-            Some(raw) if record::decode(&raw).is_err() => {
-                txn.delete(Table::Data, key.as_bytes())?;
-                tree.forget(txn, key)?;
-                tracing::warn!(key = %key, "dropped a corrupt record; anti-entropy and read repair restore it from a replica");
-                Ok(Ok(true))
-            }
-            _ => Ok(Ok(false)),
-        },
-    }
-}
-
-/// The key's stored set. A corrupt record counts as absent: it must never take part in a
-/// merge, where its damaged versions could win. It also leaves the index and the tree
-/// (the caller then writes the key afresh, or leaves it absent), so that the tree matches
-/// what this replica really holds.
-fn read_set(
-    txn: &mut dyn WriteTxn,
-    stats: &StorageStats,
-    tree: &mut TreeDelta,
-    key: &Key,
-) -> Result<SiblingSet, StoreError> {
-    match txn.get(Table::Data, key.as_bytes())? {
-        Some(raw) => match record::decode(&raw) {
-            Ok(set) => Ok(set),
-            Err(e) => {
-                stats.corrupt_records.inc();
-                tracing::error!(key = %key, error = %e, "stored record is corrupt; treating it as absent");
-                tree.forget(txn, key)?;
-                Ok(SiblingSet::new())
-            }
-        },
-        None => Ok(SiblingSet::new()),
-    }
-}
-
-fn write_set(
-    txn: &mut dyn WriteTxn,
-    tree: &mut TreeDelta,
-    key: &Key,
-    current: SiblingSet,
-    next: SiblingSet,
-    dot: Option<Dot>,
-) -> Result<Applied, StoreError> {
-    let changed = next != current;
-    if changed {
-        txn.put(Table::Data, key.as_bytes(), &record::encode(&next))?;
-        tree.record(txn, key, &current, &next)?;
-    }
-    Ok(Applied {
-        had_live: current.has_live(),
-        set: next,
-        changed,
-        dot,
-    })
-}
-
 /// Runs blocking storage work as the mode says (see [`BlockingMode`]).
 async fn blocking<T: Send + 'static>(
     mode: BlockingMode,
@@ -897,9 +503,12 @@ async fn blocking<T: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kv::record;
     use crate::kv::summary::digest;
     use crate::store::MemoryStore;
+    use crate::store::{StoreError, Table};
     use bytes::Bytes;
+    use refusal::SPACE_PROBE_KEY;
 
     fn settings(dot_floor: u64) -> WriterSettings {
         WriterSettings {
