@@ -110,6 +110,10 @@ struct Conn {
     received: AtomicU64,
     /// Cancel to close the connection.
     close: CancellationToken,
+    /// When it opened, and when a call last went out on it (ms after `opened`): what the
+    /// server's idle timeout counts from.
+    opened: tokio::time::Instant,
+    last_sent_ms: AtomicU64,
 }
 
 impl RpcClient {
@@ -134,7 +138,7 @@ impl RpcClient {
     /// How many pooled connections are open.
     pub fn connections(&self) -> usize {
         let peers: Vec<Arc<Peer>> = lock(&self.shared.peers).values().cloned().collect();
-        peers.iter().filter(|p| p.live().is_some()).count()
+        peers.iter().filter(|p| p.is_open()).count()
     }
 
     /// Sends `request` to `addr` and waits for the response. `timeout` covers everything:
@@ -191,6 +195,7 @@ impl RpcClient {
         let reply = conn.register(id).ok_or(RpcError::Closed)?;
         // Abandoned on timeout: the entry must not outlive the call.
         let _registered = Registered { conn: &conn, id };
+        conn.touch();
         conn.tx.send(payload).await.map_err(|_| RpcError::Closed)?;
         reply.await.map_err(|_| RpcError::Closed)
     }
@@ -220,12 +225,13 @@ impl Shared {
     /// The pooled connection to `addr`, dialing one if there is none.
     async fn connection(self: &Arc<Self>, addr: SocketAddr) -> Result<Arc<Conn>, RpcError> {
         let peer = self.peer(addr);
-        if let Some(conn) = peer.live() {
+        let retire_after = self.config.idle_timeout / 2;
+        if let Some(conn) = peer.live(retire_after) {
             return Ok(conn);
         }
         let _dialing = peer.dialing.lock().await;
         // Whoever held the lock before may have dialed already.
-        if let Some(conn) = peer.live() {
+        if let Some(conn) = peer.live(retire_after) {
             return Ok(conn);
         }
         if self.closed.is_cancelled() {
@@ -256,6 +262,8 @@ impl Shared {
             slots: Arc::new(Semaphore::new(in_flight)),
             received: AtomicU64::new(0),
             close: self.closed.child_token(),
+            opened: tokio::time::Instant::now(),
+            last_sent_ms: AtomicU64::new(0),
         });
         let task = run_connection(
             Arc::downgrade(self),
@@ -295,15 +303,50 @@ impl Shared {
 }
 
 impl Peer {
-    fn live(&self) -> Option<Arc<Conn>> {
+    fn is_open(&self) -> bool {
         lock(&self.conn)
             .as_ref()
-            .filter(|c| !c.close.is_cancelled())
-            .cloned()
+            .is_some_and(|c| !c.close.is_cancelled())
+    }
+
+    /// The pooled connection, unless it closed, or it has been quiet for `retire_after`.
+    /// The server closes a connection quiet for its idle timeout (`RpcConfig::idle_timeout`);
+    /// the client retires one at half of that, so that no call goes out on a connection
+    /// the server is about to close and fails with `Closed` in that race.
+    fn live(&self, retire_after: Duration) -> Option<Arc<Conn>> {
+        let mut pooled = lock(&self.conn);
+        let conn = pooled.as_ref()?.clone();
+        if conn.close.is_cancelled() {
+            return None;
+        }
+        if conn.quiet_for(retire_after) {
+            *pooled = None;
+            conn.close.cancel();
+            return None;
+        }
+        Some(conn)
     }
 }
 
 impl Conn {
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Notes that a call went out now.
+    fn touch(&self) {
+        self.last_sent_ms.store(self.elapsed_ms(), Ordering::SeqCst);
+    }
+
+    /// No call waiting on it, and none sent for `d`.
+    fn quiet_for(&self, d: Duration) -> bool {
+        let idle = lock(&self.pending).as_ref().is_some_and(HashMap::is_empty);
+        let since = self
+            .elapsed_ms()
+            .saturating_sub(self.last_sent_ms.load(Ordering::SeqCst));
+        idle && u128::from(since) >= d.as_millis()
+    }
+
     fn register(&self, id: u64) -> Option<oneshot::Receiver<Response>> {
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).as_mut()?.insert(id, tx);

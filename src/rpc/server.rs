@@ -484,7 +484,15 @@ mod tests {
         let response = client
             .call(server.addr, Request::Ping, CALL)
             .await
-            .expect("ping");
+            .unwrap_or_else(|e| {
+                panic!(
+                    "ping: {e:?}; client dials {}, server accepted {}, idle closed {}, served {}",
+                    client.stats().dials.load(Ordering::SeqCst),
+                    server.stats.accepted.load(Ordering::SeqCst),
+                    server.stats.idle_closed.load(Ordering::SeqCst),
+                    server.stats.requests_served.load(Ordering::SeqCst)
+                )
+            });
         assert!(matches!(response, Response::Pong { node_id: 7 }));
     }
 
@@ -639,18 +647,25 @@ mod tests {
             idle_timeout: Duration::from_millis(200),
             ..RpcConfig::default()
         };
-        let server = TestServer::start(super::testing::loopback(0), config).await;
+        let server = TestServer::start(super::testing::loopback(0), config.clone()).await;
         // A peer that connects and goes silent loses its slot...
         server_closes_after(&server, &[]).await;
-        // ...and a connection that was busy a while ago is closed once it goes quiet.
-        let client = client();
+        // ...and a connection that was busy a while ago is closed once it goes quiet. The
+        // client shares the server's settings, as every node of a cluster does.
+        let client = RpcClient::new(
+            connector_for(Arc::new(TokioNetwork)),
+            config.clone(),
+            Arc::new(RpcStats::default()),
+        );
         ping(&client, &server).await;
         wait_for("the idle close", CALL, || {
             server.stats.idle_closed.load(Ordering::SeqCst) >= 2
         })
         .await;
-        // The only slot is free again, and the client redials by itself.
+        // The only slot is free again, and the client redials by itself: it retires a
+        // connection quiet for half the idle timeout rather than race the server's close.
         ping(&client, &server).await;
+        assert_eq!(client.stats().dials.load(Ordering::SeqCst), 2, "one redial");
         client.close_all().await;
         server.stop().await;
     }
