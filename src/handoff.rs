@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::membership::ClusterView;
+use crate::cluster::policy::ReplicationPolicy;
 use crate::cluster::NodeId;
 use crate::kv::{KvError, LocalKv, StoredHint};
 use crate::net::Clock;
@@ -55,8 +56,8 @@ pub struct HandoffConfig {
     pub limit: BatchLimit,
     pub max_age: Duration,
     pub rpc_timeout: Duration,
-    /// The configured N: hints for a member that is gone go to the key's owners.
-    pub n: usize,
+    /// Who owns a key: hints for a member that is gone go to the key's owners.
+    pub replication: ReplicationPolicy,
 }
 
 pub struct Handoff {
@@ -136,7 +137,11 @@ impl Handoff {
             let mut by_owner: std::collections::BTreeMap<NodeId, Vec<&StoredHint>> =
                 Default::default();
             for h in &hints {
-                for owner in view.owners(h.key.as_bytes(), self.config.n) {
+                for owner in self
+                    .config
+                    .replication
+                    .storage_nodes(view, h.key.as_bytes())
+                {
                     by_owner.entry(owner).or_default().push(h);
                 }
             }

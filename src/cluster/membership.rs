@@ -140,20 +140,6 @@ impl ClusterView {
         self.ring.hash() != self.write_ring.hash()
     }
 
-    /// Every node that should hold `key` now: its replicas in both rings, read ring first.
-    /// `n` is the configured replication factor; each ring clamps it to its own size.
-    pub fn owners(&self, key: &[u8], n: usize) -> Vec<NodeId> {
-        let mut owners = self.ring.preference_list(key, n);
-        if self.in_transition() {
-            for id in self.write_ring.preference_list(key, n) {
-                if !owners.contains(&id) {
-                    owners.push(id);
-                }
-            }
-        }
-        owners
-    }
-
     /// A view of this node alone, before gossip has told it anything.
     pub fn alone(me: Member) -> Self {
         let ring = Arc::new(Ring::new([me.id], me.vnodes));

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use super::{CoordError, CoordinatorParts as Inner};
 use crate::cluster::membership::ClusterView;
+use crate::cluster::policy::set_quorum;
 use crate::cluster::NodeId;
 use crate::key::Key;
 use crate::kv::KvError;
@@ -50,7 +51,7 @@ impl Quorums {
             lists: lists
                 .into_iter()
                 .map(|l| {
-                    let t = Tracker::new(w.min(l.len()).max(1), l.len());
+                    let t = Tracker::new(set_quorum(w, l.len()), l.len());
                     (l, t)
                 })
                 .collect(),
@@ -94,14 +95,9 @@ pub(super) async fn replicated_write(
     w: usize,
     (started, deadline): (Instant, Instant),
 ) -> Result<(SiblingSet, Dot), CoordError> {
-    // Each ring's preference list has the configured N clamped to that ring's size: when
-    // a second node joins a lone one, the future ring replicates every key twice.
-    let n = inner.config.replication.n;
-    let prefs = view.owners(key.as_bytes(), n);
-    let mut lists = vec![view.ring.preference_list(key.as_bytes(), n)];
-    if view.in_transition() {
-        lists.push(view.write_ring.preference_list(key.as_bytes(), n));
-    }
+    let policy = inner.policy();
+    let prefs = policy.storage_nodes(view, key.as_bytes());
+    let lists = policy.write_sets(view, key.as_bytes());
     let timeout_error = |replied| CoordError::timed_out(started, w, replied, true);
 
     let others: Vec<NodeId> = prefs
