@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::membership::ClusterView;
+use crate::cluster::policy::ReplicationPolicy;
 use crate::cluster::NodeId;
 use crate::kv::{KvError, LocalKv, StoredHint};
 use crate::net::Clock;
@@ -55,8 +56,8 @@ pub struct HandoffConfig {
     pub limit: BatchLimit,
     pub max_age: Duration,
     pub rpc_timeout: Duration,
-    /// The configured N: hints for a member that is gone go to the key's owners.
-    pub n: usize,
+    /// Who owns a key: hints for a member that is gone go to the key's owners.
+    pub replication: ReplicationPolicy,
 }
 
 pub struct Handoff {
@@ -66,6 +67,14 @@ pub struct Handoff {
     pub clock: Arc<dyn Clock>,
     pub stats: Arc<ReplicationStats>,
     pub config: HandoffConfig,
+}
+
+/// Whether the hints for `target` should go to their keys' owners rather than wait for
+/// it: gossip says it left or was removed; or it is simply not a member. The latter
+/// proves nothing in a view of this node alone (it just started and has heard from no
+/// one yet), and a node that merely went down stays a member: its hints wait.
+fn target_gone(view: &ClusterView, target: NodeId) -> bool {
+    view.departed.contains(&target) || (view.member(target).is_none() && view.members.len() > 1)
 }
 
 impl Handoff {
@@ -86,12 +95,7 @@ impl Handoff {
                     return;
                 }
                 let view = self.view.borrow().clone();
-                // Gossip says the target left or was removed; or it is simply not a
-                // member. The latter proves nothing in a view of this node alone (it just
-                // started and has heard from no one yet).
-                let gone = view.departed.contains(&target)
-                    || (view.member(target).is_none() && view.members.len() > 1);
-                if gone {
+                if target_gone(&view, target) {
                     if let Err(e) = self.reroute(target, &view, &shutdown).await {
                         tracing::warn!(peer = %target, error = %e, "rerouting hints failed; will retry");
                     }
@@ -136,7 +140,11 @@ impl Handoff {
             let mut by_owner: std::collections::BTreeMap<NodeId, Vec<&StoredHint>> =
                 Default::default();
             for h in &hints {
-                for owner in view.owners(h.key.as_bytes(), self.config.n) {
+                for owner in self
+                    .config
+                    .replication
+                    .storage_nodes(view, h.key.as_bytes())
+                {
                     by_owner.entry(owner).or_default().push(h);
                 }
             }
@@ -286,5 +294,51 @@ impl Handoff {
             }
         }
         Ok(deleted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::cluster::membership::{Member, MemberState};
+
+    fn member(id: u64, live: bool) -> Member {
+        let unused = SocketAddr::from(([127, 0, 0, 1], 9));
+        Member {
+            id: NodeId(id),
+            http_addr: unused,
+            rpc_addr: unused,
+            gossip_addr: unused,
+            state: MemberState::Normal,
+            live,
+            vnodes: 8,
+            to_move: None,
+            writable: true,
+        }
+    }
+
+    #[test]
+    fn a_target_is_gone_once_departed_or_unknown_to_a_view_of_peers() {
+        let alone = ClusterView::alone(member(1, true));
+        // Just started, heard from no one: an unknown target may well be a member.
+        assert!(!target_gone(&alone, NodeId(2)));
+
+        let mut view = ClusterView::alone(member(1, true));
+        view.members.insert(NodeId(2), member(2, false));
+        view.members.insert(NodeId(3), member(3, true));
+        // Down is not gone: its hints wait for it.
+        assert!(!target_gone(&view, NodeId(2)));
+        assert!(!target_gone(&view, NodeId(3)));
+        // Not a member of a view that has peers: it left the view for good.
+        assert!(target_gone(&view, NodeId(4)));
+
+        // Departed wins, in a view alone too (a removal heard before any peer's state).
+        let mut departed = alone.clone();
+        departed.departed.insert(NodeId(2));
+        assert!(target_gone(&departed, NodeId(2)));
+        view.departed.insert(NodeId(3));
+        assert!(target_gone(&view, NodeId(3)));
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! The crate, bottom to top:
 //! - [`version`]: dotted version vectors, sibling sets, causality tokens (pure logic).
-//! - [`quorum`]: N, R and W, and how they clamp to the member count (pure logic).
+//! - [`quorum`]: N, R and W as configured, the quorum a request names, and the reply
+//!   tracker (pure logic); how they clamp to the rings is `cluster::policy`'s.
 //! - [`key`]: key validation and strict percent-decoding.
 //! - [`store`]: the [`store::Store`] trait with redb and in-memory implementations (redb's
 //!   panics caught, a failed fsync told apart, reopened in place after a full disk).

@@ -338,7 +338,7 @@ pub async fn run_with_store<N: Network>(
         clock: net.clock(),
         stats: stats.clone(),
         config: CoordinatorConfig {
-            replication: config.replication,
+            replication: config.replication.into(),
             rpc_timeout: cluster.rpc_timeout,
             repair_wait: cluster.repair_wait,
         },
@@ -371,7 +371,7 @@ pub async fn run_with_store<N: Network>(
                 limit: batch,
                 max_age: cluster.max_hint_age,
                 rpc_timeout: cluster.rpc_timeout,
-                n: config.replication.n,
+                replication: config.replication.into(),
             },
         }
         .run(tasks.clone()),
@@ -385,7 +385,7 @@ pub async fn run_with_store<N: Network>(
         clock: net.clock(),
         config: AntiEntropyConfig {
             interval: cluster.anti_entropy_interval,
-            n: config.replication.n,
+            replication: config.replication.into(),
             rpc_timeout: cluster.rpc_timeout,
             tombstone_grace: cluster.tombstone_grace,
             settle: cluster.gossip_interval * 10,

@@ -1,5 +1,5 @@
-//! Replication factors: N, R and W, how a request names them, and how they clamp to the
-//! number of members.
+//! Replication factors: N, R and W as configured, how a request names a quorum, and the
+//! reply tracker. How they clamp to the rings is `cluster::policy`'s.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -59,26 +59,13 @@ impl fmt::Display for Quorum {
     }
 }
 
-/// The configured replication factors.
+/// Replication factors: as configured, or as in force on a view (see
+/// `cluster::policy::ReplicationPolicy::effective`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Replication {
     pub n: usize,
     pub r: usize,
     pub w: usize,
-}
-
-impl Replication {
-    /// The factors in force with `members` nodes in the ring. With fewer members than N,
-    /// N, R and W cap at the member count, so a lone node with N=3, R=2, W=2 still serves:
-    /// that is where a scale-out starts.
-    pub fn effective(self, members: usize) -> Replication {
-        let n = self.n.min(members.max(1));
-        Replication {
-            n,
-            r: self.r.min(n),
-            w: self.w.min(n),
-        }
-    }
 }
 
 /// Counts replies toward a quorum, by distinct node: a node that stores a write twice
@@ -159,8 +146,6 @@ mod tests {
         assert_eq!(Quorum::Quorum.resolve(3), 2);
         assert_eq!(Quorum::All.resolve(1), 1);
         assert_eq!(Quorum::Count(3).resolve(1), 1);
-        let lone = Replication { n: 3, r: 2, w: 2 }.effective(1);
-        assert_eq!(lone, Replication { n: 1, r: 1, w: 1 });
     }
 
     proptest::proptest! {

@@ -26,7 +26,6 @@ pub async fn collect(ae: &AntiEntropy, shutdown: &CancellationToken) {
     let Ok(candidates) = ae.local.tombstones(None, PER_ROUND) else {
         return;
     };
-    let n = ae.n(&view.ring);
     for (key, newest_ms) in candidates {
         if shutdown.is_cancelled() {
             return;
@@ -34,7 +33,7 @@ pub async fn collect(ae: &AntiEntropy, shutdown: &CancellationToken) {
         if now.saturating_sub(newest_ms) < grace_ms {
             continue;
         }
-        if collect_one(ae, &view, key, n).await {
+        if collect_one(ae, &view, key).await {
             ae.stats.tombstones_collected.inc();
         }
     }
@@ -45,7 +44,6 @@ async fn collect_one(
     ae: &AntiEntropy,
     view: &crate::cluster::membership::ClusterView,
     key: Key,
-    n: usize,
 ) -> bool {
     let Ok(Some(set)) = ae.local.read(&key) else {
         return false;
@@ -54,7 +52,7 @@ async fn collect_one(
         return false;
     }
     let d = digest(&set);
-    let owners = view.ring.preference_list(key.as_bytes(), n);
+    let owners = ae.config.replication.read_nodes(view, key.as_bytes());
     // One replica collects each key — the first in its preference list — so two replicas
     // never race to drop each other's copies.
     if owners.first() != Some(&view.self_id) {

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::membership::{ClusterView, MemberState};
+use crate::cluster::policy::ReplicationPolicy;
 use crate::cluster::NodeId;
 use crate::kv::LocalKv;
 use crate::merkle::Interval;
@@ -33,7 +34,8 @@ use exchange::{exchange, Peer};
 #[derive(Clone, Copy, Debug)]
 pub struct AntiEntropyConfig {
     pub interval: Duration,
-    pub n: usize,
+    /// Which ranges and keys this node owns, in each ring.
+    pub replication: ReplicationPolicy,
     pub rpc_timeout: Duration,
     pub tombstone_grace: Duration,
     /// How long the rings must stay unchanged before this node drops keys it no longer
@@ -118,10 +120,6 @@ impl AntiEntropy {
         self.view.borrow().clone()
     }
 
-    fn n(&self, ring: &crate::cluster::ring::Ring) -> usize {
-        self.config.n.min(ring.len().max(1))
-    }
-
     fn peer(&self, addr: std::net::SocketAddr) -> Peer<'_> {
         Peer {
             rpc: &self.rpc,
@@ -180,15 +178,14 @@ impl AntiEntropy {
         } else {
             &view.ring
         };
-        let owned = ranges::owned(ring, view.self_id, self.n(ring));
-        let n_read = self.n(&view.ring);
+        let policy = self.config.replication;
+        let owned = policy.owned_ranges(ring, view.self_id);
         let mut failed = 0;
         let mut by_peer: std::collections::BTreeMap<NodeId, Vec<Vec<Interval>>> =
             Default::default();
         for (i, (range, _)) in owned.iter().enumerate() {
-            let others: Vec<NodeId> = view
-                .ring
-                .owners(range, n_read)
+            let others: Vec<NodeId> = policy
+                .range_owners(&view.ring, range)
                 .into_iter()
                 .filter(|id| *id != view.self_id)
                 .collect();
@@ -300,7 +297,10 @@ impl AntiEntropy {
     /// in batches of [`SYNC_BATCH`]. A range at a time would take a 5-node cluster hours
     /// to cover at the default interval; this covers everything once per round of peers.
     async fn tick(&self, view: &ClusterView, cursor: &mut usize) {
-        let owned = ranges::owned(&view.ring, view.self_id, self.n(&view.ring));
+        let owned = self
+            .config
+            .replication
+            .owned_ranges(&view.ring, view.self_id);
         let peers: Vec<NodeId> = owned
             .iter()
             .flat_map(|(_, owners)| owners.iter().copied())
@@ -334,8 +334,7 @@ impl AntiEntropy {
     pub async fn handoff_unowned(&self, shutdown: &CancellationToken) -> u64 {
         let view = self.view();
         let leaving = view.member(view.self_id).map(|m| m.state) == Some(MemberState::Leaving);
-        let n_read = self.n(&view.ring);
-        let n_write = self.n(&view.write_ring);
+        let policy = self.config.replication;
         let mut after = None;
         let mut remaining = 0u64;
         loop {
@@ -353,8 +352,8 @@ impl AntiEntropy {
                 Default::default();
             let mut unowned = Vec::new();
             for (key, digest) in rows {
-                let reads = view.ring.preference_list(key.as_bytes(), n_read);
-                let writes = view.write_ring.preference_list(key.as_bytes(), n_write);
+                let reads = policy.read_nodes(&view, key.as_bytes());
+                let writes = policy.future_nodes(&view, key.as_bytes());
                 let keep =
                     !leaving && (reads.contains(&view.self_id) || writes.contains(&view.self_id));
                 if keep {

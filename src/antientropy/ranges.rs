@@ -1,7 +1,7 @@
-//! Which ring ranges a node replicates, as position intervals.
+//! Ring ranges as position intervals. Which ranges a node replicates is
+//! `cluster::policy`'s.
 
-use crate::cluster::ring::{Ring, TokenRange};
-use crate::cluster::NodeId;
+use crate::cluster::ring::TokenRange;
 use crate::merkle::Interval;
 
 /// A ring range as closed position intervals: one, or two when it wraps past zero.
@@ -16,18 +16,6 @@ pub fn intervals(range: &TokenRange) -> Vec<Interval> {
         Some(lo) if lo <= end => vec![Interval { lo, hi: end }],
         Some(lo) => vec![Interval { lo, hi: u64::MAX }, Interval { lo: 0, hi: end }],
     }
-}
-
-/// The ranges of `ring` that `node` replicates at factor `n`, with their replicas.
-pub fn owned(ring: &Ring, node: NodeId, n: usize) -> Vec<(TokenRange, Vec<NodeId>)> {
-    ring.ranges()
-        .into_iter()
-        .map(|r| {
-            let owners = ring.owners(&r, n);
-            (r, owners)
-        })
-        .filter(|(_, owners)| owners.contains(&node))
-        .collect()
 }
 
 #[cfg(test)]

@@ -140,20 +140,6 @@ impl ClusterView {
         self.ring.hash() != self.write_ring.hash()
     }
 
-    /// Every node that should hold `key` now: its replicas in both rings, read ring first.
-    /// `n` is the configured replication factor; each ring clamps it to its own size.
-    pub fn owners(&self, key: &[u8], n: usize) -> Vec<NodeId> {
-        let mut owners = self.ring.preference_list(key, n);
-        if self.in_transition() {
-            for id in self.write_ring.preference_list(key, n) {
-                if !owners.contains(&id) {
-                    owners.push(id);
-                }
-            }
-        }
-        owners
-    }
-
     /// A view of this node alone, before gossip has told it anything.
     pub fn alone(me: Member) -> Self {
         let ring = Arc::new(Ring::new([me.id], me.vnodes));
@@ -689,8 +675,218 @@ mod tests {
         ring.members().iter().copied().collect()
     }
 
+    /// One node's gossiped state in a generated run of [`collect_members`].
+    #[derive(Clone, Debug)]
+    struct Entry {
+        id: u64,
+        generation: u64,
+        state: MemberState,
+        vnodes: u16,
+        live: bool,
+        /// Scheduled for deletion by chitchat.
+        deleted: bool,
+        /// Which of the four required keys it has not published yet, if any.
+        missing: Option<usize>,
+        no_writes: bool,
+        to_move: Option<u64>,
+        /// The ids it publishes as departed (`removed:<id>`).
+        removes: Vec<u64>,
+    }
+
+    const ME: NodeId = NodeId(1);
+
+    fn addr(port: u64) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], u16::try_from(port).unwrap_or(u16::MAX)))
+    }
+
+    fn me() -> Member {
+        Member {
+            id: ME,
+            http_addr: addr(1001),
+            rpc_addr: addr(2001),
+            gossip_addr: addr(3001),
+            state: MemberState::Joining,
+            live: true,
+            vnodes: 8,
+            to_move: None,
+            writable: true,
+        }
+    }
+
+    fn entry(generations: std::ops::Range<u64>) -> impl Strategy<Value = Entry> {
+        (
+            (1u64..7, generations, state(), 1u16..9, any::<bool>()),
+            (
+                proptest::bool::weighted(0.15),
+                proptest::option::weighted(0.2, 0usize..4),
+                any::<bool>(),
+                proptest::option::of(0u64..50),
+                proptest::collection::vec(1u64..9, 0..2),
+            ),
+        )
+            .prop_map(
+                |(
+                    (id, generation, state, vnodes, live),
+                    (deleted, missing, no_writes, to_move, removes),
+                )| Entry {
+                    id,
+                    generation,
+                    state,
+                    vnodes,
+                    live,
+                    deleted,
+                    missing,
+                    no_writes,
+                    to_move,
+                    removes,
+                },
+            )
+    }
+
+    fn chitchat_id(node_id: String, e: &Entry) -> ChitchatId {
+        ChitchatId::new(node_id, e.generation, addr(3000 + e.id * 10 + e.generation))
+    }
+
+    fn node_state(e: &Entry) -> NodeState {
+        let mut s = NodeState::for_test();
+        let required = [
+            (KEY_HTTP_ADDR, addr(1000 + e.id).to_string()),
+            (KEY_RPC_ADDR, addr(2000 + e.id).to_string()),
+            (KEY_VNODES, e.vnodes.to_string()),
+            (KEY_STATE, e.state.as_str().to_owned()),
+        ];
+        for (i, (k, v)) in required.into_iter().enumerate() {
+            if e.missing != Some(i) {
+                s.set(k, v);
+            }
+        }
+        if e.no_writes {
+            s.set(KEY_NO_WRITES, "no_space");
+        }
+        if let Some(n) = e.to_move {
+            s.set(KEY_TO_MOVE, n);
+        }
+        for id in &e.removes {
+            s.set(format!("{KEY_REMOVED_PREFIX}{}", NodeId(*id)), "removed,5");
+        }
+        s
+    }
+
+    /// Runs `collect_members` over the entries, each under its node id string.
+    fn collect(entries: &[(String, Entry)]) -> (BTreeMap<NodeId, Member>, BTreeSet<NodeId>) {
+        let states: BTreeMap<ChitchatId, NodeState> = entries
+            .iter()
+            .map(|(node_id, e)| (chitchat_id(node_id.clone(), e), node_state(e)))
+            .collect();
+        let flagged = |flag: fn(&Entry) -> bool| -> BTreeSet<&ChitchatId> {
+            states
+                .keys()
+                .filter(|cid| {
+                    entries
+                        .iter()
+                        .any(|(id, e)| flag(e) && chitchat_id(id.clone(), e) == **cid)
+                })
+                .collect()
+        };
+        let live = flagged(|e| e.live);
+        let deleted = flagged(|e| e.deleted);
+        collect_members(&states, &live, &deleted, &me())
+    }
+
+    /// Entries keyed by (id, generation), so no two share a chitchat id.
+    fn entries(generations: std::ops::Range<u64>) -> impl Strategy<Value = Vec<(String, Entry)>> {
+        proptest::collection::vec(entry(generations), 0..12).prop_map(|es| {
+            let unique: BTreeMap<(u64, u64), Entry> =
+                es.into_iter().map(|e| ((e.id, e.generation), e)).collect();
+            unique
+                .into_values()
+                .map(|e| (NodeId(e.id).to_string(), e))
+                .collect()
+        })
+    }
+
+    fn published(e: &Entry) -> bool {
+        !e.deleted && e.missing.is_none()
+    }
+
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(128))]
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// This node is always a live member and never departed. Any other member comes
+        /// from its newest fully published, not deleted generation, field for field; is
+        /// not left and not removed. A node with such a generation is a member or
+        /// departed, never silently dropped; and every removed id is departed.
+        #[test]
+        fn collect_members_keeps_the_newest_published_generation(entries in entries(0..4)) {
+            let (members, departed) = collect(&entries);
+            let mine = members.get(&ME);
+            prop_assert!(mine.is_some_and(|m| m.live), "{:?}", mine);
+            prop_assert!(!departed.contains(&ME));
+            prop_assert!(members.keys().all(|id| !departed.contains(id)));
+            let removed: BTreeSet<NodeId> =
+                entries.iter().flat_map(|(_, e)| e.removes.iter().map(|r| NodeId(*r))).collect();
+            for id in &removed {
+                prop_assert!(*id == ME || departed.contains(id));
+            }
+            let ids: BTreeSet<u64> = entries.iter().map(|(_, e)| e.id).collect();
+            for id in ids.into_iter().filter(|id| NodeId(*id) != ME) {
+                let newest = entries
+                    .iter()
+                    .map(|(_, e)| e)
+                    .filter(|e| e.id == id && published(e))
+                    .max_by_key(|e| e.generation);
+                let got = members.get(&NodeId(id));
+                match newest {
+                    None => prop_assert!(got.is_none(), "{:?}", got),
+                    Some(e) if e.state == MemberState::Left || removed.contains(&NodeId(id)) => {
+                        prop_assert!(got.is_none());
+                        prop_assert!(departed.contains(&NodeId(id)));
+                    }
+                    Some(e) => {
+                        let want = Member {
+                            id: NodeId(id),
+                            http_addr: addr(1000 + id),
+                            rpc_addr: addr(2000 + id),
+                            gossip_addr: addr(3000 + id * 10 + e.generation),
+                            state: e.state,
+                            live: e.live,
+                            vnodes: e.vnodes,
+                            to_move: e.to_move,
+                            writable: !e.no_writes,
+                        };
+                        prop_assert_eq!(got, Some(&want));
+                    }
+                }
+            }
+        }
+
+        /// What cannot be trusted or is stale changes nothing: a state under an id that
+        /// does not parse, a node that has not published all its keys yet, one chitchat
+        /// deletes, or an older generation of a node whose newer one is published.
+        #[test]
+        fn collect_members_ignores_malformed_partial_deleted_and_stale_states(
+            base in entries(1..4),
+            noise in entry(0..1),
+            kind in 0usize..4,
+            missing in 0usize..4,
+        ) {
+            let mut noise = Entry { removes: Vec::new(), ..noise };
+            let node_id = match kind {
+                0 => "not-a-node-id".to_owned(),
+                1 => { noise.missing = Some(missing); NodeId(noise.id).to_string() }
+                2 => { noise.deleted = true; NodeId(noise.id).to_string() }
+                _ => {
+                    // Older than a published generation of the same node.
+                    let newer = base.iter().any(|(_, e)| e.id == noise.id && published(e));
+                    prop_assume!(newer);
+                    NodeId(noise.id).to_string()
+                }
+            };
+            prop_assume!(NodeId(noise.id) != ME || kind == 0 || kind == 2);
+            let mut noisy = base.clone();
+            noisy.push((node_id, noise));
+            prop_assert_eq!(collect(&noisy), collect(&base));
+        }
 
         /// Reads go to the holders (normal, leaving), writes to normal and joining; a side
         /// with nobody takes the other side's members; a departed member is in neither;

@@ -1,10 +1,12 @@
-//! The cluster: who the members are (gossip), where keys live (the ring), the membership
-//! kept across restarts (`persisted`), and whether the members' rings agree (`agreement`).
+//! The cluster: who the members are (gossip), where keys live (the ring), which nodes
+//! hold a key and how many replies make a quorum (`policy`), the membership kept across
+//! restarts (`persisted`), and whether the members' rings agree (`agreement`).
 
 pub mod agreement;
 pub mod departed;
 pub mod membership;
 pub mod persisted;
+pub mod policy;
 pub mod ring;
 
 use std::fmt;

@@ -165,11 +165,16 @@ fn check_coverage(
         // A node that knows no ring yet holds everything it has itself.
         return Ok(());
     }
-    let n = inner.effective(view).n;
+    let policy = inner.policy();
     let ranges = ring.ranges();
     let uncovered = ranges
         .iter()
-        .filter(|range| !ring.owners(range, n).iter().any(|o| answered.contains(o)))
+        .filter(|range| {
+            !policy
+                .range_owners(ring, range)
+                .iter()
+                .any(|o| answered.contains(o))
+        })
         .count();
     if uncovered == 0 {
         return Ok(());

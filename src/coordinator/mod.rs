@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::cluster::membership::ClusterView;
+use crate::cluster::policy::ReplicationPolicy;
 use crate::cluster::NodeId;
 use crate::key::Key;
 use crate::kv::{KeyedSet, KvError, LocalKv};
@@ -122,10 +123,10 @@ pub struct Page {
     pub resume_after: Option<Key>,
 }
 
-/// Timings of the replication machinery.
+/// The replication policy and the timings of the replication machinery.
 #[derive(Clone, Copy, Debug)]
 pub struct CoordinatorConfig {
-    pub replication: Replication,
+    pub replication: ReplicationPolicy,
     /// Bound on one internode call.
     pub rpc_timeout: Duration,
     /// How long a read keeps waiting, after it answered, for the slower replicas it will
@@ -174,12 +175,17 @@ impl Coordinator {
 
     /// The configured factors (N, R, W).
     pub fn configured(&self) -> Replication {
-        self.inner.config.replication
+        self.inner.config.replication.configured()
     }
 
     /// The factors in force: N, R and W clamp to the number of members.
     pub fn replication(&self) -> Replication {
-        self.inner.effective(&self.view())
+        self.inner.config.replication.effective(&self.view())
+    }
+
+    /// Which nodes hold a key, and the quorums: what every replication decision asks.
+    pub fn policy(&self) -> ReplicationPolicy {
+        self.inner.config.replication
     }
 
     pub async fn get(
@@ -191,8 +197,7 @@ impl Coordinator {
         if !view.knows_holders() {
             return Err(CoordError::NotJoined);
         }
-        let rep = self.inner.effective(&view);
-        let r = opts.r.map_or(rep.r, |q| q.resolve(rep.n));
+        let r = self.inner.policy().read_quorum(&view, opts.r);
         let set = read::quorum_read(&self.inner, &view, key, r, opts.timeout).await?;
         self.inner.stats.reads_served.inc();
         Ok(set)
@@ -241,9 +246,8 @@ impl Coordinator {
         if !view.knows_holders() {
             return Err(CoordError::NotJoined);
         }
-        let rep = self.inner.effective(&view);
         // Coordinators come from the read ring: they hold the key's history.
-        let prefs = view.ring.preference_list(key.as_bytes(), rep.n);
+        let prefs = self.inner.policy().read_nodes(&view, key.as_bytes());
         // A replica whose storage refuses writes (a full disk) cannot issue the new
         // version's dot: another replica that takes writes coordinates instead, and this
         // one counts as down there. With none, the write is tried here and answers 507.
@@ -285,14 +289,17 @@ impl Coordinator {
         payload: Payload,
         opts: &RequestOpts,
     ) -> Result<Written, CoordError> {
-        let rep = self.inner.effective(view);
-        let w = opts.w.map_or(rep.w, |q| q.resolve(rep.n));
+        let policy = self.inner.policy();
+        let w = policy.write_quorum(view, opts.w);
+        // The read before a delete and the catch-up before a write read at the R in force,
+        // whatever R the request named: a forwarded write carries none.
+        let r = policy.read_quorum(view, None);
         let started = tokio::time::Instant::now();
         let deadline = started + opts.timeout;
         let (found, seen) = if payload.is_tombstone() {
             // A delete reads first, at R: the tombstone must cover what the quorum holds,
             // not only this replica's copy, and "not found" must mean not found anywhere.
-            let read = read::quorum_read(&self.inner, view, &key, rep.r, opts.timeout).await?;
+            let read = read::quorum_read(&self.inner, view, &key, r, opts.timeout).await?;
             let found = read.as_ref().is_some_and(|s| s.has_live());
             if !found {
                 return Ok(Written {
@@ -310,7 +317,7 @@ impl Coordinator {
             (true, seen.or_else(|| Some(read.context().clone())))
         } else {
             if let Some(token) = &seen {
-                self.catch_up(view, &key, token, rep.r, deadline).await;
+                self.catch_up(view, &key, token, r, deadline).await;
             }
             (true, seen)
         };
@@ -459,8 +466,8 @@ impl Coordinator {
 }
 
 impl CoordinatorParts {
-    fn effective(&self, view: &ClusterView) -> Replication {
-        self.config.replication.effective(view.ring.len())
+    fn policy(&self) -> ReplicationPolicy {
+        self.config.replication
     }
 }
 
@@ -564,7 +571,7 @@ mod tests {
             clock: Arc::new(SystemClock),
             stats: Arc::new(ReplicationStats::default()),
             config: CoordinatorConfig {
-                replication: Replication { n: 3, r: 3, w: 3 },
+                replication: Replication { n: 3, r: 3, w: 3 }.into(),
                 rpc_timeout: Duration::from_secs(5),
                 repair_wait: Duration::from_millis(10),
             },

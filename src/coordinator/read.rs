@@ -46,8 +46,7 @@ pub(super) async fn quorum_read(
     r: usize,
     timeout: Duration,
 ) -> Result<Option<SiblingSet>, CoordError> {
-    let n = inner.effective(view).n;
-    let prefs = view.ring.preference_list(key.as_bytes(), n);
+    let prefs = inner.policy().read_nodes(view, key.as_bytes());
     let targets: Vec<NodeId> = prefs
         .iter()
         .copied()

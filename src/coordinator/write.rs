@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use super::{CoordError, CoordinatorParts as Inner};
 use crate::cluster::membership::ClusterView;
+use crate::cluster::policy::set_quorum;
 use crate::cluster::NodeId;
 use crate::key::Key;
 use crate::kv::KvError;
@@ -50,7 +51,7 @@ impl Quorums {
             lists: lists
                 .into_iter()
                 .map(|l| {
-                    let t = Tracker::new(w.min(l.len()).max(1), l.len());
+                    let t = Tracker::new(set_quorum(w, l.len()), l.len());
                     (l, t)
                 })
                 .collect(),
@@ -77,10 +78,16 @@ impl Quorums {
 
     /// The counts of the list furthest from its quorum, for the error.
     fn worst(&self) -> (usize, usize, usize) {
+        // By `ok - needed`, signed: compared as `ok_a + needed_b` against `ok_b + needed_a`
+        // so that no subtraction saturates. Saturating at 0 made a list that just met its
+        // quorum tie with one that missed it, and the error could then name the met one
+        // ("1 needed, 1 replied").
         self.lists
             .iter()
             .map(|(_, t)| (t.needed(), t.succeeded(), t.failed()))
-            .min_by_key(|(needed, ok, _)| ok.saturating_sub(*needed))
+            .min_by(|(needed_a, ok_a, _), (needed_b, ok_b, _)| {
+                (ok_a + needed_b).cmp(&(ok_b + needed_a))
+            })
             .unwrap_or((0, 0, 0))
     }
 }
@@ -94,14 +101,9 @@ pub(super) async fn replicated_write(
     w: usize,
     (started, deadline): (Instant, Instant),
 ) -> Result<(SiblingSet, Dot), CoordError> {
-    // Each ring's preference list has the configured N clamped to that ring's size: when
-    // a second node joins a lone one, the future ring replicates every key twice.
-    let n = inner.config.replication.n;
-    let prefs = view.owners(key.as_bytes(), n);
-    let mut lists = vec![view.ring.preference_list(key.as_bytes(), n)];
-    if view.in_transition() {
-        lists.push(view.write_ring.preference_list(key.as_bytes(), n));
-    }
+    let policy = inner.policy();
+    let prefs = policy.storage_nodes(view, key.as_bytes());
+    let lists = policy.write_sets(view, key.as_bytes());
     let timeout_error = |replied| CoordError::timed_out(started, w, replied, true);
 
     let others: Vec<NodeId> = prefs
@@ -327,6 +329,194 @@ impl StandIns {
             0 => None,
             1 => order.front().copied(),
             _ => order.pop_front(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::net::SocketAddr;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::cluster::membership::{rings_of, Member, MemberState};
+    use crate::cluster::policy::ReplicationPolicy;
+    use crate::quorum::Replication;
+
+    fn state() -> impl Strategy<Value = MemberState> {
+        prop_oneof![
+            Just(MemberState::Joining),
+            Just(MemberState::Normal),
+            Just(MemberState::Leaving),
+        ]
+    }
+
+    /// A view of 1..9 members in any state, each live or not and writable or not, seen
+    /// from the member at `self_pick` (modulo their number).
+    fn view() -> impl Strategy<Value = ClusterView> {
+        (
+            proptest::collection::btree_map(
+                1u64..24,
+                (state(), 1u16..6, any::<bool>(), any::<bool>()),
+                1..9,
+            ),
+            any::<usize>(),
+        )
+            .prop_map(|(members, self_pick)| {
+                let unused = SocketAddr::from(([127, 0, 0, 1], 9));
+                let members: BTreeMap<NodeId, Member> = members
+                    .into_iter()
+                    .map(|(id, (state, vnodes, live, writable))| {
+                        let member = Member {
+                            id: NodeId(id),
+                            http_addr: unused,
+                            rpc_addr: unused,
+                            gossip_addr: unused,
+                            state,
+                            live,
+                            vnodes,
+                            to_move: None,
+                            writable,
+                        };
+                        (NodeId(id), member)
+                    })
+                    .collect();
+                let ids: Vec<NodeId> = members.keys().copied().collect();
+                let self_id = ids[self_pick % ids.len()];
+                let (read, write) = rings_of(members.values().map(|m| (m.id, m.state, m.vnodes)));
+                ClusterView {
+                    self_id,
+                    members,
+                    departed: BTreeSet::new(),
+                    ring: Arc::new(read),
+                    write_ring: Arc::new(write),
+                    rejoining: false,
+                    disagreements: Vec::new(),
+                }
+            })
+    }
+
+    /// What became of one target's copy, in a generated run.
+    #[derive(Clone, Copy, Debug)]
+    enum Outcome {
+        /// Stored at the target itself.
+        Stored,
+        /// Stored as a hint at the node with this id (any node: a stand-in may be a
+        /// replica of the key in the other ring, or this node).
+        Hinted(u64),
+        Failed,
+        /// No reply yet.
+        Pending,
+    }
+
+    fn outcome() -> impl Strategy<Value = Outcome> {
+        prop_oneof![
+            Just(Outcome::Stored),
+            (1u64..24).prop_map(Outcome::Hinted),
+            Just(Outcome::Failed),
+            Just(Outcome::Pending),
+        ]
+    }
+
+    fn policy() -> impl Strategy<Value = ReplicationPolicy> {
+        (1usize..6).prop_map(|n| ReplicationPolicy::new(Replication { n, r: n, w: n }))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// After any sequence of replies, one per target at most, the write is met exactly
+        /// when every write set has its quorum of distinct nodes storing copies meant for
+        /// that set's members, and lost exactly when some set can no longer get there.
+        /// It is never both; once every target has replied it is one of the two; and a
+        /// write that is not met reports counts short of a quorum.
+        #[test]
+        fn quorums_meet_exactly_when_each_write_set_has_w(
+            policy in policy(),
+            view in view(),
+            key in any::<[u8; 8]>(),
+            w in 1usize..6,
+            outcomes in proptest::collection::vec(outcome(), 24),
+            order in proptest::collection::vec(any::<u32>(), 24),
+        ) {
+            let sets = policy.write_sets(&view, &key);
+            let mut targets = policy.storage_nodes(&view, &key);
+            // Replies come in any order.
+            targets.sort_by_key(|t| order[usize::try_from(t.0).unwrap_or(0) % order.len()]);
+            let mut quorums = Quorums::new(sets.clone(), w);
+            let mut copies: Vec<(NodeId, Option<NodeId>)> = Vec::new();
+            for (i, target) in targets.iter().copied().enumerate() {
+                let copy = match outcomes[i] {
+                    Outcome::Pending => continue,
+                    Outcome::Stored => Copy::StoredAt { node: target, target },
+                    Outcome::Hinted(at) => Copy::StoredAt { node: NodeId(at), target },
+                    Outcome::Failed => Copy::Failed { target },
+                };
+                quorums.record(&copy);
+                copies.push(match copy {
+                    Copy::StoredAt { node, target } => (target, Some(node)),
+                    _ => (target, None),
+                });
+                let per_set: Vec<(usize, usize, usize)> = sets
+                    .iter()
+                    .map(|set| {
+                        let mine = copies.iter().filter(|(t, _)| set.contains(t));
+                        let stored: BTreeSet<NodeId> =
+                            mine.clone().filter_map(|(_, node)| *node).collect();
+                        let needed = w.min(set.len()).max(1);
+                        (needed, stored.len(), set.len() - mine.count())
+                    })
+                    .collect();
+                let met = per_set.iter().all(|&(needed, ok, _)| ok >= needed);
+                let lost = per_set
+                    .iter()
+                    .any(|&(needed, ok, pending)| ok < needed && ok + pending < needed);
+                prop_assert_eq!(quorums.is_met(), met, "{:?}", per_set);
+                prop_assert_eq!(quorums.is_lost(), lost, "{:?}", per_set);
+                prop_assert!(!(met && lost));
+                if !met {
+                    let (needed, replied, _) = quorums.worst();
+                    prop_assert!(replied < needed, "worst {:?} of {:?}", quorums.worst(), per_set);
+                }
+            }
+            if copies.len() == targets.len() {
+                prop_assert!(quorums.is_met() != quorums.is_lost());
+            }
+        }
+
+        /// Stand-ins come in the ring's clockwise order from the key: every node that
+        /// takes writes and is neither a preferred node nor this one, each once; then
+        /// this node, for every target after that. A preferred node is never a stand-in
+        /// (but this node, the last resort, may be one).
+        #[test]
+        fn stand_ins_are_the_healthy_outsiders_clockwise_then_this_node(
+            policy in policy(),
+            view in view(),
+            key in "[a-z0-9]{1,12}",
+        ) {
+            let key = Key::new(key).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let prefs = policy.storage_nodes(&view, key.as_bytes());
+            let stand_ins = StandIns::new(&view, &key, &prefs);
+            let handed: Vec<NodeId> = (0..view.ring.len() + 3)
+                .map(|_| stand_ins.next())
+                .collect::<Option<_>>()
+                .ok_or_else(|| TestCaseError::fail("ran out of stand-ins"))?;
+            let cut = handed.iter().position(|id| *id == view.self_id);
+            let cut = cut.ok_or_else(|| TestCaseError::fail("this node was never handed out"))?;
+            let (outsiders, rest) = handed.split_at(cut);
+            prop_assert!(rest.iter().all(|id| *id == view.self_id));
+            let eligible: Vec<NodeId> = view
+                .ring
+                .walk(key.as_bytes())
+                .filter(|id| !prefs.contains(id) && *id != view.self_id && view.takes_writes(*id))
+                .collect();
+            prop_assert_eq!(outsiders, &eligible[..]);
+            for id in outsiders {
+                prop_assert!(!prefs.contains(id));
+                prop_assert!(view.takes_writes(*id));
+            }
         }
     }
 }

@@ -286,13 +286,13 @@ pub async fn preflist(
 ) -> Result<Json<PreflistJson>, ApiError> {
     let key = key_from_uri(&uri, "/debug/preflist/")?;
     let view = state.coord.view();
-    let n = state.coord.replication().n;
     Ok(Json(PreflistJson {
         key: key.as_str().to_owned(),
         position: format!("{:016x}", key_position(key.as_bytes())),
-        preference_list: view
-            .ring
-            .preference_list(key.as_bytes(), n)
+        preference_list: state
+            .coord
+            .policy()
+            .read_nodes(&view, key.as_bytes())
             .iter()
             .map(|id| id.to_string())
             .collect(),
