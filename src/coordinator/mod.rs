@@ -19,15 +19,13 @@ use tokio::sync::watch;
 use crate::cluster::membership::ClusterView;
 use crate::cluster::NodeId;
 use crate::key::Key;
-use crate::kv::{KeyedSet, KvError, LocalKv};
+use crate::kv::{KeyedSet, KvError, ListRange, LocalKv};
 use crate::net::Clock;
 use crate::quorum::{Quorum, Replication};
 use crate::rpc::client::{RpcClient, RpcError};
 use crate::rpc::{ForwardedWrite, RemoteError, Request, Response};
 use crate::stats::ReplicationStats;
 use crate::version::{Dot, Payload, SiblingSet, VersionVector};
-
-pub use list::ListRange;
 
 #[derive(Debug, thiserror::Error, Clone)]
 #[non_exhaustive]

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::remote_error::RemoteError;
 use crate::merkle::{Interval, Summary};
 use crate::quorum::Quorum;
 use crate::version::{Dot, Payload, SiblingSet, VersionVector};
@@ -119,19 +120,4 @@ pub enum Response {
     Dropped(usize),
     Departed(bool),
     Error(RemoteError),
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, thiserror::Error)]
-pub enum RemoteError {
-    #[error("the write would leave more than {limit} siblings")]
-    SiblingLimit { limit: usize },
-    #[error("{0}")]
-    Unavailable(String),
-    #[error("bad request: {0}")]
-    BadRequest(String),
-    #[error("internal error: {0}")]
-    Internal(String),
-    /// The replica's storage is out of space (HTTP 507 where it is answered).
-    #[error("no space: {0}")]
-    NoSpace(String),
 }
