@@ -357,7 +357,7 @@ pub async fn run_with_store<N: Network>(
         rpc_listener,
         peer_service,
         rpc_config,
-        rpc_stats,
+        rpc_stats.clone(),
         tasks.clone(),
     ));
     let handoff = tokio::spawn(
@@ -424,8 +424,11 @@ pub async fn run_with_store<N: Network>(
     ));
 
     let state = Arc::new(AppState {
-        admin: Some(admin),
+        admin,
         coord,
+        local: local.clone(),
+        stats: stats.clone(),
+        rpc_stats,
         config: config.clone(),
         cluster_id: cluster.cluster_id.clone(),
         ready: Default::default(),

@@ -153,21 +153,8 @@ impl Coordinator {
         }
     }
 
-    pub fn local(&self) -> &LocalKv {
-        &self.inner.local
-    }
-
     pub fn view(&self) -> Arc<ClusterView> {
         self.inner.view.borrow().clone()
-    }
-
-    pub fn stats(&self) -> &ReplicationStats {
-        &self.inner.stats
-    }
-
-    /// Internode traffic and calls of this node's RPC client and server.
-    pub fn rpc_stats(&self) -> &crate::rpc::frame::RpcStats {
-        self.inner.rpc.stats()
     }
 
     /// The configured factors (N, R, W).
