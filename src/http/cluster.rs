@@ -35,7 +35,7 @@ pub struct MemberJson {
     /// Share of the key space this member holds a replica of (sums to N).
     pub replica_share: f64,
     /// What a joining or leaving member still has to move (ranges to pull, or keys to
-    /// hand off).
+    /// send to their new owners).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_move: Option<u64>,
     /// Whether its storage takes writes (false while its disk is full, or after a failed

@@ -104,7 +104,8 @@ fn strict(route: MethodRouter<Arc<AppState>>) -> MethodRouter<Arc<AppState>> {
     })
 }
 
-/// `POST /admin/leave`: 202 while the node hands its data off; it exits when done.
+/// `POST /admin/leave`: 202 while the node moves its data to its new owners; it exits when
+/// done.
 async fn admin_leave(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     if state.admin.start_leave() {
         Ok((StatusCode::ACCEPTED, Json(json!({"status": "leaving"}))).into_response())

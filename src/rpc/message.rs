@@ -50,7 +50,7 @@ pub enum Request {
     /// (it stops at a byte budget): the caller asks again for the rest.
     ReadMany { keys: Vec<String> },
     /// Drop these keys if their stored digest is still the one given: tombstones every
-    /// replica holds (GC), or data this node handed to its new owners.
+    /// replica holds (GC), or data this node moved to its new owners.
     DropIfDigest { entries: Vec<(String, u64)> },
     /// Whether this node has heard that `node` departed (it left, or was removed): a
     /// leaving node asks its peers before it stops, so no one keeps it as a dead member.
