@@ -155,8 +155,8 @@ impl Admin {
         let transition = self.transition.lock().await;
         self.ctl.set_state(MemberState::Leaving).await;
         drop(transition);
-        // Wait until this node's own view has it leaving, so handoff targets the ring
-        // without it.
+        // Wait until this node's own view has it leaving, so moving its keys targets the
+        // ring without it.
         let mut view = self.ae.view.clone();
         loop {
             let leaving = {
@@ -173,7 +173,7 @@ impl Admin {
         }
         tracing::info!("leaving: handing this node's data to the remaining owners");
         loop {
-            let remaining = self.ae.handoff_unowned(&self.tasks).await;
+            let remaining = self.ae.move_unowned(&self.tasks).await;
             if self.tasks.is_cancelled() {
                 return;
             }

@@ -23,7 +23,7 @@ pub struct Identity {
     /// Every dot this node issues has a counter above this one, whatever key it is for.
     ///
     /// Counters per key alone are not enough: a key's history can vanish from this node
-    /// (its tombstones collected, or the key handed off when the ring moved) while an old
+    /// (its tombstones collected, or the key moved away when the ring changed) while an old
     /// copy survives on a replica that was away. Counting again from that key's empty
     /// history would reissue a dot the old copy holds, for another value: the two
     /// versions would pass for one, and the stale one could even win over the new write.

@@ -12,6 +12,8 @@
 //!   reads, the group-commit writer that applies every mutation inside one transaction,
 //!   and whether the storage takes writes (`kv::writable`).
 //! - [`coordinator`]: what a request does beneath HTTP (one node for now).
+//! - [`peer_service`]: answers peers' RPCs: reads, merges, hints, scans and digests go to
+//!   [`kv`], forwarded writes to [`coordinator`]; [`rpc::remote_error`] maps the errors.
 //! - [`net`]: the network seam: listeners and the clock come in through
 //!   [`net::Network`], so the same node runs on tokio sockets and inside turmoil.
 //! - [`http`]: the axum API, its error shape and limits.
@@ -44,9 +46,9 @@ pub mod kv;
 pub mod merkle;
 pub mod net;
 pub mod node;
+pub mod peer_service;
 pub mod quorum;
 pub mod readiness;
-pub mod replica;
 pub mod rpc;
 pub mod stats;
 pub mod store;

@@ -26,8 +26,8 @@ use crate::identity::Identity;
 use crate::kv::summary::SharedTree;
 use crate::kv::{self, HintLedger, LocalKv, WriterSettings};
 use crate::net::{LimitedListener, Network};
+use crate::peer_service::PeerService;
 use crate::readiness::Readiness;
-use crate::replica::ReplicaService;
 use crate::rpc::client::{connector_for, RpcClient};
 use crate::rpc::frame::{RpcConfig, RpcStats};
 use crate::stats::ReplicationStats;
@@ -343,8 +343,10 @@ pub async fn run_with_store<N: Network>(
             repair_wait: cluster.repair_wait,
         },
     });
-    let replica = Arc::new(ReplicaService {
+    let peer_service = Arc::new(PeerService {
         node_id,
+        local: local.clone(),
+        view: membership.watch(),
         coordinator: coord.clone(),
         clock: net.clock(),
         stats: stats.clone(),
@@ -353,9 +355,9 @@ pub async fn run_with_store<N: Network>(
     });
     let rpc_server = tokio::spawn(crate::rpc::server::serve(
         rpc_listener,
-        replica,
+        peer_service,
         rpc_config,
-        rpc_stats,
+        rpc_stats.clone(),
         tasks.clone(),
     ));
     let handoff = tokio::spawn(
@@ -422,8 +424,11 @@ pub async fn run_with_store<N: Network>(
     ));
 
     let state = Arc::new(AppState {
-        admin: Some(admin),
+        admin,
         coord,
+        local: local.clone(),
+        stats: stats.clone(),
+        rpc_stats,
         config: config.clone(),
         cluster_id: cluster.cluster_id.clone(),
         ready: Default::default(),

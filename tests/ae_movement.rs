@@ -1,9 +1,9 @@
 //! Data movement when the member set changes (N=3, 128 vnodes):
 //! - a 4th node joins a 3-node cluster: it pulls the keys of the ranges it will own before it
-//!   turns normal (and ready), the old owners hand off and drop what they no longer own,
+//!   turns normal (and ready), the old owners move and drop what they no longer own,
 //!   and every key (including those written during the join) ends up on exactly its 3
 //!   preference-list nodes;
-//! - then a node leaves (`POST /admin/leave`) while writes go on: it hands everything off,
+//! - then a node leaves (`POST /admin/leave`) while writes go on: it moves everything out,
 //!   exits 0, and the remaining 3 hold every key;
 //! - a dead node removed by an operator (`POST /admin/remove/{id}`): the survivors
 //!   re-replicate its ranges.
@@ -314,11 +314,12 @@ async fn a_join_moves_its_share_and_a_leave_hands_everything_off() {
         "after the join, every key on exactly its 3 preference-list nodes",
     )
     .await;
-    let handed_off = counters_sum(&nodes[..3], &["keys_handed_off"]).await;
-    eprintln!("keys_handed_off on nodes 1-3: {handed_off}");
+    // `keys_handed_off` is the JSON name of the count of keys moved to their new owners.
+    let moved = counters_sum(&nodes[..3], &["keys_handed_off"]).await;
+    eprintln!("keys_handed_off on nodes 1-3: {moved}");
     assert!(
-        handed_off >= expected_keys.len() as u64,
-        "old owners dropped {} keys node 4 took over, but keys_handed_off sums to {handed_off}",
+        moved >= expected_keys.len() as u64,
+        "old owners dropped {} keys node 4 took over, but keys_handed_off sums to {moved}",
         expected_keys.len()
     );
     check_readable(&nodes, &all_keys, "reads after the join").await;
@@ -359,7 +360,7 @@ async fn a_join_moves_its_share_and_a_leave_hands_everything_off() {
     let rest: Vec<&TestNode> = [0, 2, 3].iter().map(|&i| &cluster.nodes[i]).collect();
     let rest_ids = ids(&rest);
     let ring_rest = ring_of(&rest_ids);
-    // It handed everything off before it left: the remaining 3 hold every key it had.
+    // It moved everything out before it left: the remaining 3 hold every key it had.
     let bad = misplaced(&rest, &ring_rest, &all_keys).await;
     assert!(
         bad.is_empty(),

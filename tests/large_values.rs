@@ -1,5 +1,5 @@
 //! Large values move in byte-bounded batches: hint delivery, anti-entropy refill and a
-//! leave's handoff all finish when their keys hold 1 MiB values.
+//! leave's data movement all finish when their keys hold 1 MiB values.
 //!
 //! The frame limit is lowered (`--max-frame-bytes 3 MiB`, with `--max-siblings 2` so the
 //! startup check passes) so that 24 values of 1 MiB overflow a frame eight times over in
@@ -12,7 +12,7 @@
 //! 2. Node 2 loses its disk: it is killed, its data dir wiped, and a node on an empty data
 //!    dir (so a new node id) takes its place. It joins, the old id is removed, and
 //!    anti-entropy alone (no hints delivered, no client writes) refills it.
-//! 3. Node 3 leaves: it hands everything off and exits.
+//! 3. Node 3 leaves: it moves everything to the new owners and exits.
 
 mod common;
 
@@ -216,7 +216,7 @@ async fn large_values_drain_refill_and_leave_in_bounded_batches() {
     );
     eprintln!("wiped node refilled ({:?})", started.elapsed());
 
-    // ---- 3. A leave hands 1 MiB values off and finishes. ----
+    // ---- 3. A leave moves 1 MiB values out and finishes. ----
     let (status, body) = post_empty(&cluster.nodes[2], "/admin/leave").await;
     assert_eq!(status, StatusCode::ACCEPTED, "POST /admin/leave: {body}");
     let exit = cluster.nodes[2].wait_exited(STEP).await;

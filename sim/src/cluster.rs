@@ -70,7 +70,7 @@ pub fn node_config(config: &SimConfig, index: usize) -> NodeConfig {
     c.request_timeout = config.request_timeout;
     c.rng_seed = Some(config.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ index as u64);
     if config.scenario == Scenario::LargeValues {
-        // A frame of 1 MiB holds about nine values: a hint batch, a handoff or an
+        // A frame of 1 MiB holds about nine values: a hint batch, a move of unowned keys or an
         // anti-entropy exchange bounded only by its count would overflow it at once. The
         // value and sibling caps shrink with it, as the node insists they must.
         c.limits.max_frame_bytes = LARGE_VALUES_FRAME_BYTES;

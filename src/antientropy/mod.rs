@@ -6,7 +6,7 @@
 //! - when the rings change, exchange every owned range once (catch-up: a node that gained
 //!   a range after a removal fills it here; a joining node fills all of its ranges here
 //!   before it turns normal);
-//! - hand keys this node no longer owns to their owners, and drop them only once every
+//! - move keys this node no longer owns to their owners, and drop them only once every
 //!   new owner has them;
 //! - collect tombstones that every replica holds, once `--tombstone-grace` has passed.
 
@@ -56,15 +56,15 @@ pub struct AntiEntropy {
     pub config: AntiEntropyConfig,
 }
 
-/// Keys looked at per round of handing off (they go out in byte-bounded calls).
-const HANDOFF_BATCH: usize = 512;
+/// Keys looked at per round of moving unowned keys (they go out in byte-bounded calls).
+const MOVE_BATCH: usize = 512;
 /// Ranges exchanged per call when syncing all of them.
 const SYNC_BATCH: usize = 32;
 
 impl AntiEntropy {
     /// Merges this node's copies of `keys` into the node at `addr`, in calls the batcher
     /// cuts by bytes as the sets are read. Returns the keys acknowledged: a failed call
-    /// only holds back its own keys. A key with nothing stored counts as handed off.
+    /// only holds back its own keys. A key with nothing stored counts as delivered.
     async fn merge_into(
         &self,
         addr: std::net::SocketAddr,
@@ -249,7 +249,7 @@ impl AntiEntropy {
         failed
     }
 
-    /// Runs the periodic exchange, catch-up on ring changes, handoff of unowned keys and
+    /// Runs the periodic exchange, catch-up on ring changes, movement of unowned keys and
     /// tombstone GC until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut view_rx = self.view.clone();
@@ -275,13 +275,13 @@ impl AntiEntropy {
                 }
                 let settled = self.view();
                 if (settled.ring.hash(), settled.write_ring.hash()) == current {
-                    self.handoff_unowned(&shutdown).await;
+                    self.move_unowned(&shutdown).await;
                 }
             } else {
                 self.tick(&view, &mut cursor).await;
-                // A leaving node's own task hands everything off; no need to do it twice.
+                // A leaving node's own task moves everything; no need to do it twice.
                 if view.member(view.self_id).map(|m| m.state) != Some(MemberState::Leaving) {
-                    self.handoff_unowned(&shutdown).await;
+                    self.move_unowned(&shutdown).await;
                 }
                 gc::collect(&self, &shutdown).await;
             }
@@ -328,10 +328,10 @@ impl AntiEntropy {
         }
     }
 
-    /// Hands every key this node should no longer hold to its owners, then drops it —
-    /// only once each owner in the write ring acknowledged it. A leaving node hands off
+    /// Moves every key this node should no longer hold to its owners, then drops it —
+    /// only once each owner in the write ring acknowledged it. A leaving node moves
     /// everything it holds and keeps its copy (it exits with it).
-    pub async fn handoff_unowned(&self, shutdown: &CancellationToken) -> u64 {
+    pub async fn move_unowned(&self, shutdown: &CancellationToken) -> u64 {
         let view = self.view();
         let leaving = view.member(view.self_id).map(|m| m.state) == Some(MemberState::Leaving);
         let policy = self.config.replication;
@@ -341,9 +341,9 @@ impl AntiEntropy {
             if shutdown.is_cancelled() {
                 return remaining;
             }
-            let Ok((rows, more)) =
-                self.local
-                    .digests(Interval::FULL, after.as_ref(), HANDOFF_BATCH)
+            let Ok((rows, more)) = self
+                .local
+                .digests(Interval::FULL, after.as_ref(), MOVE_BATCH)
             else {
                 return remaining;
             };
@@ -386,7 +386,7 @@ impl AntiEntropy {
                     remaining += 1;
                     continue;
                 }
-                self.stats.keys_handed_off.inc();
+                self.stats.keys_moved.inc();
                 if !leaving {
                     // Unchanged since it was sent: nothing new is lost by dropping it.
                     drops.push(self.local.drop_if_digest(key, digest));

@@ -4,7 +4,6 @@
 //! that range's keys, and the listing fails with `ListingIncomplete` (503).
 
 use std::collections::BTreeMap;
-use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,40 +11,19 @@ use super::{CoordError, CoordinatorParts as Inner, Page};
 use crate::cluster::membership::ClusterView;
 use crate::cluster::NodeId;
 use crate::key::Key;
+use crate::kv::ListRange;
 use crate::rpc::{Request, Response, ScanRange};
 use crate::version::SiblingSet;
 
-/// A key range: `start` inclusive (or exclusive when `start_exclusive`), `end` exclusive.
-#[derive(Clone, Debug, Default)]
-pub struct ListRange {
-    pub start: Option<Vec<u8>>,
-    pub start_exclusive: bool,
-    pub end: Option<Vec<u8>>,
-}
-
-impl ListRange {
-    pub fn bounds(&self) -> (Bound<&[u8]>, Bound<&[u8]>) {
-        let start = match (&self.start, self.start_exclusive) {
-            (None, _) => Bound::Unbounded,
-            (Some(k), true) => Bound::Excluded(k.as_slice()),
-            (Some(k), false) => Bound::Included(k.as_slice()),
-        };
-        let end = self
-            .end
-            .as_deref()
-            .map_or(Bound::Unbounded, Bound::Excluded);
-        (start, end)
-    }
-
-    /// Keys are UTF-8 by construction; a bound that is not stays out of the RPC.
-    fn to_scan(&self, limit: usize) -> ScanRange {
-        let text = |b: &Vec<u8>| String::from_utf8_lossy(b).into_owned();
-        ScanRange {
-            start: self.start.as_ref().map(text),
-            start_exclusive: self.start_exclusive,
-            end: self.end.as_ref().map(text),
-            limit,
-        }
+/// The `Scan` request for `range`. Keys are UTF-8 by construction; a bound that is not
+/// stays out of the RPC.
+fn scan_request(range: &ListRange, limit: usize) -> ScanRange {
+    let text = |b: &Vec<u8>| String::from_utf8_lossy(b).into_owned();
+    ScanRange {
+        start: range.start.as_ref().map(text),
+        start_exclusive: range.start_exclusive,
+        end: range.end.as_ref().map(text),
+        limit,
     }
 }
 
@@ -74,7 +52,7 @@ pub(super) async fn merged_page(
             rows.truncate(budget);
             Ok::<Scan, CoordError>((rows, more))
         } else {
-            let request = Request::Scan(range.to_scan(budget));
+            let request = Request::Scan(scan_request(range, budget));
             match tokio::time::timeout(timeout, inner.rpc.call(m.rpc_addr, request, timeout)).await
             {
                 Ok(Ok(Response::Scanned { entries, more })) => Ok((

@@ -20,15 +20,13 @@ use crate::cluster::membership::ClusterView;
 use crate::cluster::policy::ReplicationPolicy;
 use crate::cluster::NodeId;
 use crate::key::Key;
-use crate::kv::{KeyedSet, KvError, LocalKv};
+use crate::kv::{KeyedSet, KvError, ListRange, LocalKv};
 use crate::net::Clock;
 use crate::quorum::{Quorum, Replication};
 use crate::rpc::client::{RpcClient, RpcError};
 use crate::rpc::{ForwardedWrite, RemoteError, Request, Response};
 use crate::stats::ReplicationStats;
 use crate::version::{Dot, Payload, SiblingSet, VersionVector};
-
-pub use list::ListRange;
 
 #[derive(Debug, thiserror::Error, Clone)]
 #[non_exhaustive]
@@ -156,21 +154,8 @@ impl Coordinator {
         }
     }
 
-    pub fn local(&self) -> &LocalKv {
-        &self.inner.local
-    }
-
     pub fn view(&self) -> Arc<ClusterView> {
         self.inner.view.borrow().clone()
-    }
-
-    pub fn stats(&self) -> &ReplicationStats {
-        &self.inner.stats
-    }
-
-    /// Internode traffic and calls of this node's RPC client and server.
-    pub fn rpc_stats(&self) -> &crate::rpc::frame::RpcStats {
-        self.inner.rpc.stats()
     }
 
     /// The configured factors (N, R, W).

@@ -35,7 +35,7 @@ pub struct MemberJson {
     /// Share of the key space this member holds a replica of (sums to N).
     pub replica_share: f64,
     /// What a joining or leaving member still has to move (ranges to pull, or keys to
-    /// hand off).
+    /// send to their new owners).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_move: Option<u64>,
     /// Whether its storage takes writes (false while its disk is full, or after a failed
@@ -147,10 +147,8 @@ pub struct DepartedJson {
 }
 
 async fn departed(state: &AppState) -> Vec<DepartedJson> {
-    let Some(admin) = &state.admin else {
-        return Vec::new();
-    };
-    admin
+    state
+        .admin
         .departures()
         .await
         .iter()
@@ -171,8 +169,7 @@ pub struct DisagreementJson {
 
 fn pending(state: &AppState) -> BTreeMap<String, Pending> {
     state
-        .coord
-        .local()
+        .local
         .hint_ledger()
         .all()
         .into_iter()
@@ -202,7 +199,7 @@ pub async fn cluster(State(state): State<Arc<AppState>>) -> Json<ClusterJson> {
             to_move: m.to_move,
             // This node's own state from its writer, which gossip merely echoes.
             writable: if m.id == view.self_id {
-                state.coord.local().write_state().takes_writes()
+                state.local.write_state().takes_writes()
             } else {
                 m.writable
             },
@@ -259,13 +256,8 @@ pub async fn replication(State(state): State<Arc<AppState>>) -> Json<serde_json:
     let body = ReplicationJson {
         hints_pending,
         hints_pending_total,
-        merges_over_sibling_cap: state
-            .coord
-            .local()
-            .storage_stats()
-            .merges_over_sibling_cap
-            .get(),
-        stats: state.coord.stats(),
+        merges_over_sibling_cap: state.local.storage_stats().merges_over_sibling_cap.get(),
+        stats: &state.stats,
     };
     Json(serde_json::to_value(&body).unwrap_or_default())
 }

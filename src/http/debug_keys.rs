@@ -57,8 +57,7 @@ pub async fn keys(
         .get("after")
         .map_or(Bound::Unbounded, |a| Bound::Excluded(a.as_bytes()));
     let rows = state
-        .coord
-        .local()
+        .local
         .scan(start, Bound::Unbounded, limit)
         .map_err(CoordError::from)?;
     let next_after = if rows.len() == limit {

@@ -8,7 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::Serialize;
 
-use crate::coordinator::ListRange;
+use crate::kv::ListRange;
 
 use super::error::ApiError;
 use super::params::Query;

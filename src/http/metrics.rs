@@ -58,8 +58,8 @@ fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> std
 
 impl Collector for NodeCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
-        let coord = &self.0.coord;
-        let rpc = coord.rpc_stats().snapshot();
+        let state = &self.0;
+        let rpc = state.rpc_stats.snapshot();
         let e = &mut enc;
         counter(
             e,
@@ -111,7 +111,7 @@ impl Collector for NodeCollector {
             rpc.idle_closed,
         )?;
 
-        let storage = coord.local().storage_stats();
+        let storage = state.local.storage_stats();
         counter(
             e,
             "storage_commits",
@@ -143,7 +143,7 @@ impl Collector for NodeCollector {
             storage.corrupt_records.get(),
         )?;
 
-        let rep = coord.stats();
+        let rep = &state.stats;
         counter(
             e,
             "writes_acknowledged",
@@ -199,8 +199,8 @@ impl Collector for NodeCollector {
             rep.ae_keys_pushed.get(),
         )?;
 
-        let pending: u64 = coord
-            .local()
+        let pending: u64 = state
+            .local
             .hint_ledger()
             .all()
             .values()
@@ -212,7 +212,7 @@ impl Collector for NodeCollector {
             "Hints held here for other nodes",
             pending as i64,
         )?;
-        let view = coord.view();
+        let view = state.coord.view();
         gauge(
             e,
             "ring_disagreements",
@@ -223,9 +223,9 @@ impl Collector for NodeCollector {
             e,
             "writable",
             "1 while this node's storage takes writes (0: disk full, or an fsync failed)",
-            i64::from(coord.local().write_state().takes_writes()),
+            i64::from(state.local.write_state().takes_writes()),
         )?;
-        let ready = i64::from(super::ready_check(&self.0).is_ok());
+        let ready = i64::from(super::ready_check(state).is_ok());
         gauge(
             e,
             "ready",

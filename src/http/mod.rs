@@ -26,7 +26,10 @@ use serde_json::json;
 
 use crate::config::NodeConfig;
 use crate::coordinator::Coordinator;
+use crate::kv::LocalKv;
 use crate::readiness::NotReady;
+use crate::rpc::RpcStats;
+use crate::stats::ReplicationStats;
 
 pub use cluster::{
     ClusterJson, DepartedJson, DisagreementJson, DocumentError, Factors, MemberJson, PendingJson,
@@ -34,9 +37,18 @@ pub use cluster::{
 pub use error::ApiError;
 pub use kv::TOKEN_HEADER;
 
+/// What the handlers work with: the coordinator for requests that span the cluster, and
+/// the node's own parts directly for what is local (its replica, its counters).
 pub struct AppState {
     pub coord: Coordinator,
-    pub admin: Option<Arc<crate::admin::Admin>>,
+    /// This node's replica: `/debug/local`, `/debug/keys`, whether it takes writes, and
+    /// the hints it holds.
+    pub local: LocalKv,
+    /// What the replication machinery did (`/debug/replication`, `/metrics`).
+    pub stats: Arc<ReplicationStats>,
+    /// Internode traffic of this node's RPC client and server (`/metrics`).
+    pub rpc_stats: Arc<RpcStats>,
+    pub admin: Arc<crate::admin::Admin>,
     pub config: NodeConfig,
     pub cluster_id: String,
     /// Joined and knows the ring (see `node`).
@@ -92,19 +104,10 @@ fn strict(route: MethodRouter<Arc<AppState>>) -> MethodRouter<Arc<AppState>> {
     })
 }
 
-fn admin(state: &AppState) -> Result<&Arc<crate::admin::Admin>, ApiError> {
-    state.admin.as_ref().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "membership changes are not available on this node",
-        )
-    })
-}
-
-/// `POST /admin/leave`: 202 while the node hands its data off; it exits when done.
+/// `POST /admin/leave`: 202 while the node moves its data to its new owners; it exits when
+/// done.
 async fn admin_leave(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    if admin(&state)?.start_leave() {
+    if state.admin.start_leave() {
         Ok((StatusCode::ACCEPTED, Json(json!({"status": "leaving"}))).into_response())
     } else {
         Ok((
@@ -148,7 +151,7 @@ async fn admin_remove(
             ),
         ));
     }
-    admin(&state)?.remove(id, force).await.map_err(|e| {
+    state.admin.remove(id, force).await.map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
@@ -210,7 +213,7 @@ pub(crate) fn ready_check(state: &AppState) -> Result<(), NotReady> {
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
     match ready_check(&state) {
         Ok(()) => {
-            let write_state = state.coord.local().write_state();
+            let write_state = state.local.write_state();
             if write_state.takes_writes() {
                 return Json(json!({"status": "ready"})).into_response();
             }
@@ -241,8 +244,7 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
 async fn debug_local(State(state): State<Arc<AppState>>, uri: Uri) -> Result<Response, ApiError> {
     let key = kv::key_from_uri(&uri, "/debug/local/")?;
     match state
-        .coord
-        .local()
+        .local
         .read(&key)
         .map_err(crate::coordinator::CoordError::from)?
     {

@@ -2,6 +2,7 @@
 //! only through the group-commit writer.
 
 pub mod hints;
+pub mod range;
 pub mod record;
 pub mod summary;
 pub mod writable;
@@ -16,6 +17,7 @@ use crate::store::{Store, StoreError, Table};
 use crate::version::{Payload, SiblingSet, VersionVector};
 
 pub use hints::{HintLedger, HintRecord, Pending};
+pub use range::ListRange;
 use summary::SharedTree;
 pub use writer::{Applied, Mutation, Staged, Upkeep, WriterHandle, WriterSettings};
 

@@ -2,7 +2,7 @@
 //!
 //! Values may be as large as `--max-value-bytes` and a key may hold `--max-siblings` of
 //! them, so a batch bounded by a count of keys can exceed any frame: the same batch then
-//! fails on every retry. Every bulk message (hint delivery, handoff of unowned keys,
+//! fails on every retry. Every bulk message (hint delivery, movement of unowned keys,
 //! anti-entropy pulls and pushes, `ReadMany`, `Scan` and `Digests` replies) is therefore
 //! cut by the items' encoded size, measured with the same msgpack encoding the frame
 //! carries, against a budget derived from the frame limit. An item larger than the budget
@@ -207,7 +207,7 @@ pub fn frame_needed(max_value_bytes: usize, max_siblings: usize) -> Option<usize
 }
 
 /// Checks at startup that the frame limit carries the largest item a node accepts: a
-/// sibling set that did not fit any frame could never be replicated, handed off or
+/// sibling set that did not fit any frame could never be replicated, hinted, moved or
 /// repaired, and every batch holding it would fail forever.
 pub fn check_frame_fits(
     max_frame_bytes: usize,

@@ -8,7 +8,8 @@
 use std::time::Duration;
 
 use super::batch::MAX_BATCH_ITEMS;
-use super::message::{RemoteError, Request};
+use super::message::Request;
+use super::remote_error::RemoteError;
 
 /// The longest a forwarded write may take: the HTTP API's own bound on `timeout_ms`
 /// (`http::params::MAX_TIMEOUT_MS`), so a forward never gets more time than a client

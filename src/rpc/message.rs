@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::remote_error::RemoteError;
 use crate::merkle::{Interval, Summary};
 use crate::quorum::Quorum;
 use crate::version::{Dot, Payload, SiblingSet, VersionVector};
@@ -49,7 +50,7 @@ pub enum Request {
     /// (it stops at a byte budget): the caller asks again for the rest.
     ReadMany { keys: Vec<String> },
     /// Drop these keys if their stored digest is still the one given: tombstones every
-    /// replica holds (GC), or data this node handed to its new owners.
+    /// replica holds (GC), or data this node moved to its new owners.
     DropIfDigest { entries: Vec<(String, u64)> },
     /// Whether this node has heard that `node` departed (it left, or was removed): a
     /// leaving node asks its peers before it stops, so no one keeps it as a dead member.
@@ -119,19 +120,4 @@ pub enum Response {
     Dropped(usize),
     Departed(bool),
     Error(RemoteError),
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, thiserror::Error)]
-pub enum RemoteError {
-    #[error("the write would leave more than {limit} siblings")]
-    SiblingLimit { limit: usize },
-    #[error("{0}")]
-    Unavailable(String),
-    #[error("bad request: {0}")]
-    BadRequest(String),
-    #[error("internal error: {0}")]
-    Internal(String),
-    /// The replica's storage is out of space (HTTP 507 where it is answered).
-    #[error("no space: {0}")]
-    NoSpace(String),
 }

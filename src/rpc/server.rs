@@ -22,10 +22,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::bounds;
 use super::frame::{self, write_loop, FrameCodec, FrameError, RpcConfig, RpcStats};
-use super::message::{Envelope, RemoteError, Request, Response};
+use super::message::{Envelope, Request, Response};
+use super::remote_error::RemoteError;
 use crate::net::LimitedListener;
 
-/// The replica side of the protocol: what this node does for its peers.
+/// The answering side of the protocol: what this node does for its peers (in a node,
+/// `peer_service::PeerService`).
 #[async_trait]
 pub trait RpcHandler: Send + Sync + 'static {
     async fn handle(&self, request: Request) -> Response;

@@ -536,9 +536,9 @@ mod tests {
     }
 
     /// The case the node-wide floor exists for: this node loses a key's history (here it
-    /// drops the key, as after a handoff; collecting its tombstones is the same) while a
-    /// stale copy survives on a replica that was away, and the node then writes the key
-    /// again, also after a restart.
+    /// drops the key, as after moving it to new owners; collecting its tombstones is the
+    /// same) while a stale copy survives on a replica that was away, and the node then
+    /// writes the key again, also after a restart.
     #[tokio::test]
     async fn a_key_written_again_after_its_history_is_gone_gets_a_fresh_dot() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());

@@ -1,4 +1,6 @@
-//! The replica side of the internode protocol: what this node does when a peer calls it.
+//! Answers peers' RPCs: what this node does when a peer calls it. Reads, merges, hints,
+//! scans and anti-entropy comparisons go to this node's replica ([`LocalKv`]); only a
+//! forwarded write goes to the coordinator, which coordinates it here.
 //! Requests arrive already clamped into their bounds (`rpc::bounds`); replies that carry
 //! many rows stop at a byte budget (`rpc::batch`) and say there is more.
 
@@ -6,19 +8,26 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use tokio::sync::watch;
 
+use crate::cluster::membership::ClusterView;
 use crate::cluster::NodeId;
-use crate::coordinator::{CoordError, Coordinator, ListRange};
+use crate::coordinator::Coordinator;
 use crate::key::Key;
-use crate::kv::KvError;
+use crate::kv::{KvError, ListRange, LocalKv};
 use crate::net::Clock;
 use crate::rpc::batch::{encoded_len, BatchLimit, Batcher};
 use crate::rpc::server::RpcHandler;
 use crate::rpc::{RemoteError, Request, Response, ScanRange};
 use crate::stats::ReplicationStats;
 
-pub struct ReplicaService {
+pub struct PeerService {
     pub node_id: NodeId,
+    /// This node's replica: what peers read, merge into, scan and compare.
+    pub local: LocalKv,
+    /// Departures, and whether this node is still rejoining (see [`Self::rejoin_gate`]).
+    pub view: watch::Receiver<Arc<ClusterView>>,
+    /// Only for writes forwarded here: they are coordinated, not merely stored.
     pub coordinator: Coordinator,
     pub clock: Arc<dyn Clock>,
     pub stats: Arc<ReplicationStats>,
@@ -32,33 +41,13 @@ fn bad_key(e: impl std::fmt::Display) -> Response {
     Response::Error(RemoteError::BadRequest(format!("bad key: {e}")))
 }
 
+/// A local storage failure, as the peer sees it (the table is in `rpc::remote_error`).
 fn kv_error(e: KvError) -> Response {
-    match e {
-        KvError::SiblingLimit { limit } => Response::Error(RemoteError::SiblingLimit { limit }),
-        KvError::ShuttingDown => Response::Error(RemoteError::Unavailable(e.to_string())),
-        // The wire carries the store error's text; its type ends at this boundary.
-        KvError::NoSpace(e) => Response::Error(RemoteError::NoSpace(e.to_string())),
-        other => Response::Error(RemoteError::Internal(other.to_string())),
-    }
-}
-
-impl From<CoordError> for RemoteError {
-    fn from(e: CoordError) -> Self {
-        match e {
-            CoordError::Kv(KvError::SiblingLimit { limit }) => RemoteError::SiblingLimit { limit },
-            CoordError::Remote(r) => r,
-            CoordError::Kv(KvError::Store(e)) => RemoteError::Internal(e.to_string()),
-            // A failed fsync is this node's storage failing, as `Store` is: a 500.
-            CoordError::Kv(e @ KvError::SyncFailed { .. }) => RemoteError::Internal(e.to_string()),
-            CoordError::Kv(KvError::NoSpace(e)) => RemoteError::NoSpace(e.to_string()),
-            e @ CoordError::Internal(_) => RemoteError::Internal(e.to_string()),
-            other => RemoteError::Unavailable(other.to_string()),
-        }
-    }
+    Response::Error(e.into())
 }
 
 #[async_trait]
-impl RpcHandler for ReplicaService {
+impl RpcHandler for PeerService {
     async fn handle(&self, request: Request) -> Response {
         if self.fenced(&request) {
             return Response::Error(RemoteError::Unavailable(format!(
@@ -66,7 +55,7 @@ impl RpcHandler for ReplicaService {
                 self.node_id
             )));
         }
-        let local = self.coordinator.local();
+        let local = &self.local;
         if let Some(refused) = self.rejoin_gate(&request) {
             return refused;
         }
@@ -75,7 +64,7 @@ impl RpcHandler for ReplicaService {
                 node_id: self.node_id.0,
             },
             Request::Departed { node } => {
-                Response::Departed(self.coordinator.view().departed.contains(&NodeId(node)))
+                Response::Departed(self.view.borrow().departed.contains(&NodeId(node)))
             }
             Request::Read { key } => match Key::new(key) {
                 Err(e) => bad_key(e),
@@ -201,7 +190,7 @@ impl RpcHandler for ReplicaService {
     }
 }
 
-impl ReplicaService {
+impl PeerService {
     /// Whether to refuse `request` because this node was removed: every read or write of
     /// data. A peer that has not heard of the removal yet would otherwise count this
     /// node's answer toward its quorum. Pings, departure questions and the anti-entropy
@@ -232,8 +221,6 @@ impl ReplicaService {
         (batcher.take().unwrap_or_default(), false)
     }
 
-    /// Up to `range.limit` keys, read a page at a time so that no more than one reply's
-    /// worth of large sets is held in memory, and cut at the reply's byte budget.
     /// A node still rejoining (see `cluster::agreement`) answers no read as a replica and
     /// coordinates no forwarded write: its ring is not confirmed, and a read of keys it
     /// holds but cannot yet place would look like "not found" to the coordinator. Writes
@@ -246,13 +233,15 @@ impl ReplicaService {
                 | Request::Scan(_)
                 | Request::Forward(_)
         );
-        (gated && self.coordinator.view().rejoining).then(|| {
+        (gated && self.view.borrow().rejoining).then(|| {
             Response::Error(RemoteError::Unavailable(
                 "node is rejoining: its ring is not confirmed yet".to_owned(),
             ))
         })
     }
 
+    /// Up to `range.limit` keys, read a page at a time so that no more than one reply's
+    /// worth of large sets is held in memory, and cut at the reply's byte budget.
     fn scan(&self, range: ScanRange) -> Response {
         let list = ListRange {
             start: range.start.map(String::into_bytes),
@@ -268,11 +257,7 @@ impl ReplicaService {
                 .map_or(start, |k| Bound::Excluded(k.as_bytes()));
             let want = range.limit.saturating_sub(batcher.len());
             // One extra row tells whether the range holds more past the limit.
-            let page = match self
-                .coordinator
-                .local()
-                .scan(lower, end, want.min(SCAN_PAGE) + 1)
-            {
+            let page = match self.local.scan(lower, end, want.min(SCAN_PAGE) + 1) {
                 Ok(page) => page,
                 Err(e) => return kv_error(e),
             };
