@@ -1,11 +1,13 @@
 //! The cluster: who the members are (gossip), where keys live (the ring), the membership
-//! kept across restarts (`persisted`), and whether the members' rings agree (`agreement`).
+//! kept across restarts (`persisted`), whether the members' rings agree (`agreement`),
+//! and waiting until the view satisfies a condition (`wait`).
 
 pub mod agreement;
 pub mod departed;
 pub mod membership;
 pub mod persisted;
 pub mod ring;
+pub mod wait;
 
 use std::fmt;
 
