@@ -11,6 +11,7 @@ mod list;
 mod metrics;
 mod params;
 mod render;
+mod workers;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -44,6 +45,8 @@ pub struct AppState {
     /// Why the node is not ready beyond `ready` (seeds unreached, removed), and the fence
     /// a removed node answers KV requests with.
     pub readiness: Arc<crate::readiness::Readiness>,
+    /// The node's supervised workers (`/debug/workers`).
+    pub workers: crate::worker::Registry,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -71,6 +74,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/debug/keys", strict(get(debug_keys::keys)))
         .route("/debug/preflist/{*key}", strict(get(cluster::preflist)))
         .route("/debug/replication", strict(get(cluster::replication)))
+        .route("/debug/workers", strict(get(workers::workers)))
         .route("/cluster", strict(get(cluster::cluster)))
         .route("/metrics", strict(get(metrics::metrics)))
         .route("/admin/leave", strict(post(admin_leave)))
