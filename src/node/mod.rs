@@ -3,6 +3,7 @@
 //! serves until shutdown, then stops them phase by phase (see [`crate::worker`]).
 //!
 //! - `build`: the wiring, in the order each part needs the others.
+//! - `open`: the data dir opened: identity, departed ids, the writer started.
 //! - `addrs`: what the node advertises, and its gossip settings.
 //! - `refuse`: a data dir whose node left or was removed does not serve again.
 //! - `workers`: the writer, the RPC server, gossip, the HTTP API and the membership
@@ -12,6 +13,7 @@
 mod addrs;
 mod build;
 mod joined;
+mod open;
 mod refuse;
 mod scrub;
 mod workers;
