@@ -125,6 +125,7 @@ impl Worker for Gc {
                 _ = ticker.tick() => {}
                 _ = shutdown.cancelled() => return,
             }
+            let _turn = self.ae.turns.lock().await;
             collect(&self.ae, &shutdown).await;
         }
     }

@@ -72,6 +72,12 @@ pub struct AntiEntropy {
     pub local: LocalKv,
     pub stats: Arc<ReplicationStats>,
     pub config: AntiEntropyConfig,
+    /// Held by each round of the exchange, of movement and of GC: on one node they take
+    /// turns, as when one loop ran all three. GC drops a tombstone on every replica one
+    /// after the other; this node's own exchange running in between would push the
+    /// tombstone back to a replica that just dropped it (a tokio mutex: held across
+    /// calls). A join's or a leave's own pull and handoff do not take it.
+    pub turns: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Ranges exchanged per call when syncing all of them.
@@ -298,6 +304,7 @@ impl Worker for AntiEntropyWorker {
         loop {
             let view = ae.view();
             let current = (view.ring.hash(), view.write_ring.hash());
+            let turn = ae.turns.lock().await;
             if current != rings && view.ring.len() > 1 {
                 // The rings changed: make every owned range whole now, not one per tick.
                 rings = current;
@@ -309,6 +316,7 @@ impl Worker for AntiEntropyWorker {
             } else {
                 ae.tick(&view, &mut cursor, &shutdown).await;
             }
+            drop(turn);
             tokio::select! {
                 _ = ticker.tick() => {}
                 r = view_rx.changed() => if r.is_err() { return },

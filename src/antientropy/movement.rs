@@ -161,6 +161,7 @@ impl Movement {
     }
 
     async fn round(&self, shutdown: &CancellationToken) {
+        let _turn = self.ae.turns.lock().await;
         let remaining = self.ae.handoff_unowned(shutdown).await;
         self.remaining.store(remaining, Ordering::Relaxed);
     }

@@ -40,8 +40,8 @@ pub struct AppState {
     pub admin: Option<Arc<crate::admin::Admin>>,
     pub config: NodeConfig,
     pub cluster_id: String,
-    /// Joined and knows the ring (see `node`).
-    pub ready: AtomicBool,
+    /// Joined and knows the ring (see `node`). Shared with the worker that sets it.
+    pub ready: Arc<AtomicBool>,
     /// Why the node is not ready beyond `ready` (seeds unreached, removed), and the fence
     /// a removed node answers KV requests with.
     pub readiness: Arc<crate::readiness::Readiness>,

@@ -311,6 +311,7 @@ fn connect<N: Network>(
             settle: cluster.gossip_interval * SETTLE_ROUNDS,
             batch,
         },
+        turns: Arc::default(),
     };
     let admin = Arc::new(
         Admin::new(
@@ -421,7 +422,7 @@ fn background_workers(
             control: gossip.control.clone(),
         }),
         Arc::new(TrackJoined {
-            state: parts.state.clone(),
+            ready: parts.state.ready.clone(),
             view: view.clone(),
             needs_peer: !gossip.alone,
         }),

@@ -1,6 +1,6 @@
 //! When a node has joined and serves: the `ready` flag behind `/ready`.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -9,14 +9,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::membership::ClusterView;
 use crate::cluster::wait::wait_for;
-use crate::http::AppState;
 use crate::worker::Worker;
 
 /// Sets `ready` once the node has joined: it is in its own ring and, if it was given
 /// seeds, sees at least one other member live. `ready` never goes back (until the node
 /// stops), so the worker is done once it is set.
 pub struct TrackJoined {
-    pub state: Arc<AppState>,
+    /// `AppState::ready`. The flag, not the state: the state lists the workers, and a
+    /// worker holding it would keep it (and the store) alive after the node stopped.
+    pub ready: Arc<AtomicBool>,
     pub view: watch::Receiver<Arc<ClusterView>>,
     /// The node was given seeds other than itself.
     pub needs_peer: bool,
@@ -42,7 +43,7 @@ impl Worker for TrackJoined {
     }
 
     fn status(&self) -> String {
-        if self.state.ready.load(Ordering::Acquire) {
+        if self.ready.load(Ordering::Acquire) {
             "joined; ready".to_owned()
         } else {
             "waiting to join".to_owned()
@@ -55,7 +56,7 @@ impl Worker for TrackJoined {
         if wait_for(&mut view, |v| has_joined(v, needs_peer), &shutdown)
             .await
             .is_some()
-            && !self.state.ready.swap(true, Ordering::AcqRel)
+            && !self.ready.swap(true, Ordering::AcqRel)
         {
             tracing::info!("joined the cluster; ready");
         }

@@ -215,3 +215,42 @@ impl Node {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::TokioNetwork;
+
+    /// A node that stopped holds nothing: every worker, and the store with them, is
+    /// dropped. redb closes its file cleanly only on drop, and a worker that kept the
+    /// HTTP state (which lists the workers) alive once made every restart a repair.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stopped_node_lets_go_of_its_store_and_listed_every_worker() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let shutdown = CancellationToken::new();
+        let node = Node::build(
+            NodeConfig::for_test(),
+            TokioNetwork,
+            store.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .expect("build");
+        let workers = node.state.workers.clone();
+        let stop = shutdown.clone();
+        let ran = tokio::spawn(node.run(move |_| stop.cancel()));
+        tokio::time::timeout(Duration::from_secs(60), ran)
+            .await
+            .expect("the node stops within its deadlines")
+            .expect("run task")
+            .expect("run");
+        let listed = workers.list();
+        assert!(listed.len() >= 15, "{listed:?}");
+        assert!(
+            listed.iter().all(|w| w.state == "stopped"),
+            "every worker stopped in time: {listed:?}"
+        );
+        drop(workers);
+        assert_eq!(Arc::strong_count(&store), 1, "the store is still held");
+    }
+}
