@@ -11,21 +11,27 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::membership::ClusterView;
 use crate::cluster::policy::ReplicationPolicy;
 use crate::cluster::NodeId;
 use crate::kv::{KvError, LocalKv, StoredHint};
-use crate::net::Clock;
+use crate::peers::Peers;
 use crate::rpc::batch::{self, encoded_len, BatchLimit};
-use crate::rpc::client::{RpcClient, RpcError};
+use crate::rpc::client::RpcError;
 use crate::rpc::{RemoteError, Request, Response};
 use crate::stats::ReplicationStats;
+use crate::worker::Worker;
 
 /// Hints read from the store at once while filling a page.
 const HINT_READ_CHUNK: usize = 16;
+
+/// Hints read per page when delivering. A page goes out in byte-bounded calls
+/// (`HandoffConfig::limit`), so this bounds the rows held at once and the work between two
+/// shutdown checks, not the size of a call.
+pub const HINT_PAGE: usize = 128;
 
 /// Rounds between expiry sweeps of hints whose target is down.
 const EXPIRY_SWEEP_ROUNDS: u64 = 60;
@@ -55,16 +61,13 @@ pub struct HandoffConfig {
     /// How much one delivery call carries.
     pub limit: BatchLimit,
     pub max_age: Duration,
-    pub rpc_timeout: Duration,
     /// Who owns a key: hints for a member that is gone go to the key's owners.
     pub replication: ReplicationPolicy,
 }
 
 pub struct Handoff {
+    pub peers: Peers,
     pub local: LocalKv,
-    pub view: watch::Receiver<Arc<ClusterView>>,
-    pub rpc: Arc<RpcClient>,
-    pub clock: Arc<dyn Clock>,
     pub stats: Arc<ReplicationStats>,
     pub config: HandoffConfig,
 }
@@ -77,9 +80,26 @@ fn target_gone(view: &ClusterView, target: NodeId) -> bool {
     view.departed.contains(&target) || (view.member(target).is_none() && view.members.len() > 1)
 }
 
-impl Handoff {
-    /// Runs until `shutdown`.
-    pub async fn run(self, shutdown: CancellationToken) {
+#[async_trait]
+impl Worker for Handoff {
+    fn name(&self) -> &'static str {
+        "handoff"
+    }
+
+    fn status(&self) -> String {
+        let pending = self.local.hint_ledger().all();
+        let hints: u64 = pending.values().map(|p| p.count).sum();
+        format!(
+            "{hints} hint(s) pending for {} target(s); {} delivered, {} expired",
+            pending.len(),
+            self.stats.hints_delivered.get(),
+            self.stats.hints_expired.get()
+        )
+    }
+
+    /// Every `interval`, delivers (or reroutes, or expires) the hints of each target,
+    /// until `shutdown`.
+    async fn run(&self, shutdown: CancellationToken) {
         let mut ticker = tokio::time::interval(self.config.interval);
         let mut round: u64 = 0;
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -94,7 +114,7 @@ impl Handoff {
                 if shutdown.is_cancelled() {
                     return;
                 }
-                let view = self.view.borrow().clone();
+                let view = self.peers.view();
                 if target_gone(&view, target) {
                     if let Err(e) = self.reroute(target, &view, &shutdown).await {
                         tracing::warn!(peer = %target, error = %e, "rerouting hints failed; will retry");
@@ -119,7 +139,9 @@ impl Handoff {
             }
         }
     }
+}
 
+impl Handoff {
     /// Hands the hints held for a member that left or was removed to each key's
     /// owners now (merged here when this node is one), then deletes them.
     async fn reroute(
@@ -189,7 +211,7 @@ impl Handoff {
             if hints.is_empty() {
                 break;
             }
-            let now = self.clock.now_ms();
+            let now = self.peers.clock.now_ms();
             let max_age_ms = self.config.max_age.as_millis() as u64;
             let (expired, fresh): (Vec<StoredHint>, Vec<StoredHint>) = hints
                 .into_iter()
@@ -267,11 +289,7 @@ impl Handoff {
             .iter()
             .map(|h| (h.key.as_str().to_owned(), h.record.set.clone()))
             .collect();
-        match self
-            .rpc
-            .call(addr, Request::Merge { entries }, self.config.rpc_timeout)
-            .await
-        {
+        match self.peers.call(addr, Request::Merge { entries }).await {
             Ok(Response::Merged) => Ok(()),
             Ok(Response::Error(e)) => Err(e.into()),
             Ok(other) => Err(HandoffError::BadAnswer(format!("{other:?}"))),

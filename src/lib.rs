@@ -17,7 +17,11 @@
 //! - [`net`]: the network seam: listeners and the clock come in through
 //!   [`net::Network`], so the same node runs on tokio sockets and inside turmoil.
 //! - [`http`]: the axum API, its error shape and limits.
-//! - [`node`]: starts and stops a whole node.
+//! - [`peers`]: what every part that calls other nodes shares (view, RPC client, clock,
+//!   call timeout).
+//! - [`worker`]: the `Worker` trait and the supervisor that starts and stops a node's
+//!   workers in phases, each within a deadline (`/debug/workers`).
+//! - [`node`]: wires a whole node (`Node::build`) and runs it as a set of workers.
 //! - [`readiness`]: why a node is not ready (the reasons `/ready` reports), and the report
 //!   of seeds nobody answers.
 //! - [`client`]: an HTTP client for the API (pooled keep-alive), used by the CLI and
@@ -47,6 +51,7 @@ pub mod merkle;
 pub mod net;
 pub mod node;
 pub mod peer_service;
+pub mod peers;
 pub mod quorum;
 pub mod readiness;
 pub mod rpc;
@@ -54,3 +59,4 @@ pub mod stats;
 pub mod store;
 pub mod telemetry;
 pub mod version;
+pub mod worker;

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::membership::ClusterView;
+use crate::cluster::wait::wait_for;
 
 /// How often a node that has reached no seed says so.
 pub const SEED_WARN_INTERVAL: Duration = Duration::from_secs(5);
@@ -115,6 +116,11 @@ impl Readiness {
         !self.removed.swap(true, Ordering::AcqRel)
     }
 
+    /// The seeds tried, while none has answered.
+    pub fn unreached_seeds(&self) -> Option<Vec<String>> {
+        self.unreached_seeds.lock().ok().and_then(|s| s.clone())
+    }
+
     fn set_unreached_seeds(&self, seeds: Option<Vec<String>>) {
         if let Ok(mut s) = self.unreached_seeds.lock() {
             *s = seeds;
@@ -146,19 +152,20 @@ pub async fn report_unreached_seeds(
         SEED_WARN_INTERVAL,
     );
     warn.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        if heard_of_others(&view.borrow_and_update()) {
-            readiness.set_unreached_seeds(None);
-            tracing::info!("a seed answered");
-            return;
+    let warn_until_heard = async {
+        loop {
+            warn.tick().await;
+            tracing::warn!(seeds = %seeds.join(", "), "no seed answered yet; still trying");
         }
-        tokio::select! {
-            _ = warn.tick() => {
-                tracing::warn!(seeds = %seeds.join(", "), "no seed answered yet; still trying");
+    };
+    tokio::select! {
+        heard = wait_for(&mut view, |v| heard_of_others(v), &shutdown) => {
+            if heard.is_some() {
+                readiness.set_unreached_seeds(None);
+                tracing::info!("a seed answered");
             }
-            changed = view.changed() => if changed.is_err() { return },
-            _ = shutdown.cancelled() => return,
         }
+        () = warn_until_heard => {}
     }
 }
 

@@ -14,6 +14,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::key::Key;
 use crate::kv::{KvError, LocalKv};
 use crate::merkle::{Interval, Summary};
@@ -58,6 +60,9 @@ pub enum ExchangeError {
     BadAnswer(String),
     #[error("local store: {0}")]
     Local(#[from] KvError),
+    /// The node is stopping: the exchange ends between two calls.
+    #[error("stopped: the node is shutting down")]
+    Cancelled,
 }
 
 pub struct Peer<'a> {
@@ -66,11 +71,19 @@ pub struct Peer<'a> {
     pub timeout: Duration,
     /// How much one `ReadMany` or `Merge` carries.
     pub limit: BatchLimit,
+    /// Every call of the exchange goes through [`Peer::call`], which watches this: a
+    /// catch-up over many ranges is many calls, and must not hold up a node that stops.
+    pub shutdown: &'a CancellationToken,
 }
 
 impl Peer<'_> {
     async fn call(&self, request: Request) -> Result<Response, ExchangeError> {
-        match self.rpc.call(self.addr, request, self.timeout).await {
+        let answer = tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => return Err(ExchangeError::Cancelled),
+            answer = self.rpc.call(self.addr, request, self.timeout) => answer,
+        };
+        match answer {
             Ok(Response::Error(e)) => Err(e.into()),
             Ok(r) => Ok(r),
             Err(e) => Err(e.into()),
@@ -270,7 +283,6 @@ mod tests {
 
     use async_trait::async_trait;
     use bytes::Bytes;
-    use tokio_util::sync::CancellationToken;
 
     use super::*;
     use crate::kv::writer::{self, WriterSettings};
@@ -352,6 +364,7 @@ mod tests {
                 addr: peer_server(broken, shutdown.clone()).await,
                 timeout: Duration::from_secs(5),
                 limit: BatchLimit::default(),
+                shutdown: &shutdown,
             };
             let keys: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
             let pulled =
@@ -376,5 +389,53 @@ mod tests {
         }
         rpc.close_all().await;
         shutdown.cancel();
+    }
+
+    /// A peer that never answers: each call would wait out its whole timeout.
+    struct Silent;
+
+    #[async_trait]
+    impl RpcHandler for Silent {
+        async fn handle(&self, _request: Request) -> Response {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Response::Merged
+        }
+    }
+
+    #[tokio::test]
+    async fn an_exchange_stops_on_shutdown_rather_than_wait_for_its_calls() {
+        let servers = CancellationToken::new();
+        let rpc = RpcClient::new(
+            crate::rpc::connector_for(Arc::new(TokioNetwork)),
+            RpcConfig::default(),
+            Arc::new(RpcStats::default()),
+        );
+        let addr = crate::rpc::server::serve_on_loopback(Arc::new(Silent), servers.clone()).await;
+        let shutdown = CancellationToken::new();
+        let peer = Peer {
+            rpc: &rpc,
+            addr,
+            timeout: Duration::from_secs(600),
+            limit: BatchLimit::default(),
+            shutdown: &shutdown,
+        };
+        let local = local_kv();
+        let stop = shutdown.clone();
+        let stopper = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            stop.cancel();
+        });
+        let started = tokio::time::Instant::now();
+        let done = tokio::time::timeout(
+            Duration::from_secs(10),
+            exchange(&local, &peer, &[Interval::FULL]),
+        )
+        .await
+        .expect("the exchange ends on shutdown, not after its calls' timeout");
+        assert!(matches!(done, Err(ExchangeError::Cancelled)), "{done:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        stopper.await.expect("stopper");
+        rpc.close_all().await;
+        servers.cancel();
     }
 }

@@ -4,12 +4,14 @@
 //! back through anti-entropy. Hints never outlive the grace (`--max-hint-age` is capped
 //! at it), so no hint can resurrect a collected key either.
 
+use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use super::AntiEntropy;
 use crate::key::Key;
 use crate::kv::summary::digest;
 use crate::rpc::{Request, Response};
+use crate::worker::Worker;
 
 /// Tombstones examined per round, so one round stays short.
 const PER_ROUND: usize = 1024;
@@ -22,7 +24,7 @@ pub async fn collect(ae: &AntiEntropy, shutdown: &CancellationToken) {
         return;
     }
     let grace_ms = ae.config.tombstone_grace.as_millis() as u64;
-    let now = ae.clock.now_ms();
+    let now = ae.peers.clock.now_ms();
     let Ok(candidates) = ae.local.tombstones(None, PER_ROUND) else {
         return;
     };
@@ -66,11 +68,7 @@ async fn collect_one(
         let request = Request::ReadMany {
             keys: vec![key.as_str().to_owned()],
         };
-        match ae
-            .rpc
-            .call(m.rpc_addr, request, ae.config.rpc_timeout)
-            .await
-        {
+        match ae.peers.call(m.rpc_addr, request).await {
             Ok(Response::ReadMany { entries, .. }) => {
                 let same = entries
                     .first()
@@ -91,9 +89,42 @@ async fn collect_one(
         let request = Request::DropIfDigest {
             entries: vec![(key.as_str().to_owned(), d)],
         };
-        if let Ok(Response::Dropped(n)) = ae.rpc.call(addr, request, ae.config.rpc_timeout).await {
+        if let Ok(Response::Dropped(n)) = ae.peers.call(addr, request).await {
             dropped |= n > 0;
         }
     }
     dropped | ae.local.drop_if_digest(key, d).await.unwrap_or(false)
+}
+
+/// Collects tombstones every `gc_interval`, whether or not anti-entropy is on.
+pub struct Gc {
+    pub ae: AntiEntropy,
+}
+
+#[async_trait]
+impl Worker for Gc {
+    fn name(&self) -> &'static str {
+        "tombstone-gc"
+    }
+
+    fn status(&self) -> String {
+        format!(
+            "every {}: {} tombstone(s) collected",
+            humantime::format_duration(self.ae.config.gc_interval),
+            self.ae.stats.tombstones_collected.get()
+        )
+    }
+
+    async fn run(&self, shutdown: CancellationToken) {
+        let mut ticker = tokio::time::interval(self.ae.config.gc_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let _turn = self.ae.turns.lock().await;
+            collect(&self.ae, &shutdown).await;
+        }
+    }
 }

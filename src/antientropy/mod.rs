@@ -1,42 +1,63 @@
-//! Anti-entropy and data movement. Hinted handoff and read repair fix what they happen to
-//! see; this makes every replica converge, whatever happened, and moves data when the
-//! ring changes:
-//! - every `--anti-entropy-interval`, exchange one owned range with a fellow replica
-//!   (rotating through ranges and replicas);
-//! - when the rings change, exchange every owned range once (catch-up: a node that gained
-//!   a range after a removal fills it here; a joining node fills all of its ranges here
-//!   before it turns normal);
+//! Anti-entropy: hinted handoff and read repair fix what they happen to see; this makes
+//! every replica converge, whatever happened. [`AntiEntropy`] is the handle its jobs
+//! share, and each job is its own worker:
+//! - every `--anti-entropy-interval`, exchange the ranges shared with the next fellow
+//!   replica (rotating through replicas); when the rings change, exchange every owned
+//!   range once (catch-up: a node that gained a range after a removal fills it here; a
+//!   joining node fills all of its ranges before it turns normal). An interval of zero
+//!   turns this off, and only this ([`AntiEntropyWorker`]);
 //! - move keys this node no longer owns to their owners, and drop them only once every
-//!   new owner has them;
-//! - collect tombstones that every replica holds, once `--tombstone-grace` has passed.
+//!   new owner has them (`movement`);
+//! - collect tombstones that every replica holds, once `--tombstone-grace` has passed
+//!   (`gc`).
 
 pub mod exchange;
 pub mod gc;
+pub mod movement;
 pub mod ranges;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::membership::{ClusterView, MemberState};
+use crate::cluster::membership::ClusterView;
 use crate::cluster::policy::ReplicationPolicy;
 use crate::cluster::NodeId;
 use crate::kv::LocalKv;
 use crate::merkle::Interval;
-use crate::rpc::batch::{encoded_len, Batcher};
-use crate::rpc::client::RpcClient;
-use crate::rpc::{Request, Response};
+use crate::peers::Peers;
 use crate::stats::ReplicationStats;
+use crate::worker::Worker;
 use exchange::{exchange, Peer};
+
+/// How often data movement and tombstone GC run while anti-entropy is off: anti-entropy's
+/// default interval. Neither needs to be fast: movement also runs after every ring
+/// change, and a tombstone waits out `--tombstone-grace` (an hour by default) anyway.
+pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The pace of data movement and tombstone GC: anti-entropy's, when it runs. They ran in
+/// its loop before they were workers of their own, and a cluster tuned for fast repair
+/// (the tests, the simulation) also expects fast movement and collection.
+pub fn maintenance_interval(anti_entropy_interval: Duration) -> Duration {
+    if anti_entropy_interval.is_zero() {
+        MAINTENANCE_INTERVAL
+    } else {
+        anti_entropy_interval
+    }
+}
 
 #[derive(Clone, Copy, Debug)]
 pub struct AntiEntropyConfig {
+    /// Between periodic exchanges; zero turns exchanges off.
     pub interval: Duration,
+    /// Between rounds of data movement (it also runs after each ring change).
+    pub movement_interval: Duration,
+    /// Between rounds of tombstone GC.
+    pub gc_interval: Duration,
     /// Which ranges and keys this node owns, in each ring.
     pub replication: ReplicationPolicy,
-    pub rpc_timeout: Duration,
     pub tombstone_grace: Duration,
     /// How long the rings must stay unchanged before this node drops keys it no longer
     /// owns: a view that is still converging (a member not yet heard of) must not make
@@ -46,86 +67,37 @@ pub struct AntiEntropyConfig {
     pub batch: crate::rpc::BatchLimit,
 }
 
+/// What anti-entropy, movement and GC work with; cheap to clone.
 #[derive(Clone)]
 pub struct AntiEntropy {
+    pub peers: Peers,
     pub local: LocalKv,
-    pub view: watch::Receiver<Arc<ClusterView>>,
-    pub rpc: Arc<RpcClient>,
     pub stats: Arc<ReplicationStats>,
-    pub clock: Arc<dyn crate::net::Clock>,
     pub config: AntiEntropyConfig,
+    /// Held by each round of the exchange, of movement and of GC: on one node they take
+    /// turns, as when one loop ran all three. GC drops a tombstone on every replica one
+    /// after the other; this node's own exchange running in between would push the
+    /// tombstone back to a replica that just dropped it (a tokio mutex: held across
+    /// calls). A join's own pull and a leave's moving of keys do not take it.
+    pub turns: Arc<tokio::sync::Mutex<()>>,
 }
 
-/// Keys looked at per round of moving unowned keys (they go out in byte-bounded calls).
-const MOVE_BATCH: usize = 512;
 /// Ranges exchanged per call when syncing all of them.
 const SYNC_BATCH: usize = 32;
 
 impl AntiEntropy {
-    /// Merges this node's copies of `keys` into the node at `addr`, in calls the batcher
-    /// cuts by bytes as the sets are read. Returns the keys acknowledged: a failed call
-    /// only holds back its own keys. A key with nothing stored counts as delivered.
-    async fn merge_into(
-        &self,
-        addr: std::net::SocketAddr,
-        keys: &[(crate::key::Key, u64)],
-    ) -> Vec<crate::key::Key> {
-        let mut acked = Vec::new();
-        let mut batcher = Batcher::new(self.config.batch);
-        for (k, _) in keys {
-            match self.local.read(k) {
-                Ok(Some(set)) => {
-                    let size = encoded_len(&(k.as_str(), &set));
-                    if let Some(full) = batcher.push((k.clone(), set), size) {
-                        acked.extend(self.send_merge(addr, full).await);
-                    }
-                }
-                Ok(None) => acked.push(k.clone()),
-                Err(e) => {
-                    tracing::warn!(key = %k.as_str(), error = %e, "cannot read a key to hand off")
-                }
-            }
-        }
-        if let Some(last) = batcher.take() {
-            acked.extend(self.send_merge(addr, last).await);
-        }
-        acked
-    }
-
-    /// One `Merge` call; the keys it carried when acknowledged, none otherwise.
-    async fn send_merge(
-        &self,
-        addr: std::net::SocketAddr,
-        batch: Vec<(crate::key::Key, crate::version::SiblingSet)>,
-    ) -> Vec<crate::key::Key> {
-        let keys: Vec<crate::key::Key> = batch.iter().map(|(k, _)| k.clone()).collect();
-        let entries = batch
-            .into_iter()
-            .map(|(k, s)| (k.as_str().to_owned(), s))
-            .collect();
-        match self
-            .rpc
-            .call(addr, Request::Merge { entries }, self.config.rpc_timeout)
-            .await
-        {
-            Ok(Response::Merged) => keys,
-            other => {
-                tracing::debug!(peer = %addr, answer = ?other.map(|_| ()), keys = keys.len(), "handing keys off failed; will retry");
-                Vec::new()
-            }
-        }
-    }
-
     fn view(&self) -> Arc<ClusterView> {
-        self.view.borrow().clone()
+        self.peers.view()
     }
 
-    fn peer(&self, addr: std::net::SocketAddr) -> Peer<'_> {
+    /// The peer at `addr`, for exchanges that stop on `shutdown`.
+    fn peer<'a>(&'a self, addr: std::net::SocketAddr, shutdown: &'a CancellationToken) -> Peer<'a> {
         Peer {
-            rpc: &self.rpc,
+            rpc: &self.peers.rpc,
             addr,
-            timeout: self.config.rpc_timeout,
+            timeout: self.peers.rpc_timeout,
             limit: self.config.batch,
+            shutdown,
         }
     }
 
@@ -135,13 +107,14 @@ impl AntiEntropy {
         view: &ClusterView,
         intervals: &[Interval],
         peers: &[NodeId],
+        shutdown: &CancellationToken,
     ) -> bool {
         for id in peers
             .iter()
             .filter(|id| **id != view.self_id && view.is_healthy(**id))
         {
             let Some(m) = view.member(*id) else { continue };
-            match exchange(&self.local, &self.peer(m.rpc_addr), intervals).await {
+            match exchange(&self.local, &self.peer(m.rpc_addr, shutdown), intervals).await {
                 Ok(done) => {
                     self.stats.ae_exchanges.inc();
                     self.stats.ae_keys_pulled.add(done.pulled);
@@ -223,7 +196,7 @@ impl AntiEntropy {
                     return failed + left;
                 }
                 let intervals: Vec<Interval> = batch.iter().flatten().copied().collect();
-                match exchange(&self.local, &self.peer(addr), &intervals).await {
+                match exchange(&self.local, &self.peer(addr, shutdown), &intervals).await {
                     Ok(done) => {
                         self.stats.ae_exchanges.inc();
                         self.stats.ae_keys_pulled.add(done.pulled);
@@ -249,54 +222,10 @@ impl AntiEntropy {
         failed
     }
 
-    /// Runs the periodic exchange, catch-up on ring changes, movement of unowned keys and
-    /// tombstone GC until `shutdown`.
-    pub async fn run(self, shutdown: CancellationToken) {
-        let mut view_rx = self.view.clone();
-        let mut ticker = tokio::time::interval(self.config.interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticker.tick().await;
-        let mut cursor = 0usize;
-        let mut rings = (0u64, 0u64);
-        loop {
-            let view = self.view();
-            let current = (view.ring.hash(), view.write_ring.hash());
-            if current != rings && view.ring.len() > 1 {
-                // The rings changed: make every owned range whole now, not one per tick.
-                rings = current;
-                let failed = self.sync_all(false, &shutdown, None).await;
-                if failed > 0 {
-                    // Retry on the next tick.
-                    rings = (0, 0);
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(self.config.settle) => {}
-                    _ = shutdown.cancelled() => return,
-                }
-                let settled = self.view();
-                if (settled.ring.hash(), settled.write_ring.hash()) == current {
-                    self.move_unowned(&shutdown).await;
-                }
-            } else {
-                self.tick(&view, &mut cursor).await;
-                // A leaving node's own task moves everything; no need to do it twice.
-                if view.member(view.self_id).map(|m| m.state) != Some(MemberState::Leaving) {
-                    self.move_unowned(&shutdown).await;
-                }
-                gc::collect(&self, &shutdown).await;
-            }
-            tokio::select! {
-                _ = ticker.tick() => {}
-                r = view_rx.changed() => if r.is_err() { return },
-                _ = shutdown.cancelled() => return,
-            }
-        }
-    }
-
     /// One periodic exchange: every range this node shares with the next fellow replica,
     /// in batches of [`SYNC_BATCH`]. A range at a time would take a 5-node cluster hours
     /// to cover at the default interval; this covers everything once per round of peers.
-    async fn tick(&self, view: &ClusterView, cursor: &mut usize) {
+    async fn tick(&self, view: &ClusterView, cursor: &mut usize, shutdown: &CancellationToken) {
         let owned = self
             .config
             .replication
@@ -322,81 +251,76 @@ impl AntiEntropy {
         for batch in shared.chunks(SYNC_BATCH) {
             let intervals: Vec<Interval> =
                 batch.iter().flat_map(|r| ranges::intervals(r)).collect();
-            if !self.exchange_range(view, &intervals, &[peer]).await {
+            if shutdown.is_cancelled()
+                || !self
+                    .exchange_range(view, &intervals, &[peer], shutdown)
+                    .await
+            {
                 return;
             }
         }
     }
+}
 
-    /// Moves every key this node should no longer hold to its owners, then drops it —
-    /// only once each owner in the write ring acknowledged it. A leaving node moves
-    /// everything it holds and keeps its copy (it exits with it).
-    pub async fn move_unowned(&self, shutdown: &CancellationToken) -> u64 {
-        let view = self.view();
-        let leaving = view.member(view.self_id).map(|m| m.state) == Some(MemberState::Leaving);
-        let policy = self.config.replication;
-        let mut after = None;
-        let mut remaining = 0u64;
+/// The periodic exchange, and the catch-up after each ring change.
+pub struct AntiEntropyWorker {
+    pub ae: AntiEntropy,
+}
+
+#[async_trait]
+impl Worker for AntiEntropyWorker {
+    fn name(&self) -> &'static str {
+        "anti-entropy"
+    }
+
+    fn status(&self) -> String {
+        let interval = self.ae.config.interval;
+        if interval.is_zero() {
+            return "off (--anti-entropy-interval 0)".to_owned();
+        }
+        let stats = &self.ae.stats;
+        format!(
+            "every {}: {} round(s), {} exchange(s), {} key(s) pulled, {} pushed",
+            humantime::format_duration(interval),
+            stats.ae_rounds.get(),
+            stats.ae_exchanges.get(),
+            stats.ae_keys_pulled.get(),
+            stats.ae_keys_pushed.get()
+        )
+    }
+
+    async fn run(&self, shutdown: CancellationToken) {
+        let ae = &self.ae;
+        // An interval of zero turns anti-entropy off (tests of hints and read repair alone).
+        if ae.config.interval.is_zero() {
+            return;
+        }
+        let mut view_rx = ae.peers.view.clone();
+        let mut ticker = tokio::time::interval(ae.config.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        let mut cursor = 0usize;
+        let mut rings = (0u64, 0u64);
         loop {
-            if shutdown.is_cancelled() {
-                return remaining;
-            }
-            let Ok((rows, more)) = self
-                .local
-                .digests(Interval::FULL, after.as_ref(), MOVE_BATCH)
-            else {
-                return remaining;
-            };
-            after = rows.last().map(|(k, _)| k.clone());
-            let mut by_owner: std::collections::BTreeMap<NodeId, Vec<(crate::key::Key, u64)>> =
-                Default::default();
-            let mut unowned = Vec::new();
-            for (key, digest) in rows {
-                let reads = policy.read_nodes(&view, key.as_bytes());
-                let writes = policy.future_nodes(&view, key.as_bytes());
-                let keep =
-                    !leaving && (reads.contains(&view.self_id) || writes.contains(&view.self_id));
-                if keep {
-                    continue;
+            let view = ae.view();
+            let current = (view.ring.hash(), view.write_ring.hash());
+            let turn = ae.turns.lock().await;
+            if current != rings && view.ring.len() > 1 {
+                // The rings changed: make every owned range whole now, not one per tick.
+                rings = current;
+                let failed = ae.sync_all(false, &shutdown, None).await;
+                if failed > 0 {
+                    // Retry on the next tick.
+                    rings = (0, 0);
                 }
-                for owner in writes.iter().filter(|o| **o != view.self_id) {
-                    by_owner
-                        .entry(*owner)
-                        .or_default()
-                        .push((key.clone(), digest));
-                }
-                unowned.push((key, digest, writes));
+            } else {
+                ae.tick(&view, &mut cursor, &shutdown).await;
             }
-            let mut acked: std::collections::BTreeSet<(NodeId, crate::key::Key)> =
-                Default::default();
-            for (owner, keys) in by_owner {
-                let Some(m) = view.member(owner).filter(|_| view.is_healthy(owner)) else {
-                    continue;
-                };
-                let sent = self.merge_into(m.rpc_addr, &keys).await;
-                acked.extend(sent.into_iter().map(|k| (owner, k)));
-            }
-            let mut drops = Vec::new();
-            for (key, digest, writes) in unowned {
-                let all_have = writes
-                    .iter()
-                    .filter(|o| **o != view.self_id)
-                    .all(|o| acked.contains(&(*o, key.clone())));
-                if !all_have {
-                    remaining += 1;
-                    continue;
-                }
-                self.stats.keys_moved.inc();
-                if !leaving {
-                    // Unchanged since it was sent: nothing new is lost by dropping it.
-                    drops.push(self.local.drop_if_digest(key, digest));
-                }
-            }
-            // Submitted together, the drops of a batch share the writer's commits (group
-            // commit) instead of paying one commit and fsync each.
-            futures::future::join_all(drops).await;
-            if !more || after.is_none() {
-                return remaining;
+            drop(turn);
+            tokio::select! {
+                _ = ticker.tick() => {}
+                r = view_rx.changed() => if r.is_err() { return },
+                _ = shutdown.cancelled() => return,
             }
         }
     }

@@ -1,6 +1,7 @@
 //! The cluster: who the members are (gossip), where keys live (the ring), which nodes
 //! hold a key and how many replies make a quorum (`policy`), the membership kept across
-//! restarts (`persisted`), and whether the members' rings agree (`agreement`).
+//! restarts (`persisted`), whether the members' rings agree (`agreement`), and waiting
+//! until the view satisfies a condition (`wait`).
 
 pub mod agreement;
 pub mod departed;
@@ -8,6 +9,7 @@ pub mod membership;
 pub mod persisted;
 pub mod policy;
 pub mod ring;
+pub mod wait;
 
 use std::fmt;
 

@@ -53,7 +53,8 @@ pub(super) async fn merged_page(
             Ok::<Scan, CoordError>((rows, more))
         } else {
             let request = Request::Scan(scan_request(range, budget));
-            match tokio::time::timeout(timeout, inner.rpc.call(m.rpc_addr, request, timeout)).await
+            match tokio::time::timeout(timeout, inner.peers.rpc.call(m.rpc_addr, request, timeout))
+                .await
             {
                 Ok(Ok(Response::Scanned { entries, more })) => Ok((
                     entries

@@ -14,16 +14,14 @@ mod write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
-
 use crate::cluster::membership::ClusterView;
 use crate::cluster::policy::ReplicationPolicy;
 use crate::cluster::NodeId;
 use crate::key::Key;
 use crate::kv::{KeyedSet, KvError, ListRange, LocalKv};
-use crate::net::Clock;
+use crate::peers::Peers;
 use crate::quorum::{Quorum, Replication};
-use crate::rpc::client::{RpcClient, RpcError};
+use crate::rpc::client::RpcError;
 use crate::rpc::{ForwardedWrite, RemoteError, Request, Response};
 use crate::stats::ReplicationStats;
 use crate::version::{Dot, Payload, SiblingSet, VersionVector};
@@ -125,8 +123,6 @@ pub struct Page {
 #[derive(Clone, Copy, Debug)]
 pub struct CoordinatorConfig {
     pub replication: ReplicationPolicy,
-    /// Bound on one internode call.
-    pub rpc_timeout: Duration,
     /// How long a read keeps waiting, after it answered, for the slower replicas it will
     /// repair.
     pub repair_wait: Duration,
@@ -139,10 +135,8 @@ pub struct Coordinator {
 
 /// What a coordinator works with.
 pub struct CoordinatorParts {
+    pub peers: Peers,
     pub local: LocalKv,
-    pub view: watch::Receiver<Arc<ClusterView>>,
-    pub rpc: Arc<RpcClient>,
-    pub clock: Arc<dyn Clock>,
     pub stats: Arc<ReplicationStats>,
     pub config: CoordinatorConfig,
 }
@@ -155,7 +149,7 @@ impl Coordinator {
     }
 
     pub fn view(&self) -> Arc<ClusterView> {
-        self.inner.view.borrow().clone()
+        self.inner.peers.view()
     }
 
     /// The configured factors (N, R, W).
@@ -394,6 +388,7 @@ impl Coordinator {
             self.inner.stats.forwarded.inc();
             match self
                 .inner
+                .peers
                 .rpc
                 .call(member.rpc_addr, Request::Forward(request.clone()), left)
                 .await
@@ -471,6 +466,7 @@ mod tests {
     use crate::kv::writer::{self, WriterSettings};
     use crate::kv::HintLedger;
     use crate::net::{SystemClock, TokioNetwork};
+    use crate::rpc::client::RpcClient;
     use crate::rpc::frame::{RpcConfig, RpcStats};
     use crate::rpc::server::RpcHandler;
     use crate::store::{MemoryStore, Store};
@@ -544,20 +540,22 @@ mod tests {
             },
             shutdown.clone(),
         );
-        let (_tx, view) = watch::channel(Arc::new(view));
+        let (_tx, view) = tokio::sync::watch::channel(Arc::new(view));
         Coordinator::new(CoordinatorParts {
+            peers: Peers {
+                view,
+                rpc: Arc::new(RpcClient::new(
+                    crate::rpc::connector_for(Arc::new(TokioNetwork)),
+                    RpcConfig::default(),
+                    Arc::new(RpcStats::default()),
+                )),
+                clock: Arc::new(SystemClock),
+                rpc_timeout: Duration::from_secs(5),
+            },
             local: LocalKv::new(store, writer, hints, tree),
-            view,
-            rpc: Arc::new(RpcClient::new(
-                crate::rpc::connector_for(Arc::new(TokioNetwork)),
-                RpcConfig::default(),
-                Arc::new(RpcStats::default()),
-            )),
-            clock: Arc::new(SystemClock),
             stats: Arc::new(ReplicationStats::default()),
             config: CoordinatorConfig {
                 replication: Replication { n: 3, r: 3, w: 3 }.into(),
-                rpc_timeout: Duration::from_secs(5),
                 repair_wait: Duration::from_millis(10),
             },
         })

@@ -115,7 +115,7 @@ async fn read_round(
     let mut replies: Vec<(NodeId, Option<SiblingSet>)> = Vec::with_capacity(targets.len());
     let mut answer = Some(answer);
     let repair_deadline =
-        tokio::time::Instant::now() + inner.config.rpc_timeout + inner.config.repair_wait;
+        tokio::time::Instant::now() + inner.peers.rpc_timeout + inner.config.repair_wait;
     while let Ok(Some((id, result))) = tokio::time::timeout_at(repair_deadline, rx.recv()).await {
         match result {
             Ok(set) => {
@@ -167,11 +167,7 @@ async fn read_one(
                 let request = Request::Read {
                     key: key.as_str().to_owned(),
                 };
-                match inner
-                    .rpc
-                    .call(m.rpc_addr, request, inner.config.rpc_timeout)
-                    .await
-                {
+                match inner.peers.call(m.rpc_addr, request).await {
                     Ok(Response::Read(set)) => Ok(set),
                     Ok(other) => Err(format!("unexpected answer {other:?}")),
                     Err(e) => Err(e.to_string()),
@@ -214,10 +210,7 @@ async fn repair(
                 entries: vec![(key.as_str().to_owned(), merged.clone())],
             };
             matches!(
-                inner
-                    .rpc
-                    .call(m.rpc_addr, request, inner.config.rpc_timeout)
-                    .await,
+                inner.peers.call(m.rpc_addr, request).await,
                 Ok(Response::Merged)
             )
         } else {

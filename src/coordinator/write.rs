@@ -113,7 +113,7 @@ pub(super) async fn replicated_write(
         .collect();
 
     // The local write first: it issues the dot, and every other replica gets its result.
-    let now = inner.clock.now_ms();
+    let now = inner.peers.clock.now_ms();
     // The writer gives every client write a dot; `Applied::dot` is optional for merges.
     let no_dot = || CoordError::Internal("a client write issued no dot");
     if others.is_empty() {
@@ -213,7 +213,7 @@ async fn replicate_one(
     stand_ins: Arc<StandIns>,
     tx: mpsc::Sender<Copy>,
 ) {
-    let rpc_timeout = inner.config.rpc_timeout;
+    let rpc_timeout = inner.peers.rpc_timeout;
     // A replica that announces it takes no writes (its disk is full) is down for writes:
     // its copy goes to a stand-in as a hint, handed back once it takes writes again.
     if view.takes_writes(target) {
@@ -221,7 +221,7 @@ async fn replicate_one(
             let request = Request::Merge {
                 entries: vec![(key.as_str().to_owned(), set.clone())],
             };
-            match inner.rpc.call(m.rpc_addr, request, rpc_timeout).await {
+            match inner.peers.rpc.call(m.rpc_addr, request, rpc_timeout).await {
                 Ok(Response::Merged) => {
                     let _ = tx
                         .send(Copy::StoredAt {
@@ -252,10 +252,10 @@ async fn hint(
     target: NodeId,
     stand_ins: &StandIns,
 ) -> Copy {
-    let rpc_timeout = inner.config.rpc_timeout;
+    let rpc_timeout = inner.peers.rpc_timeout;
     while let Some(stand_in) = stand_ins.next() {
         if stand_in == view.self_id {
-            let now = inner.clock.now_ms();
+            let now = inner.peers.clock.now_ms();
             return match inner
                 .local
                 .store_hint(target.0, key.clone(), set, now)
@@ -286,7 +286,7 @@ async fn hint(
             key: key.as_str().to_owned(),
             set: set.clone(),
         };
-        match inner.rpc.call(m.rpc_addr, request, rpc_timeout).await {
+        match inner.peers.rpc.call(m.rpc_addr, request, rpc_timeout).await {
             Ok(Response::HintStored) => {
                 return Copy::StoredAt {
                     node: stand_in,

@@ -11,6 +11,7 @@ mod list;
 mod metrics;
 mod params;
 mod render;
+mod workers;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -51,11 +52,13 @@ pub struct AppState {
     pub admin: Arc<crate::admin::Admin>,
     pub config: NodeConfig,
     pub cluster_id: String,
-    /// Joined and knows the ring (see `node`).
-    pub ready: AtomicBool,
+    /// Joined and knows the ring (see `node`). Shared with the worker that sets it.
+    pub ready: Arc<AtomicBool>,
     /// Why the node is not ready beyond `ready` (seeds unreached, removed), and the fence
     /// a removed node answers KV requests with.
     pub readiness: Arc<crate::readiness::Readiness>,
+    /// The node's supervised workers (`/debug/workers`).
+    pub workers: crate::worker::Registry,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -83,6 +86,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/debug/keys", strict(get(debug_keys::keys)))
         .route("/debug/preflist/{*key}", strict(get(cluster::preflist)))
         .route("/debug/replication", strict(get(cluster::replication)))
+        .route("/debug/workers", strict(get(workers::workers)))
         .route("/cluster", strict(get(cluster::cluster)))
         .route("/metrics", strict(get(metrics::metrics)))
         .route("/admin/leave", strict(post(admin_leave)))
