@@ -1,34 +1,32 @@
 //! ringkv: a leaderless, Dynamo-style key-value store.
 //!
-//! The crate, bottom to top:
-//! - [`version`]: dotted version vectors, sibling sets, causality tokens (pure logic).
-//! - [`quorum`]: N, R and W as configured, the quorum a request names, and the reply
-//!   tracker (pure logic); how they clamp to the rings is `cluster::policy`'s.
-//! - [`key`]: key validation and strict percent-decoding.
-//! - [`store`]: the [`store::Store`] trait with redb and in-memory implementations (redb's
-//!   panics caught, a failed fsync told apart, reopened in place after a full disk).
-//! - [`identity`]: the node id kept in the data dir, and the epoch of its actor.
-//! - [`kv`]: this node's replica: checksummed records (a corrupt one reads as missing),
-//!   reads, the group-commit writer that applies every mutation inside one transaction,
-//!   and whether the storage takes writes (`kv::writable`).
-//! - [`coordinator`]: what a request does beneath HTTP (one node for now).
-//! - [`peer_service`]: answers peers' RPCs: reads, merges, hints, scans and digests go to
-//!   [`kv`], forwarded writes to [`coordinator`]; [`rpc::remote_error`] maps the errors.
-//! - [`net`]: the network seam: listeners and the clock come in through
-//!   [`net::Network`], so the same node runs on tokio sockets and inside turmoil.
-//! - [`http`]: the axum API, its error shape and limits.
-//! - [`peers`]: what every part that calls other nodes shares (view, RPC client, clock,
-//!   call timeout).
-//! - [`worker`]: the `Worker` trait and the supervisor that starts and stops a node's
-//!   workers in phases, each within a deadline (`/debug/workers`).
-//! - [`node`]: wires a whole node (`Node::build`) and runs it as a set of workers.
-//! - [`readiness`]: why a node is not ready (the reasons `/ready` reports), and the report
-//!   of seeds nobody answers.
-//! - [`client`]: an HTTP client for the API (pooled keep-alive), used by the CLI and
-//!   by `ringkv bench`.
-//! - [`bench`]: the load generator behind `ringkv bench`: targets (ringkv, etcd, Redis,
-//!   the reference), workload, HdrHistogram reports, server CPU and `/metrics` figures.
-//! - [`cli`] and [`telemetry`]: the `ringkv` command line and its logging.
+//! Every module, one line each, from the pure core up to the command line:
+//! - [`version`]: dotted version vectors, sibling sets and causality tokens (pure logic).
+//! - [`quorum`]: N, R and W as configured, a request's quorum, the reply tracker (pure).
+//! - [`key`]: what a key may be, and strict percent-decoding of it.
+//! - [`merkle`]: the hash tree two replicas compare to find the ranges where they differ.
+//! - [`config`]: a node's settings, whatever gave them (flags, environment, tests).
+//! - [`store`]: the storage seam, the `Store` trait, with redb and in-memory stores.
+//! - [`identity`]: the node id and actor epoch kept in the data dir, and its life marks.
+//! - [`kv`]: this node's replica: records, reads, hints, the tree, the group-commit writer.
+//! - [`stats`]: counters of what replication did (`/debug/replication`, `/metrics`).
+//! - [`net`]: the network seam (listeners, gossip sockets, the clock): tokio or turmoil.
+//! - [`rpc`]: internode calls: frames, messages, bounds, byte-cut batches, client, server.
+//! - [`cluster`]: gossip membership, the ring, the replication policy, persisted views.
+//! - [`peers`]: what every part that calls other nodes shares: view, RPC client, clock.
+//! - [`coordinator`]: what a client request does across replicas: reads, writes, listings.
+//! - [`peer_service`]: answers peers' RPCs from this node's replica (`kv`).
+//! - [`handoff`]: hinted handoff: hints delivered to their targets, or rerouted, or expired.
+//! - [`antientropy`]: Merkle exchange, moving unowned keys after ring changes, tombstone GC.
+//! - [`admin`]: join, leave and remove, and the departed ids every node keeps.
+//! - [`readiness`]: why a node is not ready (`/ready`), and seeds nobody answers.
+//! - [`http`]: the axum API: routes, the JSON error shape, limits, `/metrics`, `/debug/*`.
+//! - [`worker`]: the `Worker` trait and the supervisor that stops workers phase by phase.
+//! - [`node`]: `Node::build` wires a node's parts and workers; `run` serves until shutdown.
+//! - [`client`]: the HTTP client of the API (pooled keep-alive), for the CLI and the bench.
+//! - [`bench`]: the load generator of `ringkv bench`: workload, targets, HdrHistogram report.
+//! - [`cli`]: the `ringkv` command line: `serve`, the client commands, `bench`.
+//! - [`telemetry`]: logging to stderr, as text or JSON.
 
 // A panic in a node is a dropped request at best: non-test code handles every error, and
 // each remaining `expect` says in a comment why it cannot fail.
