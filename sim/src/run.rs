@@ -87,7 +87,7 @@ fn align_task_ids() {
         let task = rt.spawn(async {});
         let id: u64 = task.id().to_string().parse().unwrap_or(0);
         let _ = rt.block_on(task);
-        if (id + 1) % TASK_LISTS == 0 {
+        if (id + 1).is_multiple_of(TASK_LISTS) {
             return;
         }
     }
