@@ -123,7 +123,9 @@ impl Worker for Gc {
                 _ = ticker.tick() => {}
                 _ = shutdown.cancelled() => return,
             }
-            let _turn = self.ae.turns.lock().await;
+            let Some(_turn) = self.ae.take_turn(&shutdown).await else {
+                return;
+            };
             collect(&self.ae, &shutdown).await;
         }
     }

@@ -86,6 +86,18 @@ pub struct AntiEntropy {
 const SYNC_BATCH: usize = 32;
 
 impl AntiEntropy {
+    /// Waits for this node's turn among the exchange, movement and GC (see `turns`), or
+    /// for shutdown: a worker waiting on a long round must still stop within its deadline.
+    pub(crate) async fn take_turn(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        tokio::select! {
+            turn = self.turns.lock() => Some(turn),
+            _ = shutdown.cancelled() => None,
+        }
+    }
+
     fn view(&self) -> Arc<ClusterView> {
         self.peers.view()
     }
@@ -304,7 +316,9 @@ impl Worker for AntiEntropyWorker {
         loop {
             let view = ae.view();
             let current = (view.ring.hash(), view.write_ring.hash());
-            let turn = ae.turns.lock().await;
+            let Some(turn) = ae.take_turn(&shutdown).await else {
+                return;
+            };
             if current != rings && view.ring.len() > 1 {
                 // The rings changed: make every owned range whole now, not one per tick.
                 rings = current;

@@ -160,7 +160,9 @@ impl Movement {
     }
 
     async fn round(&self, shutdown: &CancellationToken) {
-        let _turn = self.ae.turns.lock().await;
+        let Some(_turn) = self.ae.take_turn(shutdown).await else {
+            return;
+        };
         let remaining = self.ae.move_unowned(shutdown).await;
         self.remaining.store(remaining, Ordering::Relaxed);
     }

@@ -47,9 +47,12 @@ impl Worker for Writer {
     }
 
     async fn run(&self, shutdown: CancellationToken) {
-        let Some(mut task) = take(&self.task) else {
+        let Some(task) = take(&self.task) else {
             return;
         };
+        // Cut off at its deadline, this worker is aborted: the writer must go with it, not
+        // run on detached, holding the store open after the node has stopped.
+        let mut task = tokio_util::task::AbortOnDropHandle::new(task);
         tokio::select! {
             _ = shutdown.cancelled() => {
                 self.stop.cancel();

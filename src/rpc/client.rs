@@ -324,6 +324,9 @@ impl Peer {
             conn.close.cancel();
             return None;
         }
+        // Handed out, it is about to carry a call: counted as busy from now, so that
+        // another caller cannot retire it before this one has sent.
+        conn.touch();
         Some(conn)
     }
 }
