@@ -134,6 +134,19 @@ pub struct NodeConfig {
     /// Seeds the node's random choices (its id, on first start). `None` draws from the
     /// OS; the simulation sets it so that a seed replays the same run.
     pub rng_seed: Option<u64>,
+    /// Client authentication and TLS; off unless the CLI was given their files.
+    pub security: SecurityConfig,
+}
+
+/// Who may call the HTTP API, and the TLS the node's listeners and dials use. The CLI
+/// loads the files into these; the node only uses them, so the simulation (which leaves
+/// both off) never reads a file.
+#[derive(Clone, Debug, Default)]
+pub struct SecurityConfig {
+    /// Bearer tokens of the HTTP API (`http::auth`); `None`: the API is open.
+    pub auth: Option<std::sync::Arc<crate::http::auth::Auth>>,
+    /// TLS of the HTTP API and of internode RPC (`net::tls`).
+    pub tls: crate::net::tls::NodeTls,
 }
 
 impl NodeConfig {
@@ -157,6 +170,7 @@ impl NodeConfig {
             limits: Limits::default(),
             blocking: BlockingMode::Threaded,
             rng_seed: None,
+            security: SecurityConfig::default(),
         }
     }
 }

@@ -107,6 +107,29 @@ pub struct ServeArgs {
     /// batches to overflow a frame without writing gigabytes.
     #[arg(long, env = "RINGKV_MAX_FRAME_BYTES", default_value_t = crate::rpc::frame::DEFAULT_MAX_FRAME_BYTES, hide = true)]
     pub max_frame_bytes: usize,
+    /// Bearer tokens of the HTTP API, one a line (blank lines and `#` comments skipped),
+    /// reread on SIGHUP. Every route but /health and /ready then needs
+    /// `Authorization: Bearer <token>`. Without it the API is open to anyone who reaches it.
+    #[arg(long, env = "RINGKV_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
+    /// Tokens for /admin/* (same format, reread on SIGHUP too). With it, client tokens get
+    /// 403 there; an admin token is good for every route.
+    #[arg(long, env = "RINGKV_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// PEM certificate chain: the HTTP API is served over TLS (and, with --rpc-tls,
+    /// internode RPC too, this certificate both serving and dialing).
+    #[arg(long, env = "RINGKV_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "RINGKV_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s) of the cluster: with --rpc-tls, peers must present a
+    /// certificate it signed, and are dialed only if theirs is.
+    #[arg(long, env = "RINGKV_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Internode RPC over mutual TLS (needs --tls-cert, --tls-key and --tls-ca).
+    #[arg(long, env = "RINGKV_RPC_TLS")]
+    pub rpc_tls: bool,
     #[arg(long, env = "RINGKV_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
     /// Log level or filter (`RUST_LOG` wins when set).
@@ -120,6 +143,12 @@ pub enum ServeError {
     Config(String),
     #[error(transparent)]
     Node(#[from] NodeError),
+    #[error(transparent)]
+    Auth(#[from] crate::http::auth::AuthError),
+    #[error(transparent)]
+    Tls(#[from] crate::net::tls::TlsError),
+    #[error("cannot listen for SIGHUP (token reload): {0}")]
+    Signal(#[source] std::io::Error),
 }
 
 impl ServeArgs {
@@ -186,7 +215,33 @@ impl ServeArgs {
             },
             blocking: BlockingMode::Threaded,
             rng_seed: None,
+            security: self.security()?,
         })
+    }
+
+    /// Loads the token and certificate files the flags name: a node that was asked to
+    /// protect its API and cannot does not start.
+    fn security(&self) -> Result<crate::config::SecurityConfig, ServeError> {
+        use crate::net::tls::{NodeTls, TlsFlags};
+        let auth = match (&self.auth_token_file, &self.admin_token_file) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(ServeError::Config(
+                    "--admin-token-file needs --auth-token-file".into(),
+                ))
+            }
+            (Some(client), admin) => Some(std::sync::Arc::new(crate::http::auth::Auth::load(
+                client,
+                admin.as_deref(),
+            )?)),
+        };
+        let tls = NodeTls::load(TlsFlags {
+            cert: self.tls_cert.as_deref(),
+            key: self.tls_key.as_deref(),
+            ca: self.tls_ca.as_deref(),
+            rpc: self.rpc_tls,
+        })?;
+        Ok(crate::config::SecurityConfig { auth, tls })
     }
 }
 
@@ -196,6 +251,13 @@ pub async fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
     let config = args.to_config()?;
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_shutdown(shutdown.clone()));
+    match config.security.auth.clone() {
+        None => tracing::warn!(
+            http = %config.addrs.http,
+            "no --auth-token-file: the HTTP API is open to anyone who can reach it"
+        ),
+        Some(auth) => reload_tokens_on_sighup(auth)?,
+    }
     node::run(config, TokioNetwork, shutdown, |started| {
         // One line on stdout, for scripts that start the node on port 0.
         let mut out = std::io::stdout().lock();
@@ -237,4 +299,28 @@ async fn signal_shutdown(shutdown: CancellationToken) {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
     }
     shutdown.cancel();
+}
+
+/// Rereads the token files on every SIGHUP. The handler is installed before the node
+/// starts, so a SIGHUP sent once it is up never takes SIGHUP's default (exit).
+fn reload_tokens_on_sighup(
+    auth: std::sync::Arc<crate::http::auth::Auth>,
+) -> Result<(), ServeError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).map_err(ServeError::Signal)?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match auth.reload() {
+                Ok(()) => {
+                    let (client, admin) = auth.counts();
+                    tracing::info!(client, admin, "SIGHUP: token files reread");
+                }
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "SIGHUP: token files not reread; the tokens in use stay"
+                ),
+            }
+        }
+    });
+    Ok(())
 }

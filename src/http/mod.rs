@@ -1,6 +1,7 @@
 //! The HTTP API (axum): routes, the shared state, and the error shape.
 //! docs/design.md §2 and README's API section are the contract.
 
+pub mod auth;
 mod batch;
 mod cluster;
 mod debug_keys;
@@ -93,6 +94,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/remove/{id}", strict(post(admin_remove)))
         .fallback(no_route)
         .layer(middleware::from_fn_with_state(state.clone(), fence_removed))
+        .layer(middleware::from_fn_with_state(
+            state.config.security.auth.clone(),
+            auth::require_token,
+        ))
         .layer(middleware::from_fn(log_request))
         .with_state(state)
 }

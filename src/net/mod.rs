@@ -4,6 +4,7 @@
 //! the same node code runs in both. Node code never names `tokio::net`.
 
 mod limit;
+pub mod tls;
 mod tokio_net;
 
 use std::future::Future;

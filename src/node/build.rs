@@ -26,11 +26,12 @@ use crate::handoff::{Handoff, HandoffConfig, HINT_PAGE};
 use crate::http::{self, AppState};
 use crate::identity::Identity;
 use crate::kv::LocalKv;
+use crate::net::tls::TlsListener;
 use crate::net::{LimitedListener, Network};
 use crate::peer_service::PeerService;
 use crate::peers::Peers;
 use crate::readiness::Readiness;
-use crate::rpc::client::{connector_for, RpcClient};
+use crate::rpc::client::{connector_with_tls, RpcClient};
 use crate::rpc::frame::{RpcConfig, RpcStats};
 use crate::rpc::BatchLimit;
 use crate::stats::ReplicationStats;
@@ -84,6 +85,7 @@ impl Node {
 
         let background = background_workers(&config, &store, &parts, &gossip, at);
         let mut workers = vec![(Phase::Writer, opened.writer)];
+        let rpc_listener = TlsListener::new(rpc_listener, config.security.tls.rpc_acceptor());
         let network = network_workers(&parts, rpc_listener, gossip.membership, gossip.stop);
         workers.extend(network.into_iter().map(|w| (Phase::Network, w)));
         workers.extend(background.into_iter().map(|w| (Phase::Background, w)));
@@ -92,7 +94,7 @@ impl Node {
             Phase::Http,
             Arc::new(Http {
                 listener: Mutex::new(Some(LimitedListener::new(
-                    http_listener,
+                    TlsListener::new(http_listener, config.security.tls.http_acceptor()),
                     config.limits.max_connections,
                 ))),
                 router: Mutex::new(Some(http::router(state.clone()))),
@@ -272,7 +274,7 @@ fn connect<N: Network>(
     let peers = Peers {
         view: gossip.membership.watch(),
         rpc: Arc::new(RpcClient::new(
-            connector_for(net.clone()),
+            connector_with_tls(net.clone(), config.security.tls.rpc_dialer()),
             rpc_config.clone(),
             rpc_stats.clone(),
         )),

@@ -51,6 +51,25 @@ pub fn connector_for<N: Network>(net: Arc<N>) -> Connector {
     })
 }
 
+/// A [`Connector`] that dials through `net` and, given `tls`, shakes hands on the new
+/// connection before it carries a frame (`net::tls`, internode mutual TLS).
+pub fn connector_with_tls<N: Network>(
+    net: Arc<N>,
+    tls: Option<tokio_rustls::TlsConnector>,
+) -> Connector {
+    let Some(tls) = tls else {
+        return connector_for(net);
+    };
+    Arc::new(move |addr| {
+        let (net, tls) = (net.clone(), tls.clone());
+        Box::pin(async move {
+            let stream = net.connect(addr).await?;
+            let stream = crate::net::tls::dial(&tls, addr, stream).await?;
+            Ok(Box::new(stream) as Box<dyn Stream>)
+        })
+    })
+}
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RpcError {
