@@ -32,6 +32,38 @@ pub enum ClientError {
     },
     #[error("unexpected answer: HTTP {status}: {body}")]
     Unexpected { status: u16, body: String },
+    #[error("the auth token cannot be sent: a token is printable ASCII without spaces")]
+    BadAuthToken,
+    #[error("reading the CA certificate {path}: {source}")]
+    CaCert {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ClientError {
+    /// The node refused the request's credentials: no token, a wrong one (401), or a
+    /// client token on an admin route that needs an admin token (403).
+    pub fn is_auth_refusal(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Api {
+                status: 401 | 403,
+                ..
+            }
+        )
+    }
+}
+
+/// A bearer token for the API. Its `Debug` does not show it, so options can be logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuthToken(pub String);
+
+impl std::fmt::Debug for AuthToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuthToken(<redacted>)")
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -94,6 +126,12 @@ pub struct ClientOptions {
     /// node's defaults when `None`.
     pub r: Option<String>,
     pub w: Option<String>,
+    /// Sent as `Authorization: Bearer …` on every request (a node started with
+    /// `--auth-token-file`).
+    pub auth_token: Option<AuthToken>,
+    /// A PEM file of CA certificates: an `https://` node is verified against these alone,
+    /// instead of the built-in public roots.
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 impl Default for ClientOptions {
@@ -104,7 +142,52 @@ impl Default for ClientOptions {
             max_idle_connections: 64,
             r: None,
             w: None,
+            auth_token: None,
+            ca_cert: None,
         }
+    }
+}
+
+impl ClientOptions {
+    /// The reqwest client these options describe: timeouts, pool, token, CA. Shared with
+    /// whatever else talks to the node for the same caller (the bench's `/metrics` reads).
+    pub fn http_client(&self) -> Result<reqwest::Client, ClientError> {
+        let mut builder = reqwest::Client::builder()
+            .timeout(self.timeout)
+            .connect_timeout(self.connect_timeout)
+            .pool_max_idle_per_host(self.max_idle_connections)
+            .tcp_nodelay(true);
+        if let Some(AuthToken(token)) = &self.auth_token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| ClientError::BadAuthToken)?;
+            // Kept out of reqwest's debug output.
+            value.set_sensitive(true);
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+            builder = builder.default_headers(headers);
+        }
+        if let Some(path) = &self.ca_cert {
+            let pem = std::fs::read(path).map_err(|source| ClientError::CaCert {
+                path: path.clone(),
+                source,
+            })?;
+            // Only the given CA: a node's private CA is what the caller means to trust.
+            builder = builder.tls_built_in_root_certs(false);
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)?;
+            if certs.is_empty() {
+                return Err(ClientError::CaCert {
+                    path: path.clone(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "it holds no PEM certificate",
+                    ),
+                });
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        Ok(builder.build()?)
     }
 }
 
@@ -118,7 +201,7 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client for the node at `base` (`http://host:port`).
+    /// A client for the node at `base` (`http://host:port` or `https://host:port`).
     pub fn new(base: &str) -> Result<Self, ClientError> {
         Self::with_options(base, &ClientOptions::default())
     }
@@ -136,12 +219,7 @@ impl Client {
     }
 
     pub fn with_options(base: &str, options: &ClientOptions) -> Result<Self, ClientError> {
-        let http = reqwest::Client::builder()
-            .timeout(options.timeout)
-            .connect_timeout(options.connect_timeout)
-            .pool_max_idle_per_host(options.max_idle_connections)
-            .tcp_nodelay(true)
-            .build()?;
+        let http = options.http_client()?;
         let query = |name: &str, v: &Option<String>| {
             v.as_deref()
                 .map(|v| format!("?{name}={}", utf8_percent_encode(v, KEY_ESCAPES)))

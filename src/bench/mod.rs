@@ -67,7 +67,11 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
         0
     };
 
-    let metrics_http = reqwest::Client::new();
+    // The workers' own settings: a node with auth wants the token on `/metrics` too.
+    let metrics_http = config
+        .client
+        .http_client()
+        .map_err(|e| BenchError::Connect(e.to_string()))?;
     let cpu_before = sample_cpu(&config.cpu)?;
     let metrics_before = sample_metrics(&metrics_http, &config.metrics_urls).await?;
     let (tally, ops, elapsed) = measure(&target, &config).await?;
@@ -131,6 +135,14 @@ async fn probe(target: &dyn Target) -> Result<(), BenchError> {
         .await
         .map_err(|e| BenchError::Connect(e.to_string()))?;
     match conn.get(&key_name(0)).await {
+        // A refused token would only fill the report with 401s.
+        Err(
+            e @ target::OpError::Status {
+                status: 401 | 403, ..
+            },
+        ) => Err(BenchError::Connect(format!(
+            "{e}: the target refused the token (--auth-token, RINGKV_TOKEN)"
+        ))),
         Ok(_) | Err(target::OpError::Status { .. }) => Ok(()),
         Err(e) => Err(BenchError::Connect(e.to_string())),
     }

@@ -75,6 +75,9 @@ impl From<ClientError> for OpError {
                 status,
                 code: String::new(),
             },
+            e @ (ClientError::BadAuthToken | ClientError::CaCert { .. }) => {
+                OpError::Other(e.to_string())
+            }
         }
     }
 }

@@ -8,7 +8,7 @@ use crate::bench::target::{HttpTarget, Target, TargetKind};
 use crate::bench::usage::CpuSource;
 use crate::bench::workload::{KeyDist, Workload};
 use crate::bench::{self, BenchConfig};
-use crate::client::ClientOptions;
+use crate::client::{AuthToken, ClientOptions};
 
 /// Longest run `--duration` accepts: a benchmark is always bounded.
 const MAX_DURATION: Duration = Duration::from_secs(3600);
@@ -82,6 +82,12 @@ pub struct BenchOptions {
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Bearer token for nodes started with --auth-token-file (`/metrics` needs it too).
+    #[arg(long = "auth-token", env = "RINGKV_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
+    /// PEM CA certificate(s) to verify `https://` nodes against.
+    #[arg(long, env = "RINGKV_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl BenchOptions {
@@ -133,6 +139,8 @@ impl BenchOptions {
             max_idle_connections: self.concurrency,
             r: self.r.clone(),
             w: self.w.clone(),
+            auth_token: self.auth_token.clone().map(AuthToken),
+            ca_cert: self.ca_cert.clone(),
             ..ClientOptions::default()
         }
     }

@@ -5,8 +5,8 @@ use std::io::{Read, Write};
 
 use bytes::Bytes;
 
-use super::Command;
-use crate::client::{Client, ClientError, ReadResult};
+use super::{Command, NodeArg};
+use crate::client::{Client, ClientError, ClientOptions, ReadResult};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
@@ -22,10 +22,74 @@ pub enum CommandError {
     Stdout(std::io::Error),
     #[error("{node} serves, but its ring disagrees with its peers: {reason}")]
     RingSplit { node: String, reason: String },
+    #[error(
+        "{node} refused the request: it needs a valid token (give --auth-token or set \
+         RINGKV_TOKEN; {source})"
+    )]
+    Unauthorized {
+        node: String,
+        #[source]
+        source: ClientError,
+    },
+    #[error(
+        "{node} refused the request: this command needs an admin token (the node has \
+         --admin-token-file; {source})"
+    )]
+    Forbidden {
+        node: String,
+        #[source]
+        source: ClientError,
+    },
+}
+
+impl CommandError {
+    /// A refused token becomes an error that says what to give, naming the node.
+    fn explain_refusal(self, node: Option<&str>) -> CommandError {
+        let node = node.unwrap_or("the node").to_owned();
+        match self {
+            CommandError::Client(source @ ClientError::Api { status: 401, .. }) => {
+                CommandError::Unauthorized { node, source }
+            }
+            CommandError::Client(source @ ClientError::Api { status: 403, .. }) => {
+                CommandError::Forbidden { node, source }
+            }
+            other => other,
+        }
+    }
+}
+
+fn client(node: &NodeArg) -> Result<Client, ClientError> {
+    client_with(node, ClientOptions::default())
+}
+
+fn client_with(node: &NodeArg, options: ClientOptions) -> Result<Client, ClientError> {
+    Client::with_options(&node.node, &node.client_options(options))
+}
+
+/// The node a client command talks to.
+fn node_of(command: &Command) -> Option<&NodeArg> {
+    match command {
+        Command::Put { node, .. }
+        | Command::Get { node, .. }
+        | Command::Delete { node, .. }
+        | Command::Status { node, .. }
+        | Command::Health { node, .. }
+        | Command::Leave { node }
+        | Command::Remove { node, .. }
+        | Command::List { node, .. } => Some(node),
+        Command::Serve(_) | Command::Bench(_) => None,
+    }
 }
 
 /// Runs one client command. Output goes to stdout; tokens to stderr.
 pub async fn run_client(command: Command) -> Result<(), CommandError> {
+    let node = node_of(&command).map(|n| n.node.clone());
+    run(command)
+        .await
+        .map_err(|e| e.explain_refusal(node.as_deref()))
+}
+
+async fn run(command: Command) -> Result<(), CommandError> {
     match command {
         Command::Serve(_) => unreachable!("serve is not a client command"),
         Command::Bench(_) => {
@@ -47,14 +111,14 @@ pub async fn run_client(command: Command) -> Result<(), CommandError> {
             } else {
                 Bytes::from(value)
             };
-            let client = Client::new(&node.node)?;
+            let client = client(&node)?;
             let token = client
                 .put(&key, value, content_type.as_deref(), token.as_deref())
                 .await?;
             eprintln!("{token}");
         }
         Command::Get { key, node } => {
-            let client = Client::new(&node.node)?;
+            let client = client(&node)?;
             let mut out = std::io::stdout().lock();
             match client.get(&key).await? {
                 None => return Err(CommandError::NotFound(key)),
@@ -70,13 +134,13 @@ pub async fn run_client(command: Command) -> Result<(), CommandError> {
             out.flush().map_err(CommandError::Stdout)?;
         }
         Command::Delete { key, token, node } => {
-            let client = Client::new(&node.node)?;
+            let client = client(&node)?;
             if !client.delete(&key, token.as_deref()).await? {
                 return Err(CommandError::NotFound(key));
             }
         }
         Command::Status { node, json } => {
-            let client = Client::new(&node.node)?;
+            let client = client(&node)?;
             let cluster = client.cluster().await?;
             let mut out = std::io::stdout().lock();
             let text = if json {
@@ -87,16 +151,27 @@ pub async fn run_client(command: Command) -> Result<(), CommandError> {
             writeln!(out, "{text}").map_err(CommandError::Stdout)?;
         }
         Command::Health { node, timeout } => {
-            let client = Client::with_timeout(&node.node, timeout)?;
+            let client = client_with(
+                &node,
+                ClientOptions {
+                    timeout,
+                    connect_timeout: timeout,
+                    ..ClientOptions::default()
+                },
+            )?;
             client.ready().await.map_err(|e| CommandError::NotReady {
                 node: node.node.clone(),
                 reason: with_causes(&e),
             })?;
             // `/ready` stays 200 through a split ring (the node still serves); health
             // does not, since requests are routed differently depending on the node.
-            let cluster = client.cluster().await.map_err(|e| CommandError::NotReady {
-                node: node.node.clone(),
-                reason: with_causes(&e),
+            let cluster = client.cluster().await.map_err(|e| match e {
+                // `/cluster` needs the token (`/ready` does not): say so, not "not ready".
+                e if e.is_auth_refusal() => CommandError::Client(e),
+                e => CommandError::NotReady {
+                    node: node.node.clone(),
+                    reason: with_causes(&e),
+                },
             })?;
             if let Some(reason) = ring_split(&cluster) {
                 return Err(CommandError::RingSplit {
@@ -107,11 +182,11 @@ pub async fn run_client(command: Command) -> Result<(), CommandError> {
             println!("ready");
         }
         Command::Leave { node } => {
-            let answer = Client::new(&node.node)?.admin("/admin/leave").await?;
+            let answer = client(&node)?.admin("/admin/leave").await?;
             println!("{}", answer["status"].as_str().unwrap_or("leaving"));
         }
         Command::Remove { id, force, node } => {
-            let answer = Client::new(&node.node)?.remove(&id, force).await?;
+            let answer = client(&node)?.remove(&id, force).await?;
             println!("{} {}", answer["status"].as_str().unwrap_or("removed"), id);
         }
         Command::List {
@@ -119,7 +194,7 @@ pub async fn run_client(command: Command) -> Result<(), CommandError> {
             limit,
             node,
         } => {
-            let client = Client::new(&node.node)?;
+            let client = client(&node)?;
             let mut out = std::io::stdout().lock();
             let mut cursor: Option<String> = None;
             let mut printed = 0;

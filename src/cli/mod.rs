@@ -24,9 +24,32 @@ pub struct Cli {
 /// Where client commands send their requests.
 #[derive(clap::Args, Debug, Clone)]
 pub struct NodeArg {
-    /// The node to talk to.
+    /// The node to talk to (`http://…`, or `https://…` for a node with --tls-cert).
     #[arg(long, env = "RINGKV_NODE", default_value = "http://127.0.0.1:7070")]
     pub node: String,
+    /// Bearer token for a node started with --auth-token-file (an admin token for
+    /// `leave` and `remove` when it has --admin-token-file). Prefer the variable: a flag
+    /// shows in the process list.
+    #[arg(long = "auth-token", env = "RINGKV_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
+    /// PEM CA certificate(s) to verify an `https://` node against, instead of the
+    /// built-in public roots.
+    #[arg(long, env = "RINGKV_CA_CERT")]
+    pub ca_cert: Option<std::path::PathBuf>,
+}
+
+impl NodeArg {
+    /// The client options these flags ask for, on top of `base`.
+    pub fn client_options(
+        &self,
+        base: crate::client::ClientOptions,
+    ) -> crate::client::ClientOptions {
+        crate::client::ClientOptions {
+            auth_token: self.auth_token.clone().map(crate::client::AuthToken),
+            ca_cert: self.ca_cert.clone(),
+            ..base
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
