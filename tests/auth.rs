@@ -323,6 +323,14 @@ async fn an_empty_or_unreadable_token_file_stops_the_start() {
         "stderr: {stderr}"
     );
 
+    let admin = write_file(dir.path(), "admin", &format!("{ADMIN}\n"));
+    let out = serve_must_fail(&["--admin-token-file", admin.to_str().unwrap()]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("needs --auth-token-file"),
+        "stderr: {stderr}"
+    );
+
     let short = write_file(dir.path(), "short", "tooshort\n");
     let out = serve_must_fail(&["--auth-token-file", short.to_str().unwrap()]).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -478,4 +486,46 @@ async fn a_cluster_with_auth_forms_and_replicates() {
     assert_eq!(got.status(), StatusCode::OK);
     assert_eq!(got.text().await.unwrap(), "everywhere");
     eprintln!("replicated in {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn the_bench_sends_its_token_and_a_refused_one_stops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = write_file(dir.path(), "tokens", &format!("{CLIENT_A}\n"));
+    let node = TestNode::start_with(&["--auth-token-file", tokens.to_str().unwrap()]).await;
+    let url = node.base_url();
+    let run = [
+        "bench",
+        "--url",
+        &url,
+        "--duration",
+        "1s",
+        "--ops",
+        "200",
+        "--concurrency",
+        "4",
+        "--keys",
+        "50",
+        "--json",
+    ];
+    let out = cli(&run, &[("RINGKV_TOKEN", CLIENT_A)]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench with the token: {stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON report");
+    assert_eq!(report["errors_total"], 0, "{report:#}");
+    assert!(report["ops"].as_u64().is_some_and(|n| n > 0), "{report:#}");
+    // `/metrics` was read with the token too: the node's counters made it into the report.
+    assert!(
+        report["efficiency"]["writes_acknowledged"]
+            .as_u64()
+            .is_some(),
+        "no /metrics figures: {report:#}"
+    );
+
+    let out = cli(&run, &[]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("refused the token"),
+        "bench without the token: {stderr}"
+    );
 }
