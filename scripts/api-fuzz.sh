@@ -4,6 +4,7 @@
 # valid and invalid requests, and stops the node.
 #
 #   scripts/api-fuzz.sh [--install] [--max-examples N] [--max-time S] [--seed N] [--keep]
+#                       [--checks LIST] [--report FORMATS]
 #
 # It fails on any 5xx other than 503 (not_a_server_error, 503 allowed: a node sheds load
 # and answers `unavailable` by design), and on any answer the document does not describe:
@@ -11,13 +12,15 @@
 # body (response_schema_conformance). `POST /admin/leave` is left out: the node would leave
 # and exit.
 #
-#   --install         pip-install the pinned schemathesis first when `st` is missing or
-#                     another version
+#   --install         pip-install the pinned schemathesis into target/api-fuzz-venv first
+#                     when the `st` on PATH is missing or another version
 #   --max-examples N  test cases per operation and phase (default 40)
 #   --max-time S      schemathesis' time budget (default 120 s); the whole script is
 #                     bounded by S + 60 s more
 #   --seed N          reproduce a run (schemathesis prints the seed it used)
 #   --keep            keep the temp dir (node log, reports) for a look afterwards
+#   --checks LIST     other schemathesis checks (e.g. `all`) to look for more than the gate
+#   --report FORMATS  more reports than junit (e.g. `ndjson,har`), in the temp dir's report/
 #
 # Settings (environment):
 #   RINGKV_BIN  the ringkv binary (default target/release/ringkv, else target/debug/ringkv,
@@ -29,6 +32,8 @@ SCHEMATHESIS_VERSION=4.32.5
 max_examples=40
 max_time=120
 seed=
+checks=not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance
+reports=junit
 install=0
 keep=0
 while [ $# -gt 0 ]; do
@@ -38,7 +43,9 @@ while [ $# -gt 0 ]; do
     --max-time) max_time=${2:?--max-time needs seconds}; shift 2 ;;
     --seed) seed=${2:?--seed needs a number}; shift 2 ;;
     --keep) keep=1; shift ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    --checks) checks=${2:?--checks needs a list}; shift 2 ;;
+    --report) reports=${2:?--report needs formats}; shift 2 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) echo "api-fuzz.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -48,13 +55,16 @@ die() { echo "api-fuzz.sh: $*" >&2; exit 1; }
 
 st_version() { st --version 2>/dev/null | awk '{print $NF}'; }
 if [ "$(st_version)" != "$SCHEMATHESIS_VERSION" ]; then
-  if [ "$install" = 1 ]; then
-    python3 -m pip install --quiet --disable-pip-version-check \
+  # Its own venv under target/: no system Python is changed (nor refused, as PEP 668 does).
+  venv=target/api-fuzz-venv
+  if [ "$install" = 1 ] && [ ! -x "$venv/bin/st" ]; then
+    python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
       "schemathesis==$SCHEMATHESIS_VERSION"
-    hash -r
   fi
+  [ -x "$venv/bin/st" ] && PATH="$PWD/$venv/bin:$PATH"
   [ "$(st_version)" = "$SCHEMATHESIS_VERSION" ] ||
-    die "needs schemathesis $SCHEMATHESIS_VERSION (\`st\`; found: $(st_version || true)); run with --install or pip install schemathesis==$SCHEMATHESIS_VERSION"
+    die "needs schemathesis $SCHEMATHESIS_VERSION (\`st\`; found: $(st_version || true)); run with --install, or pip install schemathesis==$SCHEMATHESIS_VERSION"
 fi
 command -v curl >/dev/null || die "needs curl"
 
@@ -125,7 +135,7 @@ EOF
 echo "api-fuzz.sh: schemathesis $SCHEMATHESIS_VERSION against $base ($bin), $max_examples examples per operation, ${max_time}s"
 args=(
   --url "$base"
-  --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance
+  --checks "$checks"
   --exclude-path /admin/leave
   --max-examples "$max_examples"
   --max-time "$max_time"
@@ -134,7 +144,7 @@ args=(
   --generation-with-security-parameters false
   --generation-database none
   --suppress-health-check all
-  --report junit --report-dir "$tmp/report"
+  --report "$reports" --report-dir "$tmp/report"
   --no-color
 )
 [ -n "$seed" ] && args+=(--seed "$seed")

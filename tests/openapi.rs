@@ -232,6 +232,20 @@ async fn shared_answers_are_described_alike() {
             assert_eq!(schema, expected, "{what} {status}: {response}");
         }
     }
+    // Links name their target by `operationId` (camelCase, as OpenAPI spells it).
+    for (method, path, op) in operations(&doc) {
+        for (status, response) in op["responses"].as_object().into_iter().flatten() {
+            for (name, link) in response["links"].as_object().into_iter().flatten() {
+                let target = link["operationId"].as_str().unwrap_or_else(|| {
+                    panic!("{method} {path} {status}: link {name} has no operationId: {link}")
+                });
+                assert!(
+                    ids.iter().any(|id| id == target),
+                    "{method} {path} {status}: link {name} names no operation: {target}"
+                );
+            }
+        }
+    }
     let count = ids.len();
     ids.sort();
     ids.dedup();

@@ -283,6 +283,12 @@ pub async fn head_key(
             headers(
                 ("x-causality-token" = String, description = "The token of the new version"),
                 ("x-ringkv-dot" = String, description = "`<actor>:<counter>`: the version this write created"),
+            ),
+            links(
+                ("GetKey" = (operation_id = "get_key", parameters(("key" = "$request.path.key")),
+                    description = "Read back what was written")),
+                ("DeleteKey" = (operation_id = "delete_key", parameters(("key" = "$request.path.key")),
+                    description = "Delete what was written")),
             )),
         (status = 200, description = "With `returnbody=true`: the stored value, as `GET` answers it", content(("*/*")),
             headers(

@@ -25,6 +25,9 @@ pub const BEARER_AUTH: &str = "bearerAuth";
 /// Routes that take no credentials: probes must work without them.
 const OPEN_PATHS: &[&str] = &["/health", "/ready"];
 
+/// Routes that never shed load: a liveness probe answers while the process runs.
+const UNSHED_PATHS: &[&str] = &["/health"];
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -71,10 +74,40 @@ struct ApiDoc;
 static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
     // A document of our own types always serializes; an empty one would be caught by the
     // test that compares it with docs/openapi.json.
-    let mut text = ApiDoc::openapi().to_pretty_json().unwrap_or_default();
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    camel_case_links(&mut doc);
+    let mut text = serde_json::to_string_pretty(&doc).unwrap_or_default();
     text.push('\n');
     text
 });
+
+/// utoipa 5 writes a Link Object's `operationId` and `operationRef` in snake case, which
+/// no client reads (the OpenAPI names are camel case); renamed here, where the links are.
+fn camel_case_links(doc: &mut serde_json::Value) {
+    let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else {
+        return;
+    };
+    let links = paths
+        .values_mut()
+        .filter_map(|item| item.as_object_mut())
+        .flat_map(|item| item.values_mut())
+        .filter_map(|op| op.get_mut("responses")?.as_object_mut())
+        .flat_map(|responses| responses.values_mut())
+        .filter_map(|response| response.get_mut("links")?.as_object_mut())
+        .flat_map(|links| links.values_mut())
+        .filter_map(|link| link.as_object_mut());
+    for link in links {
+        for (snake, camel) in [
+            ("operation_id", "operationId"),
+            ("operation_ref", "operationRef"),
+            ("request_body", "requestBody"),
+        ] {
+            if let Some(value) = link.remove(snake) {
+                link.insert(camel.to_owned(), value);
+            }
+        }
+    }
+}
 
 /// The document as JSON text, as committed in docs/openapi.json.
 pub fn document_json() -> &'static str {
@@ -324,16 +357,18 @@ impl Modify for Shared {
         );
         for (path, item) in doc.paths.paths.iter_mut() {
             let open = OPEN_PATHS.contains(&path.as_str());
+            let shed = !UNSHED_PATHS.contains(&path.as_str());
             let ops = [
                 (&mut item.get, false),
-                (&mut item.head, false),
-                (&mut item.put, true),
+                (&mut item.head, true),
+                (&mut item.put, false),
                 (&mut item.delete, false),
-                (&mut item.post, true),
+                (&mut item.post, false),
             ];
-            for (op, takes_body) in ops {
+            for (op, head) in ops {
                 if let Some(op) = op.as_mut() {
-                    shared_responses(op, open, takes_body && op.request_body.is_some());
+                    let takes_body = op.request_body.is_some();
+                    shared_responses(op, open, shed, head, takes_body);
                 }
             }
         }
@@ -354,11 +389,7 @@ fn error_response(description: &str) -> ApiResponse {
 
 /// Adds auth, load shedding and body deadlines to one operation. A HEAD answer has no body,
 /// so its responses describe none.
-fn shared_responses(op: &mut Operation, open: bool, takes_body: bool) {
-    let head = op
-        .operation_id
-        .as_deref()
-        .is_some_and(|id| id.starts_with("head_"));
+fn shared_responses(op: &mut Operation, open: bool, shed: bool, head: bool, takes_body: bool) {
     let strip = |mut r: ApiResponse| {
         if head {
             r.content.clear();
@@ -394,7 +425,7 @@ fn shared_responses(op: &mut Operation, open: bool, takes_body: bool) {
             )))
         });
     }
-    if open && op.operation_id.as_deref() == Some("health") {
+    if !shed {
         return;
     }
     let retry_after = HeaderBuilder::new()
