@@ -294,7 +294,7 @@ pub struct ReadyBody {
 /// `GET /ready`'s 503 body: the error shape, plus `status` and `reason`.
 #[derive(Serialize, ToSchema)]
 pub struct NotReadyBody {
-    /// Why: `not_ready`, `rejoining`, `removed`, …
+    /// `not_ready` (starting, no seed answered, rejoining), or `removed`.
     pub error: String,
     pub message: String,
     /// Always `not_ready`.
