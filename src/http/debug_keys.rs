@@ -46,7 +46,7 @@ pub struct StoredKeysBody {
     params(super::openapi::DebugKeysQuery),
     responses(
         (status = 200, description = "One page of the keys this node stores, tombstoned ones included", body = StoredKeysBody),
-        (status = 400, description = "`bad_param`: an unknown parameter or a bad `limit`", body = super::error::ErrorBody),
+        (status = 400, description = "`bad_param`: an unknown parameter, a bad `limit`, a value that is not UTF-8 once decoded", body = super::error::ErrorBody),
         (status = 500, description = "`internal`: the storage failed", body = super::error::ErrorBody),
     ),
 )]

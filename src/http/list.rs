@@ -79,7 +79,7 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     params(super::openapi::ListQuery),
     responses(
         (status = 200, description = "One page of live keys in byte order, merged from every healthy member's scan", body = ListBody),
-        (status = 400, description = "`bad_param`: an unknown parameter, a bad `limit`, `r` or `timeout_ms`, a `cursor` this API did not return, a bad `prefix`", body = super::error::ErrorBody),
+        (status = 400, description = "`bad_param`: an unknown parameter, a bad `limit`, `r` or `timeout_ms`, a `cursor` this API did not return, a bad `prefix`, a value that is not UTF-8 once decoded", body = super::error::ErrorBody),
         (status = 500, description = "`internal`: the storage failed", body = super::error::ErrorBody),
         (status = 503, description = "`unavailable`: a ring range had no replica that answered (a listing is never silently partial), or the node is rejoining; `removed`: the cluster removed this node", body = super::error::ErrorBody),
     ),
