@@ -123,7 +123,7 @@ done
 # the fuzzing is against what is committed.
 curl -sf --max-time 5 "$base/openapi.json" -o "$tmp/served.json" || die "GET /openapi.json failed"
 cmp -s "$tmp/served.json" docs/openapi.json ||
-  die "docs/openapi.json is stale: regenerate it with RINGKV_WRITE_OPENAPI=1 cargo nextest run -p ringkv --test openapi"
+  die "$bin serves another document than docs/openapi.json: rebuild it, or regenerate the document with RINGKV_WRITE_OPENAPI=1 cargo nextest run -p ringkv --test openapi"
 
 cat >"$tmp/schemathesis.toml" <<'EOF'
 # A 503 is an answer the document describes (unavailable, removed, overloaded); every
