@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Serialize;
 
 /// A monotonically increasing count.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, utoipa::ToSchema)]
+#[schema(value_type = u64)]
 pub struct Counter(AtomicU64);
 
 impl Counter {
@@ -29,7 +30,7 @@ impl Serialize for Counter {
     }
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct ReplicationStats {
     /// Hints this node stored as a stand-in.
     pub hints_stored: Counter,

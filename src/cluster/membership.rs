@@ -46,7 +46,9 @@ pub const SPLIT_AFTER_ROUNDS: u32 = 10;
 /// absent while it does, so a node of an older build reads as writable.
 pub const KEY_NO_WRITES: &str = "no_writes";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum MemberState {
     /// Takes writes for its future ranges while it pulls them; serves no reads yet.

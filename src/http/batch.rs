@@ -22,19 +22,29 @@ use super::params::Query;
 use super::render::{self, SiblingJson};
 use super::AppState;
 
-#[derive(Deserialize)]
+/// `{"ops": [...]}`: each op is parsed on its own, so a bad one gets its own 400 result.
+#[derive(Deserialize, utoipa::ToSchema)]
 struct BatchRequest {
+    #[schema(value_type = Vec<RawOp>)]
     ops: Vec<serde_json::Value>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = BatchOp)]
 struct RawOp {
+    #[schema(value_type = super::openapi::BatchOpKind)]
     op: String,
+    /// 1 to 1024 bytes of UTF-8.
     key: String,
+    /// A `put`'s value (required there).
     value: Option<String>,
+    /// How `value` is written (default `utf8`).
+    #[schema(value_type = Option<super::openapi::Encoding>)]
     encoding: Option<String>,
+    /// A `put`'s media type (default `application/octet-stream`).
     content_type: Option<String>,
+    /// The causality token of a `put` or `delete`.
     token: Option<String>,
 }
 
@@ -52,7 +62,9 @@ impl Op {
     }
 }
 
-#[derive(Serialize, Default)]
+/// One op's result: `status` as the single-key call would answer, then its siblings and
+/// token, or its error.
+#[derive(Serialize, Default, utoipa::ToSchema)]
 pub struct OpResult {
     status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -76,8 +88,9 @@ impl From<ApiError> for OpResult {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct BatchBody {
+    /// One per op, in order.
     results: Vec<OpResult>,
 }
 
@@ -162,6 +175,20 @@ async fn run_op(state: &AppState, op: Op, opts: &RequestOpts) -> OpResult {
     result.unwrap_or_else(|e| ApiError::from(e).into())
 }
 
+#[utoipa::path(
+    post,
+    path = "/batch",
+    tag = "kv",
+    params(super::openapi::BatchQuery),
+    request_body(content = BatchRequest, content_type = "application/json",
+        description = "At most `--max-batch-ops` ops and `--max-batch-bytes` bytes. Not atomic: each op is applied on its own, in order"),
+    responses(
+        (status = 200, description = "One result per op, in order; a failed op has its own `status`, `error` and `message`", body = BatchBody),
+        (status = 400, description = "`bad_param`, or `bad_request`: the body is not `{\"ops\": [...]}`", body = super::error::ErrorBody),
+        (status = 413, description = "`too_large`: too many ops, or a body over `--max-batch-bytes`", body = super::error::ErrorBody),
+        (status = 503, description = "`unavailable`: the node is rejoining; `removed`: the cluster removed this node", body = super::error::ErrorBody),
+    ),
+)]
 pub async fn batch(
     State(state): State<Arc<AppState>>,
     RawQuery(query): RawQuery,

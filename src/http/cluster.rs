@@ -20,7 +20,7 @@ use super::kv::key_from_uri;
 use super::AppState;
 
 /// One member as `/cluster` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MemberJson {
     /// The node id, 16 hex digits (see [`MemberJson::node_id`]).
     pub id: String,
@@ -52,7 +52,7 @@ impl MemberJson {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Factors {
     pub n: usize,
     pub r: usize,
@@ -60,7 +60,7 @@ pub struct Factors {
 }
 
 /// Hints pending for one target, as `/cluster` and `/debug/replication` show them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PendingJson {
     pub count: u64,
     pub bytes: u64,
@@ -78,7 +78,7 @@ impl From<Pending> for PendingJson {
 /// The `/cluster` document: what the node answers, and what the tools (`ringkv-tools`)
 /// and tests read back, typed on both sides so a renamed field breaks the build rather
 /// than a check.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClusterJson {
     pub node_id: String,
     pub cluster_id: String,
@@ -137,7 +137,7 @@ pub enum DocumentError {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DepartedJson {
     pub id: String,
     /// `left` or `removed`.
@@ -160,7 +160,7 @@ async fn departed(state: &AppState) -> Vec<DepartedJson> {
         .collect()
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DisagreementJson {
     pub id: String,
     pub ring_hash: String,
@@ -177,6 +177,12 @@ fn pending(state: &AppState) -> BTreeMap<String, Pending> {
         .collect()
 }
 
+#[utoipa::path(
+    get,
+    path = "/cluster",
+    tag = "cluster",
+    responses((status = 200, description = "What this node knows of the cluster: members, rings, factors, hints, departures", body = ClusterJson)),
+)]
 pub async fn cluster(State(state): State<Arc<AppState>>) -> Json<ClusterJson> {
     let view = state.coord.view();
     let ownership = view.ring.ownership();
@@ -240,16 +246,25 @@ pub async fn cluster(State(state): State<Arc<AppState>>) -> Json<ClusterJson> {
     })
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ReplicationJson<'a> {
+    /// Per target node id.
+    #[schema(value_type = BTreeMap<String, PendingJson>)]
     hints_pending: BTreeMap<String, Pending>,
     hints_pending_total: u64,
     /// Merges from peers stored although they left a key over the sibling cap.
     merges_over_sibling_cap: u64,
     #[serde(flatten)]
+    #[schema(value_type = ReplicationStats)]
     stats: &'a ReplicationStats,
 }
 
+#[utoipa::path(
+    get,
+    path = "/debug/replication",
+    tag = "debug",
+    responses((status = 200, description = "What the replication machinery did: hints, repairs, anti-entropy, data movement", body = ReplicationJson)),
+)]
 pub async fn replication(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
     let hints_pending = pending(&state);
     let hints_pending_total = hints_pending.values().map(|p| p.count).sum();
@@ -262,7 +277,7 @@ pub async fn replication(State(state): State<Arc<AppState>>) -> Json<serde_json:
     Json(serde_json::to_value(&body).unwrap_or_default())
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct PreflistJson {
     key: String,
     position: String,
@@ -272,6 +287,16 @@ pub struct PreflistJson {
     walk: Vec<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/debug/preflist/{key}",
+    tag = "debug",
+    params(super::openapi::KeyPath),
+    responses(
+        (status = 200, description = "The key's ring position, preference list and walk", body = PreflistJson),
+        (status = 400, description = "`bad_key`", body = super::error::ErrorBody),
+    ),
+)]
 pub async fn preflist(
     State(state): State<Arc<AppState>>,
     uri: Uri,

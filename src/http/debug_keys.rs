@@ -19,7 +19,7 @@ use super::AppState;
 pub const DEFAULT_LIMIT: usize = 1000;
 pub const MAX_LIMIT: usize = 10_000;
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct StoredKeyJson {
     key: String,
     /// The set's digest, as anti-entropy compares it: equal on two nodes when their
@@ -30,7 +30,7 @@ pub struct StoredKeyJson {
     versions: usize,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct StoredKeysBody {
     node_id: String,
     keys: Vec<StoredKeyJson>,
@@ -38,6 +38,18 @@ pub struct StoredKeysBody {
     next_after: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/debug/keys",
+    operation_id = "debug_keys",
+    tag = "debug",
+    params(super::openapi::DebugKeysQuery),
+    responses(
+        (status = 200, description = "One page of the keys this node stores, tombstoned ones included", body = StoredKeysBody),
+        (status = 400, description = "`bad_param`: an unknown parameter, a bad `limit`, a value that is not UTF-8 once decoded", body = super::error::ErrorBody),
+        (status = 500, description = "`internal`: the storage failed", body = super::error::ErrorBody),
+    ),
+)]
 pub async fn keys(
     State(state): State<Arc<AppState>>,
     RawQuery(query): RawQuery,

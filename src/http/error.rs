@@ -18,9 +18,15 @@ pub struct ApiError {
     pub message: String,
 }
 
-#[derive(Serialize)]
+/// Every error answer: a code to match on, and a message for people.
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ErrorBody<'a> {
+    /// `bad_key`, `bad_token`, `bad_param`, `bad_content_type`, `bad_request`, `not_found`,
+    /// `method_not_allowed`, `sibling_limit`, `precondition_failed`, `too_large`,
+    /// `unavailable`, `insufficient_storage`, `internal`, …
+    #[schema(example = "bad_param")]
     pub error: &'a str,
+    #[schema(example = "unknown query parameter \"x\"; this route takes r, timeout_ms")]
     pub message: &'a str,
 }
 

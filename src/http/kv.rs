@@ -119,7 +119,8 @@ pub fn create_only(headers: &HeaderMap) -> Result<bool, ApiError> {
     Ok(true)
 }
 
-#[derive(Serialize)]
+/// GET's 300: the live siblings, and the token that covers them all.
+#[derive(Serialize, utoipa::ToSchema)]
 struct SiblingsBody {
     siblings: Vec<SiblingJson>,
     causality_token: String,
@@ -174,6 +175,28 @@ pub fn read_response(key: &Key, set: Option<SiblingSet>) -> Response {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/kv/{key}",
+    tag = "kv",
+    params(
+        super::openapi::KeyPath,
+        super::openapi::ReadQuery,
+    ),
+    responses(
+        (status = 200, description = "The one live value, raw, with the `Content-Type` it was stored with",
+            content(("*/*")),
+            headers(("x-causality-token" = String, description = "What this read saw: send it with the next write"))),
+        (status = 300, description = "Concurrent siblings: write their merge with this token to resolve them",
+            body = SiblingsBody,
+            headers(("x-causality-token" = String, description = "Covers every sibling"))),
+        (status = 400, description = "`bad_key`, `bad_param` (unknown parameter, bad `r` or `timeout_ms`)", body = super::error::ErrorBody),
+        (status = 404, description = "`not_found`: no live value (never written, or deleted)", body = super::error::ErrorBody,
+            headers(("x-causality-token" = String, description = "What the read saw (tombstones, or the empty context): write with it after a 404"))),
+        (status = 500, description = "`internal`: the storage failed", body = super::error::ErrorBody),
+        (status = 503, description = "`unavailable`: fewer than R replicas answered in time, or the node is rejoining; `removed`: the cluster removed this node", body = super::error::ErrorBody),
+    ),
+)]
 pub async fn get_key(
     State(state): State<Arc<AppState>>,
     uri: Uri,
@@ -187,6 +210,27 @@ pub async fn get_key(
     Ok(read_response(&key, set))
 }
 
+#[utoipa::path(
+    head,
+    path = "/kv/{key}",
+    tag = "kv",
+    params(
+        super::openapi::KeyPath,
+        super::openapi::ReadQuery,
+    ),
+    responses(
+        (status = 200, description = "The key has a live value (no body)",
+            headers(
+                ("x-causality-token" = String, description = "What this read saw"),
+                ("x-siblings" = u64, description = "How many live siblings there are"),
+            )),
+        (status = 400, description = "`bad_key`, `bad_param` (no body)"),
+        (status = 404, description = "No live value (no body)",
+            headers(("x-causality-token" = String, description = "What the read saw: write with it after a 404"))),
+        (status = 500, description = "`internal`: the storage failed (no body)"),
+        (status = 503, description = "`unavailable` or `removed` (no body)"),
+    ),
+)]
 pub async fn head_key(
     State(state): State<Arc<AppState>>,
     uri: Uri,
@@ -216,6 +260,55 @@ pub async fn head_key(
     }
 }
 
+#[utoipa::path(
+    put,
+    path = "/kv/{key}",
+    tag = "kv",
+    params(
+        super::openapi::KeyPath,
+        super::openapi::PutQuery,
+        ("x-causality-token" = Option<String>, Header, description = "The token of the read this write follows: the write supersedes exactly what it saw. Without one it supersedes whatever the coordinator holds"),
+        ("If-None-Match" = Option<super::openapi::AnyEtag>, Header, description = "`*` only: create-only, `412` when a replica that answered at W holds a live value. Any other conditional header is `400`"),
+    ),
+    request_body(
+        description = "The value: opaque bytes, at most `--max-value-bytes`. Its `Content-Type` (a media type of at most 256 bytes; default `application/octet-stream`) is stored and returned as given",
+        content(
+            (super::openapi::RawValue = "application/octet-stream"),
+            (String = "text/plain"),
+            (Object = "application/json"),
+        ),
+    ),
+    responses(
+        (status = 204, description = "Stored at W",
+            headers(
+                ("x-causality-token" = String, description = "The token of the new version"),
+                ("x-ringkv-dot" = String, description = "`<actor>:<counter>`: the version this write created"),
+            ),
+            links(
+                ("GetKey" = (operation_id = "get_key", parameters(("key" = "$request.path.key")),
+                    description = "Read back what was written")),
+                ("DeleteKey" = (operation_id = "delete_key", parameters(("key" = "$request.path.key")),
+                    description = "Delete what was written")),
+            )),
+        (status = 200, description = "With `returnbody=true`: the stored value, as `GET` answers it", content(("*/*")),
+            headers(
+                ("x-causality-token" = String, description = "The token of the new version"),
+                ("x-ringkv-dot" = String, description = "`<actor>:<counter>`: the version this write created"),
+            )),
+        (status = 300, description = "With `returnbody=true`: the siblings the key holds now", body = SiblingsBody,
+            headers(
+                ("x-causality-token" = String, description = "Covers every sibling"),
+                ("x-ringkv-dot" = String, description = "`<actor>:<counter>`: the version this write created"),
+            )),
+        (status = 400, description = "`bad_key`, `bad_param`, `bad_token` (undecodable, out of bounds, or issued for another key), `bad_content_type`, `bad_request` (an unsupported conditional header, an unreadable body)", body = super::error::ErrorBody),
+        (status = 409, description = "`sibling_limit`: the write would leave more siblings than the cap; merge them with the token first", body = super::error::ErrorBody),
+        (status = 412, description = "`precondition_failed`: `If-None-Match: *` and the key has a value", body = super::error::ErrorBody),
+        (status = 413, description = "`too_large`: the value is over `--max-value-bytes`", body = super::error::ErrorBody),
+        (status = 500, description = "`internal`: the storage failed", body = super::error::ErrorBody),
+        (status = 503, description = "`unavailable`: fewer than W replicas acknowledged in time (the write may still be applied), or the node is rejoining; `removed`: the cluster removed this node", body = super::error::ErrorBody),
+        (status = 507, description = "`insufficient_storage`: the replicas' storage is full; retry later or through another node", body = super::error::ErrorBody),
+    ),
+)]
 pub async fn put_key(
     State(state): State<Arc<AppState>>,
     uri: Uri,
@@ -297,6 +390,30 @@ async fn absent_at_w(
     Ok(seen.unwrap_or_else(|| found.context().clone()))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/kv/{key}",
+    tag = "kv",
+    params(
+        super::openapi::KeyPath,
+        super::openapi::WriteQuery,
+        ("x-causality-token" = Option<String>, Header, description = "The token of the read this delete follows: the tombstone supersedes exactly what it saw"),
+    ),
+    responses(
+        (status = 204, description = "A tombstone stored at W",
+            headers(
+                ("x-causality-token" = String, description = "The token of the tombstone"),
+                ("x-ringkv-dot" = String, description = "`<actor>:<counter>`: the version this delete created"),
+            )),
+        (status = 400, description = "`bad_key`, `bad_param`, `bad_token`, `bad_request` (a conditional header)", body = super::error::ErrorBody),
+        (status = 404, description = "`not_found`: no live value was found", body = super::error::ErrorBody,
+            headers(("x-causality-token" = String, description = "What the delete's read saw"))),
+        (status = 409, description = "`sibling_limit`", body = super::error::ErrorBody),
+        (status = 500, description = "`internal`: the storage failed", body = super::error::ErrorBody),
+        (status = 503, description = "`unavailable`: fewer than W replicas acknowledged in time, or the node is rejoining; `removed`: the cluster removed this node", body = super::error::ErrorBody),
+        (status = 507, description = "`insufficient_storage`: the replicas' storage is full", body = super::error::ErrorBody),
+    ),
+)]
 pub async fn delete_key(
     State(state): State<Arc<AppState>>,
     uri: Uri,

@@ -21,16 +21,17 @@ pub const MAX_LIMIT: u64 = 1000;
 /// tombstones can cost.
 const SCAN_PER_ITEM: usize = 8;
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ListItem {
     key: String,
     siblings: Vec<SiblingJson>,
     causality_token: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ListBody {
     items: Vec<ListItem>,
+    /// Pass as `cursor` for the next page; null on the last page.
     next_cursor: Option<String>,
 }
 
@@ -70,6 +71,19 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
+#[utoipa::path(
+    get,
+    path = "/kv",
+    operation_id = "list_keys",
+    tag = "kv",
+    params(super::openapi::ListQuery),
+    responses(
+        (status = 200, description = "One page of live keys in byte order, merged from every healthy member's scan", body = ListBody),
+        (status = 400, description = "`bad_param`: an unknown parameter, a bad `limit`, `r` or `timeout_ms`, a `cursor` this API did not return, a bad `prefix`, a value that is not UTF-8 once decoded", body = super::error::ErrorBody),
+        (status = 500, description = "`internal`: the storage failed", body = super::error::ErrorBody),
+        (status = 503, description = "`unavailable`: a ring range had no replica that answered (a listing is never silently partial), or the node is rejoining; `removed`: the cluster removed this node", body = super::error::ErrorBody),
+    ),
+)]
 pub async fn list(
     State(state): State<Arc<AppState>>,
     RawQuery(query): RawQuery,

@@ -20,6 +20,16 @@ use super::AppState;
 
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "debug",
+    responses(
+        (status = 200, description = "This node's counters and gauges, OpenMetrics text", body = String,
+            content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        (status = 500, description = "`internal`: the metrics could not be encoded", body = super::error::ErrorBody),
+    ),
+)]
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     let mut registry = Registry::with_prefix("ringkv");
     registry.register_collector(Box::new(NodeCollector(state)));

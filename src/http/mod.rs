@@ -10,6 +10,7 @@ pub(crate) mod gate;
 mod kv;
 mod list;
 mod metrics;
+mod openapi;
 mod params;
 mod render;
 mod workers;
@@ -92,6 +93,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", strict(get(metrics::metrics)))
         .route("/admin/leave", strict(post(admin_leave)))
         .route("/admin/remove/{id}", strict(post(admin_remove)))
+        .route("/openapi.json", strict(get(openapi::serve)))
         .fallback(no_route)
         .layer(middleware::from_fn_with_state(state.clone(), fence_removed))
         .layer(middleware::from_fn_with_state(
@@ -113,6 +115,15 @@ fn strict(route: MethodRouter<Arc<AppState>>) -> MethodRouter<Arc<AppState>> {
     })
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/leave",
+    tag = "admin",
+    responses(
+        (status = 202, description = "The node hands its data to its new owners, and exits when done", body = openapi::LeaveBody),
+        (status = 503, description = "`removed`: the cluster removed this node", body = error::ErrorBody),
+    ),
+)]
 /// `POST /admin/leave`: 202 while the node moves its data to its new owners; it exits when
 /// done.
 async fn admin_leave(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
@@ -127,6 +138,23 @@ async fn admin_leave(State(state): State<Arc<AppState>>) -> Result<Response, Api
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/remove/{id}",
+    tag = "admin",
+    params(
+        ("id" = String, Path, pattern = "^[0-9a-fA-F]{16}$", description = "The member's node id: 16 hex digits"),
+        openapi::RemoveQuery,
+    ),
+    responses(
+        (status = 202, description = "The member is out of the ring", body = openapi::RemoveBody),
+        (status = 400, description = "`bad_param`: not a node id, this node's own id, an unknown parameter, a bad `force`", body = error::ErrorBody),
+        (status = 404, description = "`not_found`: not a member", body = error::ErrorBody),
+        (status = 409, description = "`member_live`: the failure detector holds the member live (use `force`, or make it leave)", body = error::ErrorBody),
+        (status = 500, description = "`internal`: the removal could not be recorded", body = error::ErrorBody),
+        (status = 503, description = "`removed`: the cluster removed this node", body = error::ErrorBody),
+    ),
+)]
 /// `POST /admin/remove/{id}[?force=true]`: takes a dead member out of the ring. A member
 /// the failure detector holds live is refused (409 `member_live`) unless forced: it would
 /// keep serving a ring of its own. Forced, it hears of the removal and stops serving.
@@ -198,6 +226,12 @@ async fn no_route(uri: Uri) -> ApiError {
     ApiError::not_found(format!("no route for {}", uri.path()))
 }
 
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "probes",
+    responses((status = 200, description = "The process runs", body = openapi::HealthBody)),
+)]
 async fn health() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
@@ -213,6 +247,15 @@ pub(crate) fn ready_check(state: &AppState) -> Result<(), NotReady> {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/ready",
+    tag = "probes",
+    responses(
+        (status = 200, description = "The node serves requests (`writable: false` when its storage refuses writes)", body = openapi::ReadyBody),
+        (status = 503, description = "Not ready: joining, seeds unreached, rejoining, or removed", body = openapi::NotReadyBody),
+    ),
+)]
 /// `GET /ready`: 200, or 503 with the error shape plus `status` and `reason` (the one
 /// list of reasons is `readiness::NotReady`).
 ///
@@ -250,6 +293,18 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/debug/local/{key}",
+    tag = "debug",
+    params(openapi::KeyPath),
+    responses(
+        (status = 200, description = "Everything this node stores for the key: versions, tombstones, context", body = render::StoredSetJson),
+        (status = 400, description = "`bad_key`", body = error::ErrorBody),
+        (status = 404, description = "`not_found`: not stored on this node", body = error::ErrorBody),
+        (status = 500, description = "`internal`: the storage failed", body = error::ErrorBody),
+    ),
+)]
 async fn debug_local(State(state): State<Arc<AppState>>, uri: Uri) -> Result<Response, ApiError> {
     let key = kv::key_from_uri(&uri, "/debug/local/")?;
     match state

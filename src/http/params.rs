@@ -9,14 +9,36 @@ use super::error::ApiError;
 
 pub const MAX_TIMEOUT_MS: u64 = 60_000;
 
+/// One `application/x-www-form-urlencoded` name or value: `+` is a space, and what the
+/// escapes decode to must be UTF-8.
+fn decode(raw: &str) -> Result<String, ApiError> {
+    let spaced = raw.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8()
+        .map(|text| text.into_owned())
+        .map_err(|_| {
+            ApiError::bad_param(format!(
+                "query parameter {raw:?} is not UTF-8 once percent-decoded"
+            ))
+        })
+}
+
 /// The raw `name=value` pairs, decoded, checked against the names a route accepts.
 pub struct Query(Vec<(String, String)>);
 
 impl Query {
     pub fn parse(raw: Option<&str>, allowed: &[&str]) -> Result<Self, ApiError> {
-        let pairs: Vec<(String, String)> = form_urlencoded::parse(raw.unwrap_or("").as_bytes())
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
+        // Not `form_urlencoded::parse`: it decodes lossily, so `prefix=%FF` would silently
+        // become the prefix U+FFFD and list keys the client did not ask for.
+        let pairs: Vec<(String, String)> = raw
+            .unwrap_or("")
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+            .map(|pair| {
+                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+                Ok((decode(name)?, decode(value)?))
+            })
+            .collect::<Result<_, ApiError>>()?;
         for (name, _) in &pairs {
             if !allowed.contains(&name.as_str()) {
                 return Err(ApiError::bad_param(format!(
@@ -84,5 +106,35 @@ impl Query {
             w: self.quorum("w", n)?,
             timeout,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_form_encoding_strictly() {
+        let q = Query::parse(
+            Some("prefix=a+b%2Fc&&end=%C3%A9&start"),
+            &["prefix", "end", "start"],
+        )
+        .expect("valid query");
+        assert_eq!(q.get("prefix"), Some("a b/c"));
+        assert_eq!(q.get("end"), Some("\u{e9}"));
+        assert_eq!(q.get("start"), Some(""));
+        for bad in ["prefix=%FF", "prefix=%C3", "%FF=1"] {
+            let e = Query::parse(Some(bad), &["prefix"])
+                .err()
+                .unwrap_or_else(|| panic!("{bad} was taken"));
+            assert_eq!((e.status.as_u16(), e.code), (400, "bad_param"), "{bad}");
+        }
+        // An escape that is not one stays as it is, as in a form.
+        assert_eq!(
+            Query::parse(Some("prefix=%zz"), &["prefix"])
+                .expect("taken")
+                .get("prefix"),
+            Some("%zz")
+        );
     }
 }

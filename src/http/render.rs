@@ -7,9 +7,11 @@ use serde::Serialize;
 use crate::key::Key;
 use crate::version::{Actor, CausalityToken, Payload, SiblingSet, Version};
 
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Debug, utoipa::ToSchema)]
 pub struct SiblingJson {
+    /// The value: as is when `encoding` is `utf8`, standard padded base64 otherwise.
     pub value: String,
+    #[schema(value_type = super::openapi::Encoding)]
     pub encoding: &'static str,
     pub content_type: String,
 }
@@ -53,19 +55,20 @@ fn token_for(key: &[u8], set: &SiblingSet) -> String {
     CausalityToken::for_key(key, set.context(), &shown).encode()
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct DotJson {
     pub actor: String,
     pub counter: u64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct StoredVersionJson {
     pub dot: DotJson,
     pub tombstone: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<super::openapi::Encoding>)]
     pub encoding: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
@@ -73,7 +76,7 @@ pub struct StoredVersionJson {
 }
 
 /// Everything a node stores for a key, for `/debug/local`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct StoredSetJson {
     pub key: String,
     pub versions: Vec<StoredVersionJson>,

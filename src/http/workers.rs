@@ -9,6 +9,12 @@ use axum::Json;
 use super::AppState;
 use crate::worker::WorkerInfo;
 
+#[utoipa::path(
+    get,
+    path = "/debug/workers",
+    tag = "debug",
+    responses((status = 200, description = "The node's supervised workers, in the order they started", body = Vec<WorkerInfo>)),
+)]
 /// A JSON list, in the order the workers started.
 pub(super) async fn workers(State(state): State<Arc<AppState>>) -> Json<Vec<WorkerInfo>> {
     Json(state.workers.list())

@@ -31,7 +31,7 @@ pub trait Worker: Send + Sync + 'static {
 /// one: what serves clients stops first (HTTP drains), then the work that may still
 /// write or call peers, then the RPC server and gossip, and the writer last, after
 /// everything that could still submit a write.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// The storage writer.

@@ -31,7 +31,7 @@ fn state_name(state: u8) -> &'static str {
 }
 
 /// One worker as `/debug/workers` shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct WorkerInfo {
     pub name: &'static str,
     pub phase: Phase,
