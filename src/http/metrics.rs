@@ -158,6 +158,12 @@ impl Collector for NodeCollector {
         )?;
         counter(
             e,
+            "peer_requests_refused",
+            "Requests from peers refused for breaking a bound or an invariant",
+            rep.peer_requests_refused.get(),
+        )?;
+        counter(
+            e,
             "writes_forwarded",
             "Writes forwarded to a replica",
             rep.forwarded.get(),

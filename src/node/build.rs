@@ -298,6 +298,7 @@ fn connect<N: Network>(
         stats: stats.clone(),
         readiness: readiness.clone(),
         batch,
+        limits: crate::rpc::bounds::PeerLimits::of(&config.limits),
     });
     let maintenance = maintenance_interval(cluster.anti_entropy_interval);
     let ae = AntiEntropy {
