@@ -9,6 +9,7 @@ pub mod membership;
 pub mod persisted;
 pub mod policy;
 pub mod ring;
+pub mod supervise;
 pub mod wait;
 
 use std::fmt;

@@ -156,6 +156,14 @@ impl Collector for NodeCollector {
             "Client reads answered",
             rep.reads_served.get(),
         )?;
+        if let Some(gossip) = state.readiness.gossip() {
+            counter(
+                e,
+                "gossip_restarts",
+                "Times gossip's task ended and was started again",
+                gossip.restarts.get(),
+            )?;
+        }
         counter(
             e,
             "peer_requests_refused",
