@@ -107,6 +107,10 @@ pub struct ServeArgs {
     /// batches to overflow a frame without writing gigabytes.
     #[arg(long, env = "RINGKV_MAX_FRAME_BYTES", default_value_t = crate::rpc::frame::DEFAULT_MAX_FRAME_BYTES, hide = true)]
     pub max_frame_bytes: usize,
+    /// Node ids gossip may track: a datagram naming more is dropped, and past it gossip
+    /// starts again to forget them (a buggy peer's invented ids).
+    #[arg(long, env = "RINGKV_MAX_GOSSIP_MEMBERS", default_value_t = crate::cluster::gossip_guard::DEFAULT_MAX_GOSSIP_MEMBERS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(16..=65_535))]
+    pub max_gossip_members: usize,
     #[arg(long, env = "RINGKV_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
     /// Log level or filter (`RUST_LOG` wins when set).
@@ -167,6 +171,7 @@ impl ServeArgs {
                 handoff_interval: self.handoff_interval,
                 anti_entropy_interval: self.anti_entropy_interval,
                 tombstone_grace: self.tombstone_grace,
+                max_gossip_members: self.max_gossip_members,
                 ..ClusterConfig::default()
             },
             data_dir: self.data_dir.clone(),

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::agreement::{Disagreement, PeerRing, Rejoin, RingHashes, SplitTracker};
 use super::departed::{Departure, Departures};
+use super::gossip_guard::{GossipGuard, GuardedSocket};
 use super::persisted::Persisted;
 use super::ring::Ring;
 use super::supervise::{self, Current, GossipHealth, GossipPhase, Rebind, Respawn};
@@ -240,6 +241,8 @@ pub struct MembershipConfig {
     /// its data still belongs to that cluster's ring. It then waits for its peers' word
     /// before it serves, even with no record to start from.
     pub was_member: bool,
+    /// Node ids gossip may track (`--max-gossip-members`, see `gossip_guard`).
+    pub max_gossip_members: usize,
 }
 
 /// Hands chitchat a socket bound beforehand (see `Network::bind_gossip`).
@@ -341,6 +344,7 @@ pub struct Membership {
     keeper: tokio::task::JoinHandle<()>,
     keeper_stop: CancellationToken,
     health: Arc<GossipHealth>,
+    guard: Arc<GossipGuard>,
 }
 
 /// chitchat's settings for this node under `generation`, gossiping to `seeds`.
@@ -380,6 +384,7 @@ fn chitchat_config(
 struct Restart {
     config: MembershipConfig,
     view: watch::Receiver<Arc<ClusterView>>,
+    guard: Arc<GossipGuard>,
 }
 
 impl Respawn for Restart {
@@ -399,6 +404,7 @@ impl Respawn for Restart {
                     .map(|m| m.gossip_addr.to_string()),
             );
         }
+        let socket = Box::new(GuardedSocket::new(socket, self.guard.clone()));
         let transport = PreboundTransport(Mutex::new(Some(socket)));
         spawn_chitchat(
             chitchat_config(&self.config, generation, seeds),
@@ -439,18 +445,21 @@ impl Membership {
             (KEY_STATE.to_owned(), me.state.as_str().to_owned()),
             (KEY_VNODES.to_owned(), me.vnodes.to_string()),
         ];
+        let guard = Arc::new(GossipGuard::new(config.max_gossip_members));
+        let socket = Box::new(GuardedSocket::new(socket, guard.clone()));
         let transport = PreboundTransport(Mutex::new(Some(socket)));
         let chitchat_config = chitchat_config(&config, config.generation, config.seeds.clone());
         let handle = spawn_chitchat(chitchat_config, initial, &transport)
             .await
             .map_err(MembershipError)?;
         let current = Current::new(handle.chitchat());
-        let health = Arc::new(GossipHealth::default());
+        let health = Arc::new(GossipHealth::new(guard.clone()));
         let (initial, gate) = initial_view(&me, config.persisted.as_ref(), config.was_member);
         let (tx, view) = watch::channel(Arc::new(initial));
         let refresher = tokio::spawn(refresh(
             current.clone(),
             health.clone(),
+            guard.clone(),
             me,
             config.gossip_interval,
             tx,
@@ -469,6 +478,7 @@ impl Membership {
             Restart {
                 config,
                 view: view.clone(),
+                guard: guard.clone(),
             },
             rebind,
             health.clone(),
@@ -481,12 +491,18 @@ impl Membership {
             keeper,
             keeper_stop,
             health,
+            guard,
         })
     }
 
     /// Whether gossip runs, and how often it was started again.
     pub fn health(&self) -> Arc<GossipHealth> {
         self.health.clone()
+    }
+
+    /// The bound on the ids gossip tracks, and what it dropped.
+    pub fn guard(&self) -> Arc<GossipGuard> {
+        self.guard.clone()
     }
 
     /// The latest view, and a way to wait for changes.
@@ -575,6 +591,7 @@ fn collect_rings(
 async fn refresh(
     current: Current,
     health: Arc<GossipHealth>,
+    guard: Arc<GossipGuard>,
     me: Member,
     interval: Duration,
     tx: watch::Sender<Arc<ClusterView>>,
@@ -590,13 +607,29 @@ async fn refresh(
             _ = shutdown.cancelled() => return,
         }
         let chitchat = current.get();
-        let (mut members, departed, peer_rings) = {
+        let (mut members, departed, peer_rings, tracked) = {
             let c = chitchat.lock().await;
             let live: BTreeSet<&ChitchatId> = c.live_nodes().collect();
             let leaving: BTreeSet<&ChitchatId> = c.scheduled_for_deletion_nodes().collect();
             let (members, departed) = collect_members(c.node_states(), &live, &leaving, &me);
-            (members, departed, collect_rings(c.node_states(), &live))
+            let tracked = c.node_states().len();
+            (
+                members,
+                departed,
+                collect_rings(c.node_states(), &live),
+                tracked,
+            )
         };
+        let addrs = tx
+            .borrow()
+            .members
+            .values()
+            .map(|m| m.gossip_addr)
+            .collect();
+        if health.is_running() && guard.round(tracked, addrs) {
+            health.request_restart();
+            continue;
+        }
         // While gossip is down, or started again and still learning its peers, the view
         // stays as it was (see `GossipPhase::CatchingUp`).
         match health.phase() {

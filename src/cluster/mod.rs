@@ -5,6 +5,7 @@
 
 pub mod agreement;
 pub mod departed;
+pub mod gossip_guard;
 pub mod membership;
 pub mod persisted;
 pub mod policy;

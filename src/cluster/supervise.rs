@@ -40,8 +40,13 @@ const CATCHING_UP: u8 = 2;
 #[derive(Debug, Default)]
 pub struct GossipHealth {
     phase: AtomicU8,
-    /// Times chitchat's task ended and was started again.
+    /// Times chitchat's task ended, or was stopped to shed state, and was started again.
     pub restarts: Counter,
+    /// Asks the keeper to start gossip again now (the id bound was passed; see
+    /// `gossip_guard`).
+    restart: tokio::sync::Notify,
+    /// The bound on the ids gossip tracks, and what it dropped (for `/metrics`).
+    pub guard: Arc<super::gossip_guard::GossipGuard>,
 }
 
 /// What [`GossipHealth`] says about gossip now.
@@ -57,6 +62,13 @@ pub enum GossipPhase {
 }
 
 impl GossipHealth {
+    pub fn new(guard: Arc<super::gossip_guard::GossipGuard>) -> Self {
+        GossipHealth {
+            guard,
+            ..GossipHealth::default()
+        }
+    }
+
     pub fn phase(&self) -> GossipPhase {
         match self.phase.load(Ordering::Acquire) {
             RUNNING => GossipPhase::Running,
@@ -67,6 +79,11 @@ impl GossipHealth {
 
     pub fn is_running(&self) -> bool {
         self.phase() == GossipPhase::Running
+    }
+
+    /// Starts gossip again, with a fresh state (see `gossip_guard`).
+    pub(crate) fn request_restart(&self) {
+        self.restart.notify_one();
     }
 
     pub(crate) fn set(&self, phase: GossipPhase) {
@@ -141,6 +158,12 @@ pub(crate) async fn keep<R: Respawn>(
                 return;
             }
             end = ended => end,
+            () = health.restart.notified() => {
+                // Shut down first: its socket must be closed before the address is bound
+                // again.
+                let _ = handle.shutdown().await;
+                Ok(())
+            }
         };
         health.set(GossipPhase::Down);
         health.restarts.inc();
