@@ -185,3 +185,31 @@ impl Socket for GuardedSocket {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[tokio::test]
+    async fn past_the_bound_only_members_are_heard_for_a_while() {
+        let guard = GossipGuard::new(16);
+        let members: HashSet<SocketAddr> = [addr(1)].into_iter().collect();
+        assert!(!guard.round(16, members.clone()));
+        assert!(!guard.restricted());
+        assert_eq!(guard.tracked(), 16);
+        assert!(guard.round(17, members.clone()));
+        assert_eq!(guard.over_bound.get(), 1);
+        assert!(guard.restricted());
+        assert!(guard.members.read().expect("lock").contains(&addr(1)));
+        // Once the window has passed, everyone is heard again.
+        *guard.restricted_until.lock().expect("lock") = Some(Instant::now());
+        assert!(!guard.restricted());
+        // Back within the bound, it stays open.
+        assert!(!guard.round(3, members));
+        assert!(!guard.restricted());
+    }
+}
