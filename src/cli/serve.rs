@@ -51,6 +51,10 @@ pub struct ServeArgs {
     /// How long a dead member keeps its place in the ring before it is removed.
     #[arg(long, env = "RINGKV_DEAD_NODE_GRACE", default_value = "1h", value_parser = humantime::parse_duration)]
     pub dead_node_grace: Duration,
+    /// Node ids gossip may track: a datagram naming more is dropped, and past it gossip
+    /// starts again to forget them (a buggy peer's invented ids).
+    #[arg(long, env = "RINGKV_MAX_GOSSIP_MEMBERS", default_value_t = crate::cluster::gossip_guard::DEFAULT_MAX_GOSSIP_MEMBERS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(16..=65_535))]
+    pub max_gossip_members: usize,
     /// Bound on one internode call.
     #[arg(long, env = "RINGKV_RPC_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub rpc_timeout: Duration,
@@ -107,10 +111,6 @@ pub struct ServeArgs {
     /// batches to overflow a frame without writing gigabytes.
     #[arg(long, env = "RINGKV_MAX_FRAME_BYTES", default_value_t = crate::rpc::frame::DEFAULT_MAX_FRAME_BYTES, hide = true)]
     pub max_frame_bytes: usize,
-    /// Node ids gossip may track: a datagram naming more is dropped, and past it gossip
-    /// starts again to forget them (a buggy peer's invented ids).
-    #[arg(long, env = "RINGKV_MAX_GOSSIP_MEMBERS", default_value_t = crate::cluster::gossip_guard::DEFAULT_MAX_GOSSIP_MEMBERS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(16..=65_535))]
-    pub max_gossip_members: usize,
     #[arg(long, env = "RINGKV_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
     /// Log level or filter (`RUST_LOG` wins when set).
