@@ -86,6 +86,8 @@ pub struct ClusterConfig {
     /// A tombstone every replica holds is removed once this has passed since it was
     /// written. Hints are capped at this age, so none can bring a removed key back.
     pub tombstone_grace: Duration,
+    /// Node ids gossip may track (see `cluster::gossip_guard`).
+    pub max_gossip_members: usize,
 }
 
 impl Default for ClusterConfig {
@@ -104,6 +106,7 @@ impl Default for ClusterConfig {
             handoff_interval: Duration::from_secs(1),
             anti_entropy_interval: Duration::from_secs(60),
             tombstone_grace: Duration::from_secs(3600),
+            max_gossip_members: crate::cluster::gossip_guard::DEFAULT_MAX_GOSSIP_MEMBERS,
         }
     }
 }

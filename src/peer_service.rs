@@ -1,8 +1,10 @@
 //! Answers peers' RPCs: what this node does when a peer calls it. Reads, merges, hints,
 //! scans and anti-entropy comparisons go to this node's replica ([`LocalKv`]); only a
 //! forwarded write goes to the coordinator, which coordinates it here.
-//! Requests arrive already clamped into their bounds (`rpc::bounds`); replies that carry
-//! many rows stop at a byte budget (`rpc::batch`) and say there is more.
+//! Requests arrive already clamped into their bounds (`rpc::bounds::admit`), and are
+//! checked against this node's limits (`rpc::bounds::check`) before anything else, each
+//! refusal counted; replies that carry many rows stop at a byte budget (`rpc::batch`) and
+//! say there is more.
 
 use std::ops::Bound;
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use crate::key::Key;
 use crate::kv::{KvError, ListRange, LocalKv};
 use crate::net::Clock;
 use crate::rpc::batch::{encoded_len, BatchLimit, Batcher};
+use crate::rpc::bounds::{self, PeerLimits};
 use crate::rpc::server::RpcHandler;
 use crate::rpc::{RemoteError, Request, Response, ScanRange};
 use crate::stats::ReplicationStats;
@@ -35,6 +38,8 @@ pub struct PeerService {
     pub readiness: Arc<crate::readiness::Readiness>,
     /// How much one reply of many rows (`Scan`, `Digests`, `ReadMany`) may carry.
     pub batch: BatchLimit,
+    /// What a peer's request is held to (`--max-value-bytes`, `--max-siblings`).
+    pub limits: PeerLimits,
 }
 
 fn bad_key(e: impl std::fmt::Display) -> Response {
@@ -49,6 +54,10 @@ fn kv_error(e: KvError) -> Response {
 #[async_trait]
 impl RpcHandler for PeerService {
     async fn handle(&self, request: Request) -> Response {
+        let request = match bounds::check(request, &self.limits) {
+            Ok(request) => request,
+            Err(e) => return self.refused(e),
+        };
         if self.fenced(&request) {
             return Response::Error(RemoteError::Unavailable(format!(
                 "node {} was removed from the cluster and serves no data",
@@ -191,6 +200,19 @@ impl RpcHandler for PeerService {
 }
 
 impl PeerService {
+    /// A request [`bounds::check`] refused: counted, and logged at warn on the 1st, 2nd,
+    /// 4th, 8th... refusal, so a peer that sends nothing else cannot flood the log.
+    fn refused(&self, e: RemoteError) -> Response {
+        self.stats.peer_requests_refused.inc();
+        let n = self.stats.peer_requests_refused.get();
+        if n.is_power_of_two() {
+            tracing::warn!(refused = n, error = %e, "refused a peer's request that no correct node sends");
+        } else {
+            tracing::debug!(refused = n, error = %e, "refused a peer's request");
+        }
+        Response::Error(e)
+    }
+
     /// Whether to refuse `request` because this node was removed: every read or write of
     /// data. A peer that has not heard of the removal yet would otherwise count this
     /// node's answer toward its quorum. Pings, departure questions and the anti-entropy

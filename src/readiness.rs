@@ -2,13 +2,14 @@
 //! flags behind them ([`Readiness`]), and the task that reports seeds nobody answers.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::membership::ClusterView;
+use crate::cluster::supervise::{GossipHealth, GossipPhase};
 use crate::cluster::wait::wait_for;
 
 /// How often a node that has reached no seed says so.
@@ -28,15 +29,20 @@ pub enum NotReady {
     /// Restarted on its persisted membership, and its peers have not confirmed that ring
     /// yet (see `cluster::agreement`): it takes no KV request.
     Rejoining,
+    /// Gossip's task ended and is being started again, or was started again and has not
+    /// yet heard of every member (see `cluster::supervise`): this node's view of who is up
+    /// is stale, and its peers may hold it down.
+    GossipDown { phase: GossipPhase, restarts: u64 },
 }
 
 impl NotReady {
     /// The `error` code of the 503.
     pub fn code(&self) -> &'static str {
         match self {
-            NotReady::Starting | NotReady::NoSeedAnswered { .. } | NotReady::Rejoining => {
-                "not_ready"
-            }
+            NotReady::Starting
+            | NotReady::NoSeedAnswered { .. }
+            | NotReady::Rejoining
+            | NotReady::GossipDown { .. } => "not_ready",
             NotReady::Removed => "removed",
         }
     }
@@ -50,6 +56,12 @@ impl NotReady {
             }
             NotReady::Removed => REMOVED_MESSAGE.to_owned(),
             NotReady::Rejoining => crate::http::gate::REJOINING_MESSAGE.to_owned(),
+            NotReady::GossipDown { phase, restarts } => match phase {
+                GossipPhase::CatchingUp => format!(
+                    "gossip was started again (restart {restarts}) and is catching up with its peers"
+                ),
+                _ => format!("gossip is not running; starting it again (restart {restarts})"),
+            },
         }
     }
 }
@@ -69,6 +81,8 @@ pub struct Readiness {
     refused_start: AtomicBool,
     /// The seeds tried, while none has answered.
     unreached_seeds: Mutex<Option<Vec<String>>>,
+    /// Whether gossip runs: set once, when the node is wired.
+    gossip: OnceLock<Arc<GossipHealth>>,
 }
 
 impl Readiness {
@@ -78,6 +92,14 @@ impl Readiness {
         if self.is_removed() {
             return Err(NotReady::Removed);
         }
+        if let Some(gossip) = self.gossip.get() {
+            if !gossip.is_running() {
+                return Err(NotReady::GossipDown {
+                    phase: gossip.phase(),
+                    restarts: gossip.restarts.get(),
+                });
+            }
+        }
         if joined && self.departures_checked() {
             return Ok(());
         }
@@ -85,6 +107,16 @@ impl Readiness {
             Some(seeds) => Err(NotReady::NoSeedAnswered { seeds }),
             None => Err(NotReady::Starting),
         }
+    }
+
+    /// Makes `/ready` follow `health` (see [`NotReady::GossipDown`]); the first call wins.
+    pub fn watch_gossip(&self, health: Arc<GossipHealth>) {
+        let _ = self.gossip.set(health);
+    }
+
+    /// Whether gossip runs, and its restarts (none before the node is wired).
+    pub fn gossip(&self) -> Option<&GossipHealth> {
+        self.gossip.get().map(Arc::as_ref)
     }
 
     pub fn departures_checked(&self) -> bool {
@@ -189,5 +221,26 @@ mod tests {
         assert!(!r.set_removed());
         assert_eq!(r.check(true), Err(NotReady::Removed));
         assert_eq!(r.check(false).unwrap_err().code(), "removed");
+    }
+
+    #[test]
+    fn gossip_down_makes_a_joined_node_not_ready() {
+        let r = Readiness::default();
+        r.set_departures_checked();
+        let health = Arc::new(GossipHealth::default());
+        r.watch_gossip(health.clone());
+        assert_eq!(r.check(true), Ok(()));
+        health.restarts.inc();
+        health.set(GossipPhase::Down);
+        let why = r.check(true).unwrap_err();
+        assert_eq!(why.code(), "not_ready");
+        assert!(why.reason().contains("not running"), "{}", why.reason());
+        health.set(GossipPhase::CatchingUp);
+        assert!(r.check(true).unwrap_err().reason().contains("catching up"));
+        health.set(GossipPhase::Running);
+        assert_eq!(r.check(true), Ok(()));
+        assert!(r.set_removed());
+        health.set(GossipPhase::Down);
+        assert_eq!(r.check(true), Err(NotReady::Removed));
     }
 }

@@ -64,6 +64,9 @@ pub struct ReplicationStats {
     pub writes_acknowledged: Counter,
     /// Client reads this node answered.
     pub reads_served: Counter,
+    /// Requests from peers refused by `rpc::bounds::check` (a value over the size limit,
+    /// a malformed set, a parameter out of range): none stored anything.
+    pub peer_requests_refused: Counter,
 }
 
 /// What the group-commit writer did. Commits that fsynced, over acknowledged writes, is

@@ -51,6 +51,10 @@ pub struct ServeArgs {
     /// How long a dead member keeps its place in the ring before it is removed.
     #[arg(long, env = "RINGKV_DEAD_NODE_GRACE", default_value = "1h", value_parser = humantime::parse_duration)]
     pub dead_node_grace: Duration,
+    /// Node ids gossip may track: a datagram naming more is dropped, and past it gossip
+    /// starts again to forget them (a buggy peer's invented ids).
+    #[arg(long, env = "RINGKV_MAX_GOSSIP_MEMBERS", default_value_t = crate::cluster::gossip_guard::DEFAULT_MAX_GOSSIP_MEMBERS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(16..=65_535))]
+    pub max_gossip_members: usize,
     /// Bound on one internode call.
     #[arg(long, env = "RINGKV_RPC_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub rpc_timeout: Duration,
@@ -196,6 +200,7 @@ impl ServeArgs {
                 handoff_interval: self.handoff_interval,
                 anti_entropy_interval: self.anti_entropy_interval,
                 tombstone_grace: self.tombstone_grace,
+                max_gossip_members: self.max_gossip_members,
                 ..ClusterConfig::default()
             },
             data_dir: self.data_dir.clone(),

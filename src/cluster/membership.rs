@@ -20,8 +20,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::agreement::{Disagreement, PeerRing, Rejoin, RingHashes, SplitTracker};
 use super::departed::{Departure, Departures};
+use super::gossip_guard::{GossipGuard, GuardedSocket};
 use super::persisted::Persisted;
 use super::ring::Ring;
+use super::supervise::{self, Current, GossipHealth, GossipPhase, Rebind, Respawn};
 use super::NodeId;
 
 /// The keys each node publishes. Kept here, behind [`Member`], so no other code reads
@@ -45,6 +47,9 @@ pub const SPLIT_AFTER_ROUNDS: u32 = 10;
 /// Present, naming the reason (`no_space`, `fsync_failed`), while the node takes no writes;
 /// absent while it does, so a node of an older build reads as writable.
 pub const KEY_NO_WRITES: &str = "no_writes";
+/// Rounds a gossip instance started again may take to hear of every member the view
+/// holds before the view follows it anyway (a member may have gone for good meanwhile).
+pub const CATCH_UP_ROUNDS: u32 = 60;
 
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
@@ -238,6 +243,8 @@ pub struct MembershipConfig {
     /// its data still belongs to that cluster's ring. It then waits for its peers' word
     /// before it serves, even with no record to start from.
     pub was_member: bool,
+    /// Node ids gossip may track (`--max-gossip-members`, see `gossip_guard`).
+    pub max_gossip_members: usize,
 }
 
 /// Hands chitchat a socket bound beforehand (see `Network::bind_gossip`).
@@ -257,13 +264,15 @@ impl Transport for PreboundTransport {
 /// Changes this node's published state; cheap to clone.
 #[derive(Clone)]
 pub struct MembershipCtl {
-    chitchat: Arc<tokio::sync::Mutex<chitchat::Chitchat>>,
+    /// The instance now: gossip may have been started again since (`supervise`).
+    chitchat: Current,
 }
 
 impl MembershipCtl {
     /// Publishes this node's state (joining/normal/leaving/left).
     pub async fn set_state(&self, state: MemberState) {
         self.chitchat
+            .get()
             .lock()
             .await
             .self_node_state()
@@ -272,7 +281,8 @@ impl MembershipCtl {
 
     /// Publishes how much this node still has to move (shown by `ringkv status`).
     pub async fn set_to_move(&self, to_move: Option<u64>) {
-        let mut c = self.chitchat.lock().await;
+        let chitchat = self.chitchat.get();
+        let mut c = chitchat.lock().await;
         match to_move {
             Some(n) => c.self_node_state().set(KEY_TO_MOVE, n),
             None => c.self_node_state().delete(KEY_TO_MOVE),
@@ -283,7 +293,8 @@ impl MembershipCtl {
     /// the ones the set no longer holds. Every node publishes the whole set, so a removal
     /// outlives the node that made it (see [`super::departed`]).
     pub async fn publish_departures(&self, departures: &Departures) {
-        let mut c = self.chitchat.lock().await;
+        let chitchat = self.chitchat.get();
+        let mut c = chitchat.lock().await;
         let state = c.self_node_state();
         let stale: Vec<String> = state
             .key_values()
@@ -303,7 +314,8 @@ impl MembershipCtl {
     /// Every departure any node publishes, as this node has heard them (ids that do not
     /// parse are skipped; times are clamped to `now_ms`).
     pub async fn heard_departures(&self, now_ms: u64) -> Vec<(NodeId, Departure)> {
-        let c = self.chitchat.lock().await;
+        let chitchat = self.chitchat.get();
+        let c = chitchat.lock().await;
         c.node_states()
             .values()
             .flat_map(|s| s.key_values())
@@ -316,7 +328,8 @@ impl MembershipCtl {
 
     /// Publishes whether this node's storage takes writes.
     pub async fn set_write_state(&self, state: crate::kv::writable::WriteState) {
-        let mut c = self.chitchat.lock().await;
+        let chitchat = self.chitchat.get();
+        let mut c = chitchat.lock().await;
         if state.takes_writes() {
             c.self_node_state().delete(KEY_NO_WRITES);
         } else {
@@ -326,9 +339,82 @@ impl MembershipCtl {
 }
 
 pub struct Membership {
-    handle: ChitchatHandle,
+    current: Current,
     view: watch::Receiver<Arc<ClusterView>>,
     refresher: tokio::task::JoinHandle<()>,
+    /// Watches chitchat's task and starts it again when it ends (`supervise::keep`).
+    keeper: tokio::task::JoinHandle<()>,
+    keeper_stop: CancellationToken,
+    health: Arc<GossipHealth>,
+    guard: Arc<GossipGuard>,
+}
+
+/// chitchat's settings for this node under `generation`, gossiping to `seeds`.
+fn chitchat_config(
+    config: &MembershipConfig,
+    generation: u64,
+    seeds: Vec<String>,
+) -> ChitchatConfig {
+    let me = &config.me;
+    ChitchatConfig {
+        chitchat_id: ChitchatId::new(me.id.to_string(), generation, me.gossip_addr),
+        cluster_id: config.cluster_id.clone(),
+        gossip_interval: config.gossip_interval,
+        listen_addr: config.gossip_listen,
+        seed_nodes: seeds,
+        failure_detector_config: FailureDetectorConfig {
+            phi_threshold: config.phi_threshold,
+            // Heartbeats come once per gossip round; anything far beyond that is an
+            // outage, not a sample of the interval distribution.
+            max_interval: config.gossip_interval * 10,
+            initial_interval: config.gossip_interval * 5,
+            dead_node_grace_period: config.dead_node_grace,
+            ..FailureDetectorConfig::default()
+        },
+        marked_for_deletion_grace_period: Duration::from_secs(3600),
+        catchup_callback: None,
+        extra_liveness_predicate: None,
+        // Every ringkv release gossips with chitchat 0.13+, which decodes the compressed V1
+        // digest; a mixed-version cluster would need V0 here during the upgrade.
+        protocol_version: chitchat::ProtocolVersion::V1,
+    }
+}
+
+/// Starts chitchat again for `supervise::keep`: seeded with the configured seeds and
+/// every member the view holds, so that the new instance finds its peers even when this
+/// node was given no seeds (the first node of its cluster).
+struct Restart {
+    config: MembershipConfig,
+    view: watch::Receiver<Arc<ClusterView>>,
+    guard: Arc<GossipGuard>,
+}
+
+impl Respawn for Restart {
+    async fn spawn(
+        &self,
+        keys: Vec<(String, String)>,
+        socket: Box<dyn Socket>,
+        generation: u64,
+    ) -> anyhow::Result<ChitchatHandle> {
+        let mut seeds = self.config.seeds.clone();
+        {
+            let view = self.view.borrow();
+            seeds.extend(
+                view.members
+                    .values()
+                    .filter(|m| m.id != view.self_id)
+                    .map(|m| m.gossip_addr.to_string()),
+            );
+        }
+        let socket = Box::new(GuardedSocket::new(socket, self.guard.clone()));
+        let transport = PreboundTransport(Mutex::new(Some(socket)));
+        spawn_chitchat(
+            chitchat_config(&self.config, generation, seeds),
+            keys,
+            &transport,
+        )
+        .await
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -336,48 +422,46 @@ pub struct Membership {
 pub struct MembershipError(anyhow::Error);
 
 impl Membership {
+    /// Gossip that is not started again when its task ends (a node that only asks its
+    /// peers whether it was removed, and stops).
     pub async fn start(
         config: MembershipConfig,
         socket: Box<dyn Socket>,
         shutdown: CancellationToken,
     ) -> Result<Self, MembershipError> {
+        Self::start_supervised(config, socket, None, shutdown).await
+    }
+
+    /// Starts gossip on `socket`; when chitchat's task ends, `rebind` gives a new socket
+    /// on the same address and it is started again (see `supervise`).
+    pub async fn start_supervised(
+        config: MembershipConfig,
+        socket: Box<dyn Socket>,
+        rebind: Option<Rebind>,
+        shutdown: CancellationToken,
+    ) -> Result<Self, MembershipError> {
         let me = config.me.clone();
-        let chitchat_config = ChitchatConfig {
-            chitchat_id: ChitchatId::new(me.id.to_string(), config.generation, me.gossip_addr),
-            cluster_id: config.cluster_id.clone(),
-            gossip_interval: config.gossip_interval,
-            listen_addr: config.gossip_listen,
-            seed_nodes: config.seeds.clone(),
-            failure_detector_config: FailureDetectorConfig {
-                phi_threshold: config.phi_threshold,
-                // Heartbeats come once per gossip round; anything far beyond that is an
-                // outage, not a sample of the interval distribution.
-                max_interval: config.gossip_interval * 10,
-                initial_interval: config.gossip_interval * 5,
-                dead_node_grace_period: config.dead_node_grace,
-                ..FailureDetectorConfig::default()
-            },
-            marked_for_deletion_grace_period: Duration::from_secs(3600),
-            catchup_callback: None,
-            extra_liveness_predicate: None,
-            // Every ringkv release gossips with chitchat 0.13+, which decodes the compressed V1
-            // digest; a mixed-version cluster would need V0 here during the upgrade.
-            protocol_version: chitchat::ProtocolVersion::V1,
-        };
         let initial = vec![
             (KEY_HTTP_ADDR.to_owned(), me.http_addr.to_string()),
             (KEY_RPC_ADDR.to_owned(), me.rpc_addr.to_string()),
             (KEY_STATE.to_owned(), me.state.as_str().to_owned()),
             (KEY_VNODES.to_owned(), me.vnodes.to_string()),
         ];
+        let guard = Arc::new(GossipGuard::new(config.max_gossip_members));
+        let socket = Box::new(GuardedSocket::new(socket, guard.clone()));
         let transport = PreboundTransport(Mutex::new(Some(socket)));
+        let chitchat_config = chitchat_config(&config, config.generation, config.seeds.clone());
         let handle = spawn_chitchat(chitchat_config, initial, &transport)
             .await
             .map_err(MembershipError)?;
+        let current = Current::new(handle.chitchat());
+        let health = Arc::new(GossipHealth::new(guard.clone()));
         let (initial, gate) = initial_view(&me, config.persisted.as_ref(), config.was_member);
         let (tx, view) = watch::channel(Arc::new(initial));
         let refresher = tokio::spawn(refresh(
-            handle.chitchat(),
+            current.clone(),
+            health.clone(),
+            guard.clone(),
             me,
             config.gossip_interval,
             tx,
@@ -388,11 +472,39 @@ impl Membership {
             },
             shutdown,
         ));
-        Ok(Membership {
+        let keeper_stop = CancellationToken::new();
+        let keeper = tokio::spawn(supervise::keep(
             handle,
+            config.generation,
+            current.clone(),
+            Restart {
+                config,
+                view: view.clone(),
+                guard: guard.clone(),
+            },
+            rebind,
+            health.clone(),
+            keeper_stop.clone(),
+        ));
+        Ok(Membership {
+            current,
             view,
             refresher,
+            keeper,
+            keeper_stop,
+            health,
+            guard,
         })
+    }
+
+    /// Whether gossip runs, and how often it was started again.
+    pub fn health(&self) -> Arc<GossipHealth> {
+        self.health.clone()
+    }
+
+    /// The bound on the ids gossip tracks, and what it dropped.
+    pub fn guard(&self) -> Arc<GossipGuard> {
+        self.guard.clone()
     }
 
     /// The latest view, and a way to wait for changes.
@@ -402,16 +514,16 @@ impl Membership {
 
     pub fn control(&self) -> MembershipCtl {
         MembershipCtl {
-            chitchat: self.handle.chitchat(),
+            chitchat: self.current.clone(),
         }
     }
 
     pub async fn shutdown(self) {
         self.refresher.abort();
         let _ = self.refresher.await;
-        if let Err(e) = self.handle.shutdown().await {
-            tracing::warn!(error = %e, "gossip did not shut down cleanly");
-        }
+        // The keeper shuts the instance that runs now down, whichever it is.
+        self.keeper_stop.cancel();
+        let _ = self.keeper.await;
     }
 }
 
@@ -477,8 +589,11 @@ fn collect_rings(
 /// Rebuilds the view from chitchat's state once per gossip round, and publishes it when
 /// something changed. Polling (rather than chitchat's live-nodes watch) also notices
 /// members that went dead and members that published new keys.
+#[allow(clippy::too_many_arguments)]
 async fn refresh(
-    chitchat: Arc<tokio::sync::Mutex<chitchat::Chitchat>>,
+    current: Current,
+    health: Arc<GossipHealth>,
+    guard: Arc<GossipGuard>,
     me: Member,
     interval: Duration,
     tx: watch::Sender<Arc<ClusterView>>,
@@ -487,18 +602,61 @@ async fn refresh(
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut catching_up = 0u32;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = shutdown.cancelled() => return,
         }
-        let (mut members, departed, peer_rings) = {
+        let chitchat = current.get();
+        let (mut members, departed, peer_rings, tracked) = {
             let c = chitchat.lock().await;
             let live: BTreeSet<&ChitchatId> = c.live_nodes().collect();
             let leaving: BTreeSet<&ChitchatId> = c.scheduled_for_deletion_nodes().collect();
             let (members, departed) = collect_members(c.node_states(), &live, &leaving, &me);
-            (members, departed, collect_rings(c.node_states(), &live))
+            let tracked = c.node_states().len();
+            (
+                members,
+                departed,
+                collect_rings(c.node_states(), &live),
+                tracked,
+            )
         };
+        let addrs = tx
+            .borrow()
+            .members
+            .values()
+            .map(|m| m.gossip_addr)
+            .collect();
+        if health.is_running() && guard.round(tracked, addrs) {
+            health.request_restart();
+            continue;
+        }
+        // While gossip is down, or started again and still learning its peers, the view
+        // stays as it was (see `GossipPhase::CatchingUp`).
+        match health.phase() {
+            GossipPhase::Running => catching_up = 0,
+            GossipPhase::Down => continue,
+            GossipPhase::CatchingUp => {
+                catching_up += 1;
+                let known = tx
+                    .borrow()
+                    .members
+                    .keys()
+                    .all(|id| members.contains_key(id));
+                if !known && catching_up < CATCH_UP_ROUNDS {
+                    continue;
+                }
+                tracing::info!(
+                    rounds = catching_up,
+                    all_known = known,
+                    "gossip caught up with its peers"
+                );
+                health.set(GossipPhase::Running);
+                // The new instance publishes no ring hash until this node sets it.
+                agreement.published = None;
+            }
+        }
         if agreement
             .gate
             .round(me.id, &mut members, &departed, &peer_rings)

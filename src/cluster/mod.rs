@@ -1,14 +1,17 @@
 //! The cluster: who the members are (gossip), where keys live (the ring), which nodes
 //! hold a key and how many replies make a quorum (`policy`), the membership kept across
-//! restarts (`persisted`), whether the members' rings agree (`agreement`), and waiting
-//! until the view satisfies a condition (`wait`).
+//! restarts (`persisted`), whether the members' rings agree (`agreement`), gossip started
+//! again when its task dies (`supervise`), the bound on the node ids it tracks
+//! (`gossip_guard`), and waiting until the view satisfies a condition (`wait`).
 
 pub mod agreement;
 pub mod departed;
+pub mod gossip_guard;
 pub mod membership;
 pub mod persisted;
 pub mod policy;
 pub mod ring;
+pub mod supervise;
 pub mod wait;
 
 use std::fmt;

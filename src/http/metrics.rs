@@ -166,6 +166,45 @@ impl Collector for NodeCollector {
             "Client reads answered",
             rep.reads_served.get(),
         )?;
+        if let Some(gossip) = state.readiness.gossip() {
+            counter(
+                e,
+                "gossip_restarts",
+                "Times gossip's task ended and was started again",
+                gossip.restarts.get(),
+            )?;
+            let guard = &gossip.guard;
+            gauge(
+                e,
+                "gossip_tracked_ids",
+                "Node ids gossip tracks, as of the last round",
+                i64::try_from(guard.tracked()).unwrap_or(i64::MAX),
+            )?;
+            counter(
+                e,
+                "gossip_dropped_too_many_ids",
+                "Gossip datagrams dropped for naming more node ids than --max-gossip-members",
+                guard.dropped_too_many_ids.get(),
+            )?;
+            counter(
+                e,
+                "gossip_dropped_not_member",
+                "Gossip datagrams from non-members dropped while the id bound was restricted",
+                guard.dropped_not_member.get(),
+            )?;
+            counter(
+                e,
+                "gossip_over_id_bound",
+                "Times the ids gossip tracked passed --max-gossip-members",
+                guard.over_bound.get(),
+            )?;
+        }
+        counter(
+            e,
+            "peer_requests_refused",
+            "Requests from peers refused for breaking a bound or an invariant",
+            rep.peer_requests_refused.get(),
+        )?;
         counter(
             e,
             "writes_forwarded",

@@ -66,6 +66,7 @@ pub(super) fn membership_config(
         generation,
         persisted,
         was_member,
+        max_gossip_members: cluster.max_gossip_members,
     }
 }
 

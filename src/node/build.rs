@@ -72,7 +72,7 @@ impl Node {
         } = bound;
         let gossip = start_gossip(
             &config,
-            net.as_ref(),
+            &net,
             store.as_ref(),
             &opened,
             socket,
@@ -175,6 +175,18 @@ async fn bind<N: Network>(net: &N, config: &NodeConfig) -> Result<Bound<N>, Node
     })
 }
 
+/// Binds the gossip socket again on the address it got at start (port 0 resolved): gossip
+/// started again after its task ended listens where its peers know it (`cluster::supervise`).
+fn gossip_rebind<N: Network>(
+    net: Arc<N>,
+    addr: std::net::SocketAddr,
+) -> crate::cluster::supervise::Rebind {
+    Arc::new(move || {
+        let net = net.clone();
+        Box::pin(async move { net.bind_gossip(addr).await })
+    })
+}
+
 /// Gossip, started, and how this node stands in its cluster.
 struct Gossiping {
     membership: Membership,
@@ -189,7 +201,7 @@ struct Gossiping {
 
 async fn start_gossip<N: Network>(
     config: &NodeConfig,
-    net: &N,
+    net: &Arc<N>,
     store: &dyn Store,
     opened: &Opened,
     socket: Box<dyn chitchat::transport::Socket>,
@@ -216,7 +228,7 @@ async fn start_gossip<N: Network>(
     // from "a cluster of myself" (see `cluster::agreement`).
     let persisted = persisted::load(store);
     let stop = CancellationToken::new();
-    let membership = Membership::start(
+    let membership = Membership::start_supervised(
         membership_config(
             cluster,
             me,
@@ -226,6 +238,7 @@ async fn start_gossip<N: Network>(
             joined && !alone,
         ),
         socket,
+        Some(gossip_rebind(net.clone(), gossip_listen)),
         stop.clone(),
     )
     .await?;
@@ -265,6 +278,7 @@ fn connect<N: Network>(
     let cluster = &config.cluster;
     let local = opened.local.clone();
     let readiness = Arc::new(Readiness::default());
+    readiness.watch_gossip(gossip.membership.health());
     let rpc_stats = Arc::new(RpcStats::default());
     let rpc_config = RpcConfig {
         max_frame_bytes: config.limits.max_frame_bytes,
@@ -300,6 +314,7 @@ fn connect<N: Network>(
         stats: stats.clone(),
         readiness: readiness.clone(),
         batch,
+        limits: crate::rpc::bounds::PeerLimits::of(&config.limits),
     });
     let maintenance = maintenance_interval(cluster.anti_entropy_interval);
     let ae = AntiEntropy {
@@ -375,6 +390,7 @@ where
         }),
         Arc::new(Gossip {
             view: membership.watch(),
+            health: membership.health(),
             membership: tokio::sync::Mutex::new(Some(membership)),
             stop,
         }),

@@ -115,6 +115,8 @@ where
 pub struct Gossip {
     pub membership: tokio::sync::Mutex<Option<Membership>>,
     pub view: watch::Receiver<Arc<ClusterView>>,
+    /// Whether chitchat runs, and how often it was started again (`cluster::supervise`).
+    pub health: Arc<crate::cluster::supervise::GossipHealth>,
     /// Given to the membership's view refresher when it started.
     pub stop: CancellationToken,
 }
@@ -129,9 +131,11 @@ impl Worker for Gossip {
         let view = self.view.borrow();
         let live = view.members.values().filter(|m| m.live).count();
         format!(
-            "{} member(s), {live} live; ring of {}",
+            "{} member(s), {live} live; ring of {}; {:?}, restarted {} time(s)",
             view.members.len(),
-            view.ring.len()
+            view.ring.len(),
+            self.health.phase(),
+            self.health.restarts.get()
         )
     }
 

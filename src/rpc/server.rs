@@ -692,38 +692,23 @@ mod tests {
         server.stop().await;
     }
 
+    /// The server clamps limits (`bounds::admit`); refusals are the handler's
+    /// (`bounds::check`, called by `peer_service`, which counts them).
     #[tokio::test]
     async fn peer_values_are_clamped_before_the_handler_sees_them() {
         let server = TestServer::any_port().await;
         let client = client();
-        let forward = Request::Forward(crate::rpc::ForwardedWrite {
-            key: "k".into(),
-            seen: None,
-            payload: crate::version::Payload::Tombstone,
-            w: None,
-            timeout_ms: u64::MAX,
+        let scan = Request::Scan(crate::rpc::ScanRange {
+            start: None,
+            start_exclusive: false,
+            end: None,
+            limit: usize::MAX,
         });
-        client.call(server.addr, forward, CALL).await.expect("call");
-        let too_many = Request::ReadMany {
-            keys: vec!["k".into(); crate::rpc::bounds::MAX_ITEMS + 1],
-        };
-        let refused = client.call(server.addr, too_many, CALL).await;
-        assert!(
-            matches!(
-                refused,
-                Ok(Response::Error(crate::rpc::RemoteError::BadRequest(_)))
-            ),
-            "{refused:?}"
-        );
+        client.call(server.addr, scan, CALL).await.expect("call");
         let seen = server.handler.seen.lock().expect("lock").clone();
-        // The handler saw the forward with its timeout clamped, and never the oversized
-        // batch.
         assert_eq!(seen.len(), 1, "{seen:?}");
-        let max_ms = crate::rpc::bounds::MAX_PEER_TIMEOUT.as_millis();
-        assert!(
-            seen[0].contains(&format!("timeout_ms: {max_ms}")),
-            "{seen:?}"
-        );
+        let max = crate::rpc::bounds::MAX_SCAN_ROWS;
+        assert!(seen[0].contains(&format!("limit: {max}")), "{seen:?}");
         client.close_all().await;
         server.stop().await;
     }

@@ -10,10 +10,12 @@
 mod siblings;
 mod token;
 mod vv;
+mod wellformed;
 
 pub use siblings::{CounterOverflow, Payload, SiblingSet, Version};
 pub use token::{key_hash, CausalityToken, TokenError, MAX_TOKEN_ACTORS, TOKEN_FORMAT};
 pub use vv::{Actor, Dot, VersionVector};
+pub use wellformed::{check_vector, Malformed};
 
 #[cfg(test)]
 mod laws;

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod gossip_wire;
 pub mod listing;
 pub mod metrics;
 pub mod removal;
