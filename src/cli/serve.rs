@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{
     Addrs, BlockingMode, ClusterConfig, FsyncMode, Limits, NodeConfig, StorageKind,
 };
+use crate::config::{ClusterSecret, SecurityConfig};
 use crate::net::TokioNetwork;
 use crate::node::{self, NodeError};
 use crate::quorum::Replication;
@@ -107,11 +108,77 @@ pub struct ServeArgs {
     /// batches to overflow a frame without writing gigabytes.
     #[arg(long, env = "RINGKV_MAX_FRAME_BYTES", default_value_t = crate::rpc::frame::DEFAULT_MAX_FRAME_BYTES, hide = true)]
     pub max_frame_bytes: usize,
+    #[command(flatten)]
+    pub security: SecurityArgs,
     #[arg(long, env = "RINGKV_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
     /// Log level or filter (`RUST_LOG` wins when set).
     #[arg(long, env = "RINGKV_LOG", default_value = "info")]
     pub log: String,
+}
+
+/// Cluster authentication and RPC bounds (issue 13).
+#[derive(clap::Args, Debug, Clone)]
+pub struct SecurityArgs {
+    /// File holding the cluster secret (at least 16 bytes once trimmed). Every member
+    /// needs the same one: RPC connections prove it, gossip datagrams are signed with it.
+    /// Without it RPC and gossip are open to anyone who reaches the ports.
+    #[arg(long, env = "RINGKV_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// An RPC connection that has not proved the secret by then is closed.
+    #[arg(long, env = "RINGKV_RPC_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub rpc_handshake_timeout: Duration,
+    /// Signed gossip stamped further than this from the local clock is dropped.
+    #[arg(long, env = "RINGKV_GOSSIP_MAX_SKEW", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub gossip_max_skew: Duration,
+    /// Once an internode frame started arriving, the rest must arrive within this.
+    #[arg(long, env = "RINGKV_RPC_FRAME_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub rpc_frame_timeout: Duration,
+    /// An inbound internode connection quiet for this long is closed.
+    #[arg(long, env = "RINGKV_RPC_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub rpc_idle_timeout: Duration,
+    /// Bytes of internode frames being read at once, over all connections. At least
+    /// --max-frame-bytes.
+    #[arg(long, env = "RINGKV_RPC_READ_BUDGET_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub rpc_read_budget_bytes: usize,
+}
+
+impl SecurityArgs {
+    fn to_config(&self, max_frame_bytes: usize) -> Result<SecurityConfig, ServeError> {
+        let cluster_secret = match &self.cluster_secret_file {
+            None => None,
+            Some(path) => Some(
+                ClusterSecret::from_file(path)
+                    .map_err(|e| ServeError::Config(format!("--cluster-secret-file: {e}")))?,
+            ),
+        };
+        if self.rpc_read_budget_bytes < max_frame_bytes {
+            return Err(ServeError::Config(format!(
+                "--rpc-read-budget-bytes ({}) must be at least --max-frame-bytes ({max_frame_bytes})",
+                self.rpc_read_budget_bytes
+            )));
+        }
+        let zero = [
+            ("--rpc-handshake-timeout", self.rpc_handshake_timeout),
+            ("--gossip-max-skew", self.gossip_max_skew),
+            ("--rpc-frame-timeout", self.rpc_frame_timeout),
+            ("--rpc-idle-timeout", self.rpc_idle_timeout),
+        ]
+        .into_iter()
+        .find(|(_, d)| d.is_zero());
+        if let Some((flag, _)) = zero {
+            return Err(ServeError::Config(format!("{flag} must be more than 0")));
+        }
+        Ok(SecurityConfig {
+            cluster_secret,
+            handshake_timeout: self.rpc_handshake_timeout,
+            gossip_max_skew: self.gossip_max_skew,
+            frame_read_timeout: self.rpc_frame_timeout,
+            rpc_idle_timeout: self.rpc_idle_timeout,
+            read_budget_bytes: self.rpc_read_budget_bytes,
+            ..SecurityConfig::default()
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -186,6 +253,7 @@ impl ServeArgs {
             },
             blocking: BlockingMode::Threaded,
             rng_seed: None,
+            security: self.security.to_config(self.max_frame_bytes)?,
         })
     }
 }

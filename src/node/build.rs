@@ -26,13 +26,13 @@ use crate::handoff::{Handoff, HandoffConfig, HINT_PAGE};
 use crate::http::{self, AppState};
 use crate::identity::Identity;
 use crate::kv::LocalKv;
-use crate::net::{LimitedListener, Network};
+use crate::net::{GossipAuth, LimitedListener, Network};
 use crate::peer_service::PeerService;
 use crate::peers::Peers;
 use crate::readiness::Readiness;
 use crate::rpc::client::{connector_for, RpcClient};
 use crate::rpc::frame::{RpcConfig, RpcStats};
-use crate::rpc::BatchLimit;
+use crate::rpc::{Authenticator, BatchLimit, ReadBudget};
 use crate::stats::ReplicationStats;
 use crate::store::Store;
 use crate::worker::{Phase, Registry, Worker};
@@ -56,7 +56,11 @@ impl Node {
         check_limits(&config)?;
         let net = Arc::new(net);
         let opened = open(&config, net.as_ref(), &store, &shutdown).await?;
-        let bound = bind(net.as_ref(), &config).await?;
+        // Made here, not in `connect`: gossip's signature check counts its drops in it.
+        let rpc_stats = Arc::new(RpcStats::default());
+        warn_if_open(&config);
+        let gossip_auth = GossipAuth::for_node(&config, net.clock(), rpc_stats.clone());
+        let bound = bind(net.as_ref(), &config, gossip_auth).await?;
         let host = config.addrs.advertise_host;
         let at = Advertised {
             http: advertised("HTTP", bound.at.http, host)?,
@@ -79,7 +83,9 @@ impl Node {
             at,
         )
         .await?;
-        let parts = connect(&config, &net, &store, &opened, &gossip, &shutdown);
+        let parts = connect(
+            &config, &net, &store, &opened, &gossip, &shutdown, rpc_stats,
+        );
         let state = parts.state.clone();
 
         let background = background_workers(&config, &store, &parts, &gossip, at);
@@ -141,7 +147,22 @@ struct Bound<N: Network> {
     at: Advertised,
 }
 
-async fn bind<N: Network>(net: &N, config: &NodeConfig) -> Result<Bound<N>, NodeError> {
+/// Without a cluster secret anyone who reaches the RPC or gossip port is a peer: say so
+/// once, loudly, at start.
+fn warn_if_open(config: &NodeConfig) {
+    if config.security.cluster_secret.is_none() {
+        tracing::warn!(
+            "no cluster secret (--cluster-secret-file): internode RPC and gossip are open \
+             to anyone who can reach their ports"
+        );
+    }
+}
+
+async fn bind<N: Network>(
+    net: &N,
+    config: &NodeConfig,
+    gossip_auth: Option<Arc<GossipAuth>>,
+) -> Result<Bound<N>, NodeError> {
     let bind_err = |what, addr| move |source| NodeError::Bind { what, addr, source };
     let addrs = &config.addrs;
     let http = net
@@ -153,7 +174,7 @@ async fn bind<N: Network>(net: &N, config: &NodeConfig) -> Result<Bound<N>, Node
         .await
         .map_err(bind_err("RPC", addrs.rpc))?;
     let gossip = net
-        .bind_gossip(addrs.gossip)
+        .bind_gossip(addrs.gossip, gossip_auth)
         .await
         .map_err(bind_err("gossip", addrs.gossip))?;
     let local_addr =
@@ -259,13 +280,32 @@ fn connect<N: Network>(
     opened: &Opened,
     gossip: &Gossiping,
     shutdown: &CancellationToken,
+    rpc_stats: Arc<RpcStats>,
 ) -> Parts {
     let cluster = &config.cluster;
     let local = opened.local.clone();
     let readiness = Arc::new(Readiness::default());
-    let rpc_stats = Arc::new(RpcStats::default());
+    let security = &config.security;
     let rpc_config = RpcConfig {
         max_frame_bytes: config.limits.max_frame_bytes,
+        idle_timeout: security.rpc_idle_timeout,
+        auth: security.cluster_secret.clone().map(|secret| {
+            Arc::new(Authenticator::new(
+                secret,
+                cluster.cluster_id.clone(),
+                security.handshake_timeout,
+                config.rng_seed,
+            ))
+        }),
+        frame_read_timeout: security.frame_read_timeout,
+        // One budget for the server's and the client's reads: it bounds the node. It
+        // must hold the largest frame, or that frame could never be read.
+        read_budget: ReadBudget::new(
+            security
+                .read_budget_bytes
+                .max(config.limits.max_frame_bytes),
+        ),
+        peer_queue_bytes: security.peer_queue_bytes,
         ..RpcConfig::default()
     };
     let batch = BatchLimit::for_frame(rpc_config.max_frame_bytes);
