@@ -483,3 +483,41 @@ async fn forged_gossip_changes_nothing_and_is_counted() {
     .await;
     accepted.shutdown().await.expect("stop the forger");
 }
+
+#[tokio::test]
+async fn a_missing_short_or_huge_secret_file_is_a_startup_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let short = dir.path().join("short");
+    std::fs::write(&short, b"  too short \n").expect("write");
+    let huge = dir.path().join("huge");
+    std::fs::write(&huge, vec![b'x'; 8192]).expect("write");
+    let missing = dir.path().join("missing");
+    for (path, want) in [
+        (&short, "at least 16 bytes"),
+        (&huge, "larger than"),
+        (&missing, "reading the cluster secret file"),
+    ] {
+        let out = tokio::time::timeout(
+            Duration::from_secs(30),
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_ringkv"))
+                .arg("serve")
+                .args(["--http-addr", "127.0.0.1:0", "--rpc-addr", "127.0.0.1:0"])
+                .args(["--gossip-addr", "127.0.0.1:0"])
+                .arg("--cluster-secret-file")
+                .arg(path)
+                .arg("--data-dir")
+                .arg(dir.path().join("data"))
+                .env_remove("RINGKV_NODE")
+                .stdin(Stdio::null())
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("serve exits in time")
+        .expect("run ringkv serve");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{path:?}: started anyway");
+        assert!(stderr.contains(want), "{path:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{path:?}: printed a ready line");
+    }
+}

@@ -768,6 +768,58 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn only_peers_that_prove_the_secret_are_served() {
+        let auth = |secret: &[u8]| {
+            Some(Arc::new(crate::rpc::Authenticator::new(
+                crate::config::ClusterSecret::new(secret).expect("a long enough secret"),
+                "c".into(),
+                Duration::from_millis(500),
+                Some(1),
+            )))
+        };
+        let with = |secret: &[u8]| RpcConfig {
+            auth: auth(secret),
+            ..RpcConfig::default()
+        };
+        let server =
+            TestServer::start(super::testing::loopback(0), with(b"0123456789abcdef")).await;
+        let good = RpcClient::new(
+            connector_for(Arc::new(TokioNetwork)),
+            with(b"0123456789abcdef"),
+            Arc::new(RpcStats::default()),
+        );
+        ping(&good, &server).await;
+
+        let wrong = RpcClient::new(
+            connector_for(Arc::new(TokioNetwork)),
+            with(b"0123456789abcdeX"),
+            Arc::new(RpcStats::default()),
+        );
+        let refused = wrong.call(server.addr, Request::Ping, CALL).await;
+        assert!(
+            matches!(refused, Err(RpcError::Handshake(_))),
+            "{refused:?}"
+        );
+        assert_eq!(wrong.stats().snapshot().auth_failed_dials, 1);
+        // A client in open mode sends a frame where the hello belongs.
+        let open = client();
+        let refused = open.call(server.addr, Request::Ping, CALL).await;
+        assert!(refused.is_err(), "{refused:?}");
+        wait_for("both refusals counted", CALL, || {
+            server.stats.auth_refused.load(Ordering::SeqCst) == 2
+        })
+        .await;
+        let seen = server.handler.seen.lock().expect("lock").clone();
+        assert_eq!(
+            seen,
+            vec!["Ping".to_owned()],
+            "only the good client's ping ran"
+        );
+        good.close_all().await;
+        server.stop().await;
+    }
+
+    #[tokio::test]
     async fn a_panicking_handler_answers_with_an_error() {
         let server = TestServer::any_port().await;
         let client = client();
