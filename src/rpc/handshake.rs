@@ -14,8 +14,8 @@
 //! allocation. The whole exchange runs under a timeout.
 //!
 //! What it does not do: it authenticates the connection's start, not each frame (an
-//! on-path attacker could hijack the stream after it); the TLS wrapper (`net::tls`) is
-//! what protects the frames.
+//! on-path attacker could hijack the stream after it), and encrypts nothing; protecting
+//! the frames themselves is a transport's job (TLS), run beneath this handshake.
 
 use std::io;
 use std::net::SocketAddr;
