@@ -628,6 +628,57 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn bytes_in_flight_to_a_peer_are_bounded() {
+        let server = TestServer::any_port().await;
+        // Room for one small request at a time.
+        let one = frame::encode(
+            &Envelope {
+                id: 1,
+                body: &sleep(400),
+            },
+            1024,
+        )
+        .expect("encode")
+        .len();
+        let client = Arc::new(RpcClient::new(
+            connector_for(Arc::new(TokioNetwork)),
+            RpcConfig {
+                peer_queue_bytes: one + one / 2,
+                ..RpcConfig::default()
+            },
+            Arc::new(RpcStats::default()),
+        ));
+        let first = tokio::spawn({
+            let client = client.clone();
+            let addr = server.addr;
+            async move { client.call(addr, sleep(400), CALL).await }
+        });
+        wait_for("the first call runs", CALL, || {
+            server.handler.running.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        // A slow peer: the next call waits for room, and times out, instead of queueing.
+        let second = client
+            .call(server.addr, sleep(0), Duration::from_millis(100))
+            .await;
+        assert!(matches!(second, Err(RpcError::Timeout)), "{second:?}");
+        assert_eq!(server.handler.seen.lock().expect("lock").len(), 1);
+        // The timed-out call saw nothing arrive while it waited, so the client took the
+        // connection for stuck and closed it (see the module doc): the first call may end
+        // `Closed` rather than answered. Either way it ends, and gives its bytes back.
+        let first = first.await.expect("no panic");
+        assert!(
+            matches!(first, Ok(Response::Read(None)) | Err(RpcError::Closed)),
+            "{first:?}"
+        );
+        // Room again once the first call ended.
+        let third = client.call(server.addr, sleep(0), CALL).await;
+        assert!(matches!(third, Ok(Response::Read(None))), "{third:?}");
+        client.close_all().await;
+        server.stop().await;
+    }
+
+    #[tokio::test]
     async fn every_request_and_response_variant_round_trips() {
         let server = TestServer::any_port().await;
         let (connector, _) = counting();
