@@ -137,19 +137,9 @@ pub struct NodeConfig {
     /// Seeds the node's random choices (its id, on first start). `None` draws from the
     /// OS; the simulation sets it so that a seed replays the same run.
     pub rng_seed: Option<u64>,
-    /// Client authentication and TLS; off unless the CLI was given their files.
+    /// Client authentication, TLS, and the cluster secret with the RPC bounds around
+    /// it; the first two are off unless the CLI was given their files.
     pub security: SecurityConfig,
-}
-
-/// Who may call the HTTP API, and the TLS the node's listeners and dials use. The CLI
-/// loads the files into these; the node only uses them, so the simulation (which leaves
-/// both off) never reads a file.
-#[derive(Clone, Debug, Default)]
-pub struct SecurityConfig {
-    /// Bearer tokens of the HTTP API (`http::auth`); `None`: the API is open.
-    pub auth: Option<std::sync::Arc<crate::http::auth::Auth>>,
-    /// TLS of the HTTP API and of internode RPC (`net::tls`).
-    pub tls: crate::net::tls::NodeTls,
 }
 
 impl NodeConfig {
@@ -175,5 +165,124 @@ impl NodeConfig {
             rng_seed: None,
             security: SecurityConfig::default(),
         }
+    }
+}
+
+/// Cluster authentication, and the RPC layer's timeouts and budgets (issue 13).
+#[derive(Clone, Debug)]
+pub struct SecurityConfig {
+    /// Bearer tokens of the HTTP API (`http::auth`); `None`: the API is open. The CLI
+    /// loads the files; the node only checks against them, so the simulation never reads
+    /// a file.
+    pub auth: Option<std::sync::Arc<crate::http::auth::Auth>>,
+    /// TLS of the HTTP API and of internode RPC (`net::tls`).
+    pub tls: crate::net::tls::NodeTls,
+    /// The secret every member holds. `None` is open mode: no RPC handshake, unsigned
+    /// gossip, and a warning at start.
+    pub cluster_secret: Option<ClusterSecret>,
+    /// An inbound or outbound RPC connection that has not proved the secret by then is
+    /// closed.
+    pub handshake_timeout: Duration,
+    /// A signed gossip datagram stamped further than this from our clock is dropped: it
+    /// bounds how long a captured datagram can be replayed.
+    pub gossip_max_skew: Duration,
+    /// Once a frame's first byte arrived, the rest must arrive within this.
+    pub frame_read_timeout: Duration,
+    /// An inbound RPC connection with nothing in flight and no partial frame is closed
+    /// after this.
+    pub rpc_idle_timeout: Duration,
+    /// Bytes of frames being read at once, over every RPC connection of the node; a
+    /// frame's length is taken from it before its body is buffered.
+    pub read_budget_bytes: usize,
+    /// Bytes of calls one peer may have in flight from this node; past it, calls wait
+    /// (and time out) instead of queueing more.
+    pub peer_queue_bytes: usize,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            auth: None,
+            tls: crate::net::tls::NodeTls::default(),
+            cluster_secret: None,
+            handshake_timeout: Duration::from_secs(5),
+            gossip_max_skew: Duration::from_secs(30),
+            frame_read_timeout: Duration::from_secs(10),
+            rpc_idle_timeout: Duration::from_secs(60),
+            read_budget_bytes: 256 * 1024 * 1024,
+            peer_queue_bytes: 128 * 1024 * 1024,
+        }
+    }
+}
+
+/// The shared cluster secret. Its bytes never reach a log: `Debug` prints its length.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterSecret(Vec<u8>);
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SecretError {
+    #[error("reading the cluster secret file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the cluster secret file {path} is larger than {max} bytes")]
+    TooLarge { path: String, max: u64 },
+    #[error("the cluster secret must be at least {min} bytes (after trimming); got {len}")]
+    TooShort { len: usize, min: usize },
+}
+
+impl ClusterSecret {
+    /// Fewer bytes than this are guessable.
+    pub const MIN_BYTES: usize = 16;
+    /// A secret file bigger than this is not a secret file.
+    pub const MAX_FILE_BYTES: u64 = 4096;
+
+    /// The secret from raw bytes, trimmed of surrounding whitespace (a trailing newline
+    /// from `echo` must not make two nodes disagree).
+    pub fn new(bytes: &[u8]) -> Result<Self, SecretError> {
+        let trimmed = bytes.trim_ascii();
+        if trimmed.len() < Self::MIN_BYTES {
+            return Err(SecretError::TooShort {
+                len: trimmed.len(),
+                min: Self::MIN_BYTES,
+            });
+        }
+        Ok(ClusterSecret(trimmed.to_vec()))
+    }
+
+    /// Reads the secret from `path`, bounded: the file is read through a `take`, so a
+    /// huge or endless file (a device, a pipe) cannot fill memory.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, SecretError> {
+        use std::io::Read;
+        let shown = path.display().to_string();
+        let read_err = |source| SecretError::Read {
+            path: shown.clone(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(read_err)?;
+        let mut bytes = Vec::new();
+        file.take(Self::MAX_FILE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(read_err)?;
+        if bytes.len() as u64 > Self::MAX_FILE_BYTES {
+            return Err(SecretError::TooLarge {
+                path: shown,
+                max: Self::MAX_FILE_BYTES,
+            });
+        }
+        Self::new(&bytes)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ClusterSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClusterSecret({} bytes)", self.0.len())
     }
 }

@@ -33,6 +33,9 @@ pub struct NodeSlot {
 
 pub type Slots = Rc<Vec<Rc<NodeSlot>>>;
 
+/// The secret every simulated node holds.
+pub const SIM_CLUSTER_SECRET: &[u8] = b"ringkv simulation cluster secret";
+
 /// A node's config: every port on the wildcard address, advertising the host's own.
 pub fn node_config(config: &SimConfig, index: usize) -> NodeConfig {
     let mut c = NodeConfig::for_test();
@@ -49,6 +52,13 @@ pub fn node_config(config: &SimConfig, index: usize) -> NodeConfig {
         c.cluster.seeds = vec![format!("{}:{GOSSIP_PORT}", turmoil::lookup(node_name(1)))];
     }
     c.cluster.cluster_id = "sim".into();
+    // Every run authenticates its cluster, so the RPC handshake and signed gossip run
+    // under every fault. A constant secret and nonces from the seeded RNG keep it
+    // deterministic.
+    c.security.cluster_secret = Some(
+        ringkv::config::ClusterSecret::new(SIM_CLUSTER_SECRET)
+            .expect("the constant is long enough"),
+    );
     c.cluster.gossip_interval = config.gossip_interval;
     c.cluster.rpc_timeout = config.rpc_timeout;
     c.cluster.handoff_interval = config.handoff_interval;

@@ -4,6 +4,10 @@
 //! shared by the simulation and only its id crosses turmoil's UDP. Partitions, loss and
 //! latency still act on every datagram; a datagram that is dropped leaves its envelope in
 //! the table, which is bounded and forgets the oldest first.
+//!
+//! With the cluster secret (the simulation's default) the id is sealed like a production
+//! datagram (`ringkv::net::signed_gossip`), stamped with simulated time, and checked on
+//! receipt: the signing path runs under every fault the simulation injects.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,6 +15,8 @@ use std::sync::{Arc, Mutex};
 
 use chitchat::transport::{RecvOutcome, SendOutcome, Socket};
 use chitchat::ChitchatEnvelope;
+use ringkv::net::signed_gossip::TRAILER_BYTES;
+use ringkv::net::GossipAuth;
 
 /// Envelopes in flight, at most this many.
 const MAX_IN_FLIGHT: usize = 16_384;
@@ -51,12 +57,21 @@ impl Envelopes {
 pub struct GossipSocket {
     socket: turmoil::net::UdpSocket,
     envelopes: Envelopes,
+    auth: Option<Arc<GossipAuth>>,
 }
 
 impl GossipSocket {
-    pub async fn bind(addr: SocketAddr, envelopes: Envelopes) -> std::io::Result<Self> {
+    pub async fn bind(
+        addr: SocketAddr,
+        envelopes: Envelopes,
+        auth: Option<Arc<GossipAuth>>,
+    ) -> std::io::Result<Self> {
         let socket = turmoil::net::UdpSocket::bind(addr).await?;
-        Ok(GossipSocket { socket, envelopes })
+        Ok(GossipSocket {
+            socket,
+            envelopes,
+            auth,
+        })
     }
 }
 
@@ -71,9 +86,16 @@ impl Socket for GossipSocket {
         to: SocketAddr,
         envelope: ChitchatEnvelope,
     ) -> anyhow::Result<SendOutcome> {
-        let id = self.envelopes.put(envelope);
+        let id = self.envelopes.put(envelope).to_le_bytes();
+        let mut datagram = Vec::with_capacity(id.len() + TRAILER_BYTES);
+        match &self.auth {
+            Some(auth) => {
+                auth.seal(&id, &mut datagram);
+            }
+            None => datagram.extend_from_slice(&id),
+        }
         // A send to an unreachable peer is a lost datagram, not a broken transport.
-        if let Err(e) = self.socket.send_to(&id.to_le_bytes(), to).await {
+        if let Err(e) = self.socket.send_to(&datagram, to).await {
             tracing::trace!(%to, error = %e, "gossip datagram not sent");
         }
         Ok(SendOutcome {
@@ -82,12 +104,23 @@ impl Socket for GossipSocket {
     }
 
     async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
-        let mut buf = [0u8; 8];
+        let mut datagram = [0u8; 8 + TRAILER_BYTES];
         loop {
-            let (len, from) = self.socket.recv_from(&mut buf).await?;
-            if len != buf.len() {
+            let (len, from) = self.socket.recv_from(&mut datagram).await?;
+            let received = datagram.get(..len).unwrap_or_default();
+            let payload = match &self.auth {
+                Some(auth) => match auth.open(received) {
+                    Ok(payload) => payload,
+                    Err(why) => {
+                        tracing::debug!(%from, ?why, "dropped a gossip datagram");
+                        continue;
+                    }
+                },
+                None => received,
+            };
+            let Ok(buf) = <[u8; 8]>::try_from(payload) else {
                 continue;
-            }
+            };
             let id = u64::from_le_bytes(buf);
             let Some(envelope) = self.envelopes.take(id) else {
                 continue;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use ringkv::net::{Clock, Network};
+use ringkv::net::{Clock, GossipAuth, Network};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::gossip::{Envelopes, GossipSocket};
@@ -147,9 +147,10 @@ impl Network for TurmoilNetwork {
     async fn bind_gossip(
         &self,
         addr: SocketAddr,
+        auth: Option<Arc<GossipAuth>>,
     ) -> io::Result<Box<dyn chitchat::transport::Socket>> {
         Ok(Box::new(
-            GossipSocket::bind(addr, self.envelopes.clone()).await?,
+            GossipSocket::bind(addr, self.envelopes.clone(), auth).await?,
         ))
     }
 

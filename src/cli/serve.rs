@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{
     Addrs, BlockingMode, ClusterConfig, FsyncMode, Limits, NodeConfig, StorageKind,
 };
+use crate::config::{ClusterSecret, SecurityConfig};
 use crate::net::TokioNetwork;
 use crate::node::{self, NodeError};
 use crate::quorum::Replication;
@@ -134,11 +135,77 @@ pub struct ServeArgs {
     /// Internode RPC over mutual TLS (needs --tls-cert, --tls-key and --tls-ca).
     #[arg(long, env = "RINGKV_RPC_TLS")]
     pub rpc_tls: bool,
+    #[command(flatten)]
+    pub security: SecurityArgs,
     #[arg(long, env = "RINGKV_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
     /// Log level or filter (`RUST_LOG` wins when set).
     #[arg(long, env = "RINGKV_LOG", default_value = "info")]
     pub log: String,
+}
+
+/// Cluster authentication and RPC bounds (issue 13).
+#[derive(clap::Args, Debug, Clone)]
+pub struct SecurityArgs {
+    /// File holding the cluster secret (at least 16 bytes once trimmed). Every member
+    /// needs the same one: RPC connections prove it, gossip datagrams are signed with it.
+    /// Without it RPC and gossip are open to anyone who reaches the ports.
+    #[arg(long, env = "RINGKV_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// An RPC connection that has not proved the secret by then is closed.
+    #[arg(long, env = "RINGKV_RPC_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub rpc_handshake_timeout: Duration,
+    /// Signed gossip stamped further than this from the local clock is dropped.
+    #[arg(long, env = "RINGKV_GOSSIP_MAX_SKEW", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub gossip_max_skew: Duration,
+    /// Once an internode frame started arriving, the rest must arrive within this.
+    #[arg(long, env = "RINGKV_RPC_FRAME_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub rpc_frame_timeout: Duration,
+    /// An inbound internode connection quiet for this long is closed.
+    #[arg(long, env = "RINGKV_RPC_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub rpc_idle_timeout: Duration,
+    /// Bytes of internode frames being read at once, over all connections. At least
+    /// --max-frame-bytes.
+    #[arg(long, env = "RINGKV_RPC_READ_BUDGET_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub rpc_read_budget_bytes: usize,
+}
+
+impl SecurityArgs {
+    fn to_config(&self, max_frame_bytes: usize) -> Result<SecurityConfig, ServeError> {
+        let cluster_secret = match &self.cluster_secret_file {
+            None => None,
+            Some(path) => Some(
+                ClusterSecret::from_file(path)
+                    .map_err(|e| ServeError::Config(format!("--cluster-secret-file: {e}")))?,
+            ),
+        };
+        if self.rpc_read_budget_bytes < max_frame_bytes {
+            return Err(ServeError::Config(format!(
+                "--rpc-read-budget-bytes ({}) must be at least --max-frame-bytes ({max_frame_bytes})",
+                self.rpc_read_budget_bytes
+            )));
+        }
+        let zero = [
+            ("--rpc-handshake-timeout", self.rpc_handshake_timeout),
+            ("--gossip-max-skew", self.gossip_max_skew),
+            ("--rpc-frame-timeout", self.rpc_frame_timeout),
+            ("--rpc-idle-timeout", self.rpc_idle_timeout),
+        ]
+        .into_iter()
+        .find(|(_, d)| d.is_zero());
+        if let Some((flag, _)) = zero {
+            return Err(ServeError::Config(format!("{flag} must be more than 0")));
+        }
+        Ok(SecurityConfig {
+            cluster_secret,
+            handshake_timeout: self.rpc_handshake_timeout,
+            gossip_max_skew: self.gossip_max_skew,
+            frame_read_timeout: self.rpc_frame_timeout,
+            rpc_idle_timeout: self.rpc_idle_timeout,
+            read_budget_bytes: self.rpc_read_budget_bytes,
+            ..SecurityConfig::default()
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -220,13 +287,28 @@ impl ServeArgs {
             },
             blocking: BlockingMode::Threaded,
             rng_seed: None,
-            security: self.security()?,
+            security: {
+                let (auth, tls) = self.client_security()?;
+                crate::config::SecurityConfig {
+                    auth,
+                    tls,
+                    ..self.security.to_config(self.max_frame_bytes)?
+                }
+            },
         })
     }
 
     /// Loads the token and certificate files the flags name: a node that was asked to
     /// protect its API and cannot does not start.
-    fn security(&self) -> Result<crate::config::SecurityConfig, ServeError> {
+    fn client_security(
+        &self,
+    ) -> Result<
+        (
+            Option<std::sync::Arc<crate::http::auth::Auth>>,
+            crate::net::tls::NodeTls,
+        ),
+        ServeError,
+    > {
         use crate::net::tls::{NodeTls, TlsFlags};
         let auth = match (&self.auth_token_file, &self.admin_token_file) {
             (None, None) => None,
@@ -246,7 +328,7 @@ impl ServeArgs {
             ca: self.tls_ca.as_deref(),
             rpc: self.rpc_tls,
         })?;
-        Ok(crate::config::SecurityConfig { auth, tls })
+        Ok((auth, tls))
     }
 }
 

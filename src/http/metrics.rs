@@ -120,6 +120,7 @@ impl Collector for NodeCollector {
             "Inbound internode connections closed for idleness",
             rpc.idle_closed,
         )?;
+        rpc_security(e, &rpc)?;
 
         let storage = state.local.storage_stats();
         counter(
@@ -282,4 +283,50 @@ impl Collector for NodeCollector {
             ready,
         )
     }
+}
+
+/// Cluster authentication and the RPC read bounds (issue 13).
+fn rpc_security(e: &mut DescriptorEncoder, rpc: &crate::rpc::RpcStatsSnapshot) -> std::fmt::Result {
+    counter(
+        e,
+        "rpc_auth_refused",
+        "Inbound internode connections refused by the cluster handshake",
+        rpc.auth_refused,
+    )?;
+    counter(
+        e,
+        "rpc_auth_failed_dials",
+        "Outbound internode connections whose peer failed the cluster handshake",
+        rpc.auth_failed_dials,
+    )?;
+    counter(
+        e,
+        "rpc_frame_timeouts",
+        "Internode connections closed because a frame did not finish arriving in time",
+        rpc.frame_timeouts,
+    )?;
+    counter(
+        e,
+        "gossip_dropped_short",
+        "Gossip datagrams dropped: too short to carry a signature",
+        rpc.gossip_short,
+    )?;
+    counter(
+        e,
+        "gossip_dropped_bad_tag",
+        "Gossip datagrams dropped: the signature does not verify",
+        rpc.gossip_bad_tag,
+    )?;
+    counter(
+        e,
+        "gossip_dropped_stale",
+        "Gossip datagrams dropped: signed, but stamped outside the allowed clock skew",
+        rpc.gossip_stale,
+    )?;
+    counter(
+        e,
+        "gossip_unsent_oversize",
+        "Gossip datagrams not sent: too large for one UDP datagram once signed",
+        rpc.gossip_oversize,
+    )
 }

@@ -5,6 +5,8 @@
 
 mod limit;
 pub mod tls;
+pub mod signed_gossip;
+mod signed_udp;
 mod tokio_net;
 
 use std::future::Future;
@@ -15,6 +17,8 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use limit::{LimitedIo, LimitedListener};
+pub use signed_gossip::{GossipAuth, GossipDrops};
+pub use signed_udp::SignedUdpSocket;
 pub use tokio_net::TokioNetwork;
 
 /// Wall-clock time, for the timestamps versions carry. Intervals and timeouts use
@@ -51,10 +55,13 @@ pub trait Network: Send + Sync + 'static {
     fn connect(&self, addr: SocketAddr) -> impl Future<Output = io::Result<Self::Stream>> + Send;
 
     /// A bound datagram socket for chitchat's gossip. Binding here, before chitchat starts,
-    /// lets a node bind port 0 and advertise the port it got.
+    /// lets a node bind port 0 and advertise the port it got. With `auth`, every datagram
+    /// is sealed on the way out and checked on the way in ([`signed_gossip`]); the network
+    /// applies it because only it sees the datagrams' bytes.
     fn bind_gossip(
         &self,
         addr: SocketAddr,
+        auth: Option<Arc<GossipAuth>>,
     ) -> impl Future<Output = io::Result<Box<dyn chitchat::transport::Socket>>> + Send;
 
     fn clock(&self) -> Arc<dyn Clock>;

@@ -4,7 +4,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use super::{Clock, Network, SystemClock};
+use super::{Clock, GossipAuth, Network, SignedUdpSocket, SystemClock};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TokioNetwork;
@@ -27,7 +27,11 @@ impl Network for TokioNetwork {
     async fn bind_gossip(
         &self,
         addr: SocketAddr,
+        auth: Option<Arc<GossipAuth>>,
     ) -> io::Result<Box<dyn chitchat::transport::Socket>> {
+        if let Some(auth) = auth {
+            return Ok(Box::new(SignedUdpSocket::open(addr, auth).await?));
+        }
         let socket = chitchat::transport::UdpSocket::open(addr)
             .await
             .map_err(|e| io::Error::new(io::ErrorKind::AddrNotAvailable, format!("{e:#}")))?;

@@ -27,13 +27,13 @@ use crate::http::{self, AppState};
 use crate::identity::Identity;
 use crate::kv::LocalKv;
 use crate::net::tls::TlsListener;
-use crate::net::{LimitedListener, Network};
+use crate::net::{GossipAuth, LimitedListener, Network};
 use crate::peer_service::PeerService;
 use crate::peers::Peers;
 use crate::readiness::Readiness;
 use crate::rpc::client::{connector_with_tls, RpcClient};
 use crate::rpc::frame::{RpcConfig, RpcStats};
-use crate::rpc::BatchLimit;
+use crate::rpc::{Authenticator, BatchLimit, ReadBudget};
 use crate::stats::ReplicationStats;
 use crate::store::Store;
 use crate::worker::{Phase, Registry, Worker};
@@ -57,7 +57,11 @@ impl Node {
         check_limits(&config)?;
         let net = Arc::new(net);
         let opened = open(&config, net.as_ref(), &store, &shutdown).await?;
-        let bound = bind(net.as_ref(), &config).await?;
+        // Made here, not in `connect`: gossip's signature check counts its drops in it.
+        let rpc_stats = Arc::new(RpcStats::default());
+        warn_if_open(&config);
+        let gossip_auth = GossipAuth::for_node(&config, net.clock(), rpc_stats.clone());
+        let bound = bind(net.as_ref(), &config, gossip_auth.clone()).await?;
         let host = config.addrs.advertise_host;
         let at = Advertised {
             http: advertised("HTTP", bound.at.http, host)?,
@@ -77,10 +81,13 @@ impl Node {
             &opened,
             socket,
             bound_at.gossip,
+            gossip_rebind(net.clone(), bound_at.gossip, gossip_auth),
             at,
         )
         .await?;
-        let parts = connect(&config, &net, &store, &opened, &gossip, &shutdown);
+        let parts = connect(
+            &config, &net, &store, &opened, &gossip, &shutdown, rpc_stats,
+        );
         let state = parts.state.clone();
 
         let background = background_workers(&config, &store, &parts, &gossip, at);
@@ -143,7 +150,22 @@ struct Bound<N: Network> {
     at: Advertised,
 }
 
-async fn bind<N: Network>(net: &N, config: &NodeConfig) -> Result<Bound<N>, NodeError> {
+/// Without a cluster secret anyone who reaches the RPC or gossip port is a peer: say so
+/// once, loudly, at start.
+fn warn_if_open(config: &NodeConfig) {
+    if config.security.cluster_secret.is_none() {
+        tracing::warn!(
+            "no cluster secret (--cluster-secret-file): internode RPC and gossip are open \
+             to anyone who can reach their ports"
+        );
+    }
+}
+
+async fn bind<N: Network>(
+    net: &N,
+    config: &NodeConfig,
+    gossip_auth: Option<Arc<GossipAuth>>,
+) -> Result<Bound<N>, NodeError> {
     let bind_err = |what, addr| move |source| NodeError::Bind { what, addr, source };
     let addrs = &config.addrs;
     let http = net
@@ -155,7 +177,7 @@ async fn bind<N: Network>(net: &N, config: &NodeConfig) -> Result<Bound<N>, Node
         .await
         .map_err(bind_err("RPC", addrs.rpc))?;
     let gossip = net
-        .bind_gossip(addrs.gossip)
+        .bind_gossip(addrs.gossip, gossip_auth)
         .await
         .map_err(bind_err("gossip", addrs.gossip))?;
     let local_addr =
@@ -177,13 +199,16 @@ async fn bind<N: Network>(net: &N, config: &NodeConfig) -> Result<Bound<N>, Node
 
 /// Binds the gossip socket again on the address it got at start (port 0 resolved): gossip
 /// started again after its task ended listens where its peers know it (`cluster::supervise`).
+/// It signs as the first socket did: a restarted gossip must not fall back to unsigned.
 fn gossip_rebind<N: Network>(
     net: Arc<N>,
     addr: std::net::SocketAddr,
+    auth: Option<Arc<GossipAuth>>,
 ) -> crate::cluster::supervise::Rebind {
     Arc::new(move || {
         let net = net.clone();
-        Box::pin(async move { net.bind_gossip(addr).await })
+        let auth = auth.clone();
+        Box::pin(async move { net.bind_gossip(addr, auth).await })
     })
 }
 
@@ -206,6 +231,7 @@ async fn start_gossip<N: Network>(
     opened: &Opened,
     socket: Box<dyn chitchat::transport::Socket>,
     gossip_listen: std::net::SocketAddr,
+    rebind: crate::cluster::supervise::Rebind,
     at: Advertised,
 ) -> Result<Gossiping, NodeError> {
     let store_err = store_error(config);
@@ -238,7 +264,7 @@ async fn start_gossip<N: Network>(
             joined && !alone,
         ),
         socket,
-        Some(gossip_rebind(net.clone(), gossip_listen)),
+        Some(rebind),
         stop.clone(),
     )
     .await?;
@@ -274,14 +300,33 @@ fn connect<N: Network>(
     opened: &Opened,
     gossip: &Gossiping,
     shutdown: &CancellationToken,
+    rpc_stats: Arc<RpcStats>,
 ) -> Parts {
     let cluster = &config.cluster;
     let local = opened.local.clone();
     let readiness = Arc::new(Readiness::default());
     readiness.watch_gossip(gossip.membership.health());
-    let rpc_stats = Arc::new(RpcStats::default());
+    let security = &config.security;
     let rpc_config = RpcConfig {
         max_frame_bytes: config.limits.max_frame_bytes,
+        idle_timeout: security.rpc_idle_timeout,
+        auth: security.cluster_secret.clone().map(|secret| {
+            Arc::new(Authenticator::new(
+                secret,
+                cluster.cluster_id.clone(),
+                security.handshake_timeout,
+                config.rng_seed,
+            ))
+        }),
+        frame_read_timeout: security.frame_read_timeout,
+        // One budget for the server's and the client's reads: it bounds the node. It
+        // must hold the largest frame, or that frame could never be read.
+        read_budget: ReadBudget::new(
+            security
+                .read_budget_bytes
+                .max(config.limits.max_frame_bytes),
+        ),
+        peer_queue_bytes: security.peer_queue_bytes,
         ..RpcConfig::default()
     };
     let batch = BatchLimit::for_frame(rpc_config.max_frame_bytes);

@@ -33,7 +33,9 @@ pub(super) async fn announce_left<N: Network>(
     };
     let Some(id) = id else { return left };
     let addrs = &config.addrs;
-    let Ok(socket) = net.bind_gossip(addrs.gossip).await else {
+    // Signed as the node's gossip is, or its peers would drop the announcement.
+    let auth = crate::net::GossipAuth::for_node(config, net.clock(), Default::default());
+    let Ok(socket) = net.bind_gossip(addrs.gossip, auth).await else {
         return left;
     };
     let bound = socket.local_addr().unwrap_or(addrs.gossip);

@@ -13,6 +13,13 @@
 //! while the call waited: that is what a stuck connection looks like. A connection that
 //! kept delivering other replies is alive (the peer is just slow on this one request),
 //! and closing it would fail every other call multiplexed on it, so it stays.
+//!
+//! With a cluster secret, a new connection passes the handshake ([`super::handshake`])
+//! before its first call goes out: a peer that cannot prove the secret gets no request.
+//! Replies are read under the frame deadline and the node's read budget
+//! ([`super::reader`]). What one peer may hold of this node is bounded by count (calls in
+//! flight per connection) and by bytes (`RpcConfig::peer_queue_bytes`): a slow peer makes
+//! callers time out, and writes fall back to hints, instead of queueing without bound.
 
 use std::collections::HashMap;
 use std::io;
@@ -29,11 +36,13 @@ use futures::StreamExt;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinSet;
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::FramedWrite;
 use tokio_util::sync::CancellationToken;
 
 use super::frame::{self, write_loop, FrameCodec, FrameError, RpcConfig, RpcStats};
+use super::handshake::{HandshakeError, Role};
 use super::message::{Envelope, Request, Response};
+use super::reader::FrameReader;
 use crate::net::{Network, Stream};
 
 /// Dials a peer. Boxed, so that the node's network type does not leak into the client.
@@ -79,6 +88,8 @@ pub enum RpcError {
     Timeout,
     #[error("the connection closed before the reply came")]
     Closed,
+    #[error("the peer failed the cluster handshake: {0}")]
+    Handshake(#[source] HandshakeError),
     #[error(transparent)]
     Frame(#[from] FrameError),
 }
@@ -123,6 +134,9 @@ struct Conn {
     pending: Mutex<Option<HashMap<u64, oneshot::Sender<Response>>>>,
     /// Bounds the calls in flight on this connection, and with it `pending`.
     slots: Arc<Semaphore>,
+    /// Bounds the bytes of those calls' requests (`RpcConfig::peer_queue_bytes`).
+    queued_bytes: Arc<Semaphore>,
+    queue_limit: u32,
     /// Bytes read from the socket so far: a timed-out call reads it to tell a stuck
     /// connection from a slow one. Bytes, not frames, so that a large reply still
     /// arriving counts as progress.
@@ -211,6 +225,16 @@ impl RpcClient {
             slot = conn.slots.clone().acquire_owned() => slot.map_err(|_| RpcError::Closed)?,
             _ = conn.close.cancelled() => return Err(RpcError::Closed),
         };
+        // Held until the call ends: a request larger than the whole limit takes all of it.
+        let bytes = u32::try_from(payload.len())
+            .unwrap_or(u32::MAX)
+            .min(conn.queue_limit);
+        let _bytes = tokio::select! {
+            held = conn.queued_bytes.clone().acquire_many_owned(bytes) => {
+                held.map_err(|_| RpcError::Closed)?
+            }
+            _ = conn.close.cancelled() => return Err(RpcError::Closed),
+        };
         let reply = conn.register(id).ok_or(RpcError::Closed)?;
         // Abandoned on timeout: the entry must not outlive the call.
         let _registered = Registered { conn: &conn, id };
@@ -257,7 +281,7 @@ impl Shared {
             return Err(RpcError::Closed);
         }
         RpcStats::add(&self.stats.dials, 1);
-        let stream =
+        let mut stream =
             match tokio::time::timeout(self.config.connect_timeout, (self.connector)(addr)).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => return Err(RpcError::Connect(e)),
@@ -266,6 +290,13 @@ impl Shared {
                     return Err(RpcError::Connect(e));
                 }
             };
+        if let Some(auth) = &self.config.auth {
+            if let Err(e) = auth.client(&mut stream).await {
+                RpcStats::add(&self.stats.auth_failed_dials, 1);
+                auth.warn_refused(addr, Role::Client, &e);
+                return Err(RpcError::Handshake(e));
+            }
+        }
         let conn = self.start(addr, stream);
         *lock(&peer.conn) = Some(conn.clone());
         tracing::debug!(peer = %addr, "RPC connection opened");
@@ -275,10 +306,13 @@ impl Shared {
     fn start(self: &Arc<Self>, addr: SocketAddr, stream: Box<dyn Stream>) -> Arc<Conn> {
         let in_flight = self.config.max_in_flight_per_conn.max(1);
         let (tx, rx) = mpsc::channel(in_flight);
+        let queue_limit = u32::try_from(self.config.peer_queue_bytes.max(1)).unwrap_or(u32::MAX);
         let conn = Arc::new(Conn {
             tx,
             pending: Mutex::new(Some(HashMap::new())),
             slots: Arc::new(Semaphore::new(in_flight)),
+            queued_bytes: Arc::new(Semaphore::new(queue_limit as usize)),
+            queue_limit,
             received: AtomicU64::new(0),
             close: self.closed.child_token(),
             opened: tokio::time::Instant::now(),
@@ -290,7 +324,7 @@ impl Shared {
             conn.clone(),
             stream,
             rx,
-            self.config.max_frame_bytes,
+            self.config.clone(),
             self.stats.clone(),
         );
         let mut tasks = lock(&self.tasks);
@@ -406,7 +440,7 @@ async fn run_connection(
     conn: Arc<Conn>,
     stream: Box<dyn Stream>,
     rx: mpsc::Receiver<Bytes>,
-    max_frame_bytes: usize,
+    config: RpcConfig,
     stats: Arc<RpcStats>,
 ) {
     let (rd, wr) = tokio::io::split(stream);
@@ -414,9 +448,14 @@ async fn run_connection(
         inner: rd,
         conn: conn.clone(),
     };
-    let frames = FramedRead::new(rd, FrameCodec::new(max_frame_bytes));
+    let frames = FrameReader::new(
+        rd,
+        config.max_frame_bytes,
+        config.frame_read_timeout,
+        &config.read_budget,
+    );
     let writer = write_loop(
-        FramedWrite::new(wr, FrameCodec::new(max_frame_bytes)),
+        FramedWrite::new(wr, FrameCodec::new(config.max_frame_bytes)),
         rx,
         &stats,
     );
@@ -437,6 +476,10 @@ async fn run_connection(
         Err(e @ FrameError::Io(_)) => {
             tracing::debug!(peer = %addr, error = %e, "RPC connection failed")
         }
+        Err(e @ FrameError::FrameTimeout(_)) => {
+            RpcStats::add(&stats.frame_timeouts, 1);
+            tracing::debug!(peer = %addr, error = %e, "closing RPC connection: slow reply frame")
+        }
         Err(e) => {
             RpcStats::add(&stats.protocol_errors, 1);
             tracing::warn!(peer = %addr, error = %e, "closing RPC connection: bad frame");
@@ -445,17 +488,19 @@ async fn run_connection(
 }
 
 async fn read_responses<R: AsyncRead + Unpin>(
-    mut frames: FramedRead<R, FrameCodec>,
+    mut frames: FrameReader<R>,
     conn: &Conn,
     stats: &RpcStats,
 ) -> Result<(), FrameError> {
-    while let Some(payload) = frames.next().await {
-        let payload = payload?;
+    while let Some(frame) = frames.next().await {
+        let frame = frame?;
         RpcStats::add(
             &stats.bytes_received,
-            (payload.len() + frame::LENGTH_PREFIX_BYTES) as u64,
+            (frame.payload.len() + frame::LENGTH_PREFIX_BYTES) as u64,
         );
-        let response: Envelope<Response> = frame::decode(&payload)?;
+        let response: Envelope<Response> = frame::decode(&frame.payload)?;
+        // Decoded: the frame's share of the read budget goes back.
+        drop(frame);
         conn.complete(response.id, response.body);
     }
     Ok(())
@@ -599,6 +644,57 @@ mod tests {
             requests.push(Request::Read { key: key.into() });
         }
         requests
+    }
+
+    #[tokio::test]
+    async fn bytes_in_flight_to_a_peer_are_bounded() {
+        let server = TestServer::any_port().await;
+        // Room for one small request at a time.
+        let one = frame::encode(
+            &Envelope {
+                id: 1,
+                body: &sleep(400),
+            },
+            1024,
+        )
+        .expect("encode")
+        .len();
+        let client = Arc::new(RpcClient::new(
+            connector_for(Arc::new(TokioNetwork)),
+            RpcConfig {
+                peer_queue_bytes: one + one / 2,
+                ..RpcConfig::default()
+            },
+            Arc::new(RpcStats::default()),
+        ));
+        let first = tokio::spawn({
+            let client = client.clone();
+            let addr = server.addr;
+            async move { client.call(addr, sleep(400), CALL).await }
+        });
+        wait_for("the first call runs", CALL, || {
+            server.handler.running.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        // A slow peer: the next call waits for room, and times out, instead of queueing.
+        let second = client
+            .call(server.addr, sleep(0), Duration::from_millis(100))
+            .await;
+        assert!(matches!(second, Err(RpcError::Timeout)), "{second:?}");
+        assert_eq!(server.handler.seen.lock().expect("lock").len(), 1);
+        // The timed-out call saw nothing arrive while it waited, so the client took the
+        // connection for stuck and closed it (see the module doc): the first call may end
+        // `Closed` rather than answered. Either way it ends, and gives its bytes back.
+        let first = first.await.expect("no panic");
+        assert!(
+            matches!(first, Ok(Response::Read(None)) | Err(RpcError::Closed)),
+            "{first:?}"
+        );
+        // Room again once the first call ended.
+        let third = client.call(server.addr, sleep(0), CALL).await;
+        assert!(matches!(third, Ok(Response::Read(None))), "{third:?}");
+        client.close_all().await;
+        server.stop().await;
     }
 
     #[tokio::test]

@@ -7,6 +7,7 @@
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -19,7 +20,10 @@ use tokio_util::codec::{
     Decoder, Encoder, FramedWrite, LengthDelimitedCodec, LengthDelimitedCodecError,
 };
 
+use super::handshake::Authenticator;
 use super::message::{Envelope, PROTOCOL_VERSION};
+use super::reader::ReadBudget;
+use crate::net::GossipDrops;
 
 /// Bytes of the length prefix in front of every frame.
 pub const LENGTH_PREFIX_BYTES: usize = 4;
@@ -45,6 +49,8 @@ pub enum FrameError {
     Decode(String),
     #[error("unencodable message: {0}")]
     Encode(String),
+    #[error("the rest of a frame did not arrive within {0:?}")]
+    FrameTimeout(Duration),
     #[error("i/o: {0}")]
     Io(#[from] io::Error),
 }
@@ -66,16 +72,33 @@ pub struct RpcConfig {
     /// network) would otherwise hold one of `max_connections` forever. The client dials
     /// again on its next call.
     pub idle_timeout: Duration,
+    /// Proves the cluster secret on every new connection, before any frame; `None` is
+    /// open mode.
+    pub auth: Option<Arc<Authenticator>>,
+    /// Once a frame's first byte arrived, the rest must arrive within this, on either
+    /// end; else the connection is closed.
+    pub frame_read_timeout: Duration,
+    /// Bytes of frames being read at once, shared by every connection of a node (server
+    /// and client): a frame's length is taken from it before its body is buffered.
+    pub read_budget: ReadBudget,
+    /// Bytes of calls in flight to one peer; past it, further calls wait (and time out)
+    /// rather than queue, so a slow peer costs timeouts and hints, not memory.
+    pub peer_queue_bytes: usize,
 }
 
 impl Default for RpcConfig {
     fn default() -> Self {
+        let security = crate::config::SecurityConfig::default();
         RpcConfig {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             max_in_flight_per_conn: 256,
             max_connections: 1024,
             connect_timeout: Duration::from_secs(2),
-            idle_timeout: Duration::from_secs(300),
+            idle_timeout: security.rpc_idle_timeout,
+            auth: None,
+            frame_read_timeout: security.frame_read_timeout,
+            read_budget: ReadBudget::new(security.read_budget_bytes),
+            peer_queue_bytes: security.peer_queue_bytes,
         }
     }
 }
@@ -103,6 +126,15 @@ pub struct RpcStats {
     pub protocol_errors: AtomicU64,
     /// Inbound connections closed for idleness (`RpcConfig::idle_timeout`).
     pub idle_closed: AtomicU64,
+    /// Inbound connections refused by the handshake (no secret, a wrong one, silence).
+    pub auth_refused: AtomicU64,
+    /// Outbound connections whose peer failed the handshake.
+    pub auth_failed_dials: AtomicU64,
+    /// Connections closed because a frame's rest did not arrive in time.
+    pub frame_timeouts: AtomicU64,
+    /// Gossip datagrams dropped by the signature check (`net::signed_gossip`): they are
+    /// internode traffic too, and `/metrics` reads them from here.
+    pub gossip: GossipDrops,
 }
 
 /// A plain copy of [`RpcStats`] at one moment.
@@ -118,6 +150,13 @@ pub struct RpcStatsSnapshot {
     pub requests_served: u64,
     pub protocol_errors: u64,
     pub idle_closed: u64,
+    pub auth_refused: u64,
+    pub auth_failed_dials: u64,
+    pub frame_timeouts: u64,
+    pub gossip_short: u64,
+    pub gossip_bad_tag: u64,
+    pub gossip_stale: u64,
+    pub gossip_oversize: u64,
 }
 
 impl RpcStats {
@@ -134,6 +173,13 @@ impl RpcStats {
             requests_served: get(&self.requests_served),
             protocol_errors: get(&self.protocol_errors),
             idle_closed: get(&self.idle_closed),
+            auth_refused: get(&self.auth_refused),
+            auth_failed_dials: get(&self.auth_failed_dials),
+            frame_timeouts: get(&self.frame_timeouts),
+            gossip_short: get(&self.gossip.short),
+            gossip_bad_tag: get(&self.gossip.bad_tag),
+            gossip_stale: get(&self.gossip.stale),
+            gossip_oversize: get(&self.gossip.oversize),
         }
     }
 

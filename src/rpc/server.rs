@@ -6,6 +6,10 @@
 //! bounded channel. Everything is bounded: connections by a semaphore held per
 //! connection, requests in flight per connection by another (when it is full the reader
 //! stops reading, and TCP pushes back on the peer).
+//!
+//! With a cluster secret, a connection first passes the handshake ([`super::handshake`]);
+//! one that fails is closed before any frame is read. Frames are read under a deadline
+//! and the node's byte budget ([`super::reader`]).
 
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
@@ -17,12 +21,14 @@ use futures::{FutureExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::FramedWrite;
 use tokio_util::sync::CancellationToken;
 
 use super::bounds;
 use super::frame::{self, write_loop, FrameCodec, FrameError, RpcConfig, RpcStats};
+use super::handshake::Role;
 use super::message::{Envelope, Request, Response};
+use super::reader::FrameReader;
 use super::remote_error::RemoteError;
 use crate::net::LimitedListener;
 
@@ -103,13 +109,15 @@ enum End {
     Idle,
     /// The peer sent something that is not a valid frame.
     Protocol(FrameError),
+    /// A frame's rest did not arrive within `RpcConfig::frame_read_timeout`.
+    FrameTimeout(FrameError),
     /// The socket failed.
     Io(FrameError),
     Shutdown,
 }
 
 async fn connection<S>(
-    io: S,
+    mut io: S,
     peer: SocketAddr,
     handler: Arc<dyn RpcHandler>,
     config: RpcConfig,
@@ -118,8 +126,25 @@ async fn connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    if let Some(auth) = &config.auth {
+        // Bounded by the handshake's own timeout; nothing of the peer's is decoded first.
+        let proved = tokio::select! {
+            proved = auth.server(&mut io) => proved,
+            _ = shutdown.cancelled() => return,
+        };
+        if let Err(e) = proved {
+            RpcStats::add(&stats.auth_refused, 1);
+            auth.warn_refused(peer, Role::Server, &e);
+            return;
+        }
+    }
     let (rd, wr) = tokio::io::split(io);
-    let mut frames = FramedRead::new(rd, FrameCodec::new(config.max_frame_bytes));
+    let mut frames = FrameReader::new(
+        rd,
+        config.max_frame_bytes,
+        config.frame_read_timeout,
+        &config.read_budget,
+    );
     let in_flight = config.max_in_flight_per_conn.max(1);
     // Each request holds a slot until its response is queued, so the channel never holds
     // more than `in_flight` responses and a handler never waits on it for long.
@@ -165,6 +190,10 @@ async fn connection<S>(
             RpcStats::add(&stats.protocol_errors, 1);
             tracing::warn!(peer = %peer, error = %e, "closing RPC connection: bad frame");
         }
+        End::FrameTimeout(e) => {
+            RpcStats::add(&stats.frame_timeouts, 1);
+            tracing::debug!(peer = %peer, error = %e, "closing RPC connection: slow frame");
+        }
         End::Io(e) => {
             tracing::debug!(peer = %peer, error = %e, "RPC connection failed");
         }
@@ -176,7 +205,7 @@ async fn connection<S>(
 
 /// Reads request frames and spawns a handler for each, until the peer stops or errs.
 async fn read_requests<R: AsyncRead + Unpin>(
-    frames: &mut FramedRead<R, FrameCodec>,
+    frames: &mut FrameReader<R>,
     handler: &Arc<dyn RpcHandler>,
     config: &RpcConfig,
     stats: &Arc<RpcStats>,
@@ -193,32 +222,42 @@ async fn read_requests<R: AsyncRead + Unpin>(
             },
             Some(_) = handlers.join_next() => continue,
         };
-        // The idle clock runs only while no handler runs: a slow request is not idleness.
+        // The idle clock runs only while no handler runs (a slow request is not
+        // idleness) and no frame is half read (that one has its own deadline).
         let idle = tokio::time::sleep(config.idle_timeout);
         tokio::pin!(idle);
         let next = loop {
+            let quiet = handlers.is_empty() && !frames.in_frame();
             tokio::select! {
                 next = frames.next() => break next,
                 Some(_) = handlers.join_next() => {
                     idle.as_mut().reset(tokio::time::Instant::now() + config.idle_timeout);
                 }
-                _ = &mut idle, if handlers.is_empty() => return End::Idle,
+                _ = &mut idle, if quiet => {
+                    if !frames.in_frame() {
+                        return End::Idle;
+                    }
+                }
             }
         };
-        let payload = match next {
+        let frame = match next {
             None => return End::Eof,
             Some(Err(e @ FrameError::Io(_))) => return End::Io(e),
+            Some(Err(e @ FrameError::FrameTimeout(_))) => return End::FrameTimeout(e),
             Some(Err(e)) => return End::Protocol(e),
-            Some(Ok(payload)) => payload,
+            Some(Ok(frame)) => frame,
         };
+        let payload = &frame.payload;
         RpcStats::add(
             &stats.bytes_received,
             (payload.len() + frame::LENGTH_PREFIX_BYTES) as u64,
         );
-        let request: Envelope<Request> = match frame::decode(&payload) {
+        let request: Envelope<Request> = match frame::decode(payload) {
             Ok(request) => request,
             Err(e) => return End::Protocol(e),
         };
+        // Decoded: the frame's bytes, and its share of the read budget, go.
+        drop(frame);
         let handler = handler.clone();
         let tx = tx.clone();
         let stats = stats.clone();
@@ -710,6 +749,58 @@ mod tests {
         let max = crate::rpc::bounds::MAX_SCAN_ROWS;
         assert!(seen[0].contains(&format!("limit: {max}")), "{seen:?}");
         client.close_all().await;
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn only_peers_that_prove_the_secret_are_served() {
+        let auth = |secret: &[u8]| {
+            Some(Arc::new(crate::rpc::Authenticator::new(
+                crate::config::ClusterSecret::new(secret).expect("a long enough secret"),
+                "c".into(),
+                Duration::from_millis(500),
+                Some(1),
+            )))
+        };
+        let with = |secret: &[u8]| RpcConfig {
+            auth: auth(secret),
+            ..RpcConfig::default()
+        };
+        let server =
+            TestServer::start(super::testing::loopback(0), with(b"0123456789abcdef")).await;
+        let good = RpcClient::new(
+            connector_for(Arc::new(TokioNetwork)),
+            with(b"0123456789abcdef"),
+            Arc::new(RpcStats::default()),
+        );
+        ping(&good, &server).await;
+
+        let wrong = RpcClient::new(
+            connector_for(Arc::new(TokioNetwork)),
+            with(b"0123456789abcdeX"),
+            Arc::new(RpcStats::default()),
+        );
+        let refused = wrong.call(server.addr, Request::Ping, CALL).await;
+        assert!(
+            matches!(refused, Err(RpcError::Handshake(_))),
+            "{refused:?}"
+        );
+        assert_eq!(wrong.stats().snapshot().auth_failed_dials, 1);
+        // A client in open mode sends a frame where the hello belongs.
+        let open = client();
+        let refused = open.call(server.addr, Request::Ping, CALL).await;
+        assert!(refused.is_err(), "{refused:?}");
+        wait_for("both refusals counted", CALL, || {
+            server.stats.auth_refused.load(Ordering::SeqCst) == 2
+        })
+        .await;
+        let seen = server.handler.seen.lock().expect("lock").clone();
+        assert_eq!(
+            seen,
+            vec!["Ping".to_owned()],
+            "only the good client's ping ran"
+        );
+        good.close_all().await;
         server.stop().await;
     }
 
