@@ -897,11 +897,13 @@ fn report(run: &Run, history: &[Write], tally: &Tally, settle: &Settle) -> bool 
     let acked = &settle.findings.acked_writes;
     let g = |k: OpKind| acked.get(&k).copied().unwrap_or(0);
     println!(
-        "checked           {} acknowledged writes ({} puts, {} deletes, {} set adds), {} set elements; replicas of {} keys",
+        "checked           {} acknowledged writes ({} puts, {} deletes, {} set adds: {} held as themselves, {} superseded by a descendant), {} set elements; replicas of {} keys",
         g(OpKind::Put) + g(OpKind::Delete) + g(OpKind::SetAdd),
         g(OpKind::Put),
         g(OpKind::Delete),
         g(OpKind::SetAdd),
+        settle.findings.held,
+        settle.findings.superseded,
         settle.findings.acked_elements,
         settle.keys
     );
@@ -940,6 +942,8 @@ fn report(run: &Run, history: &[Write], tally: &Tally, settle: &Settle) -> bool 
         }))).collect::<BTreeMap<_, _>>(),
         "via_full_node": via_full,
         "acked_elements": settle.findings.acked_elements,
+        "acked_held": settle.findings.held,
+        "acked_superseded": settle.findings.superseded,
         "keys_checked": settle.keys,
         "settled": settled,
         "settle_stages": settle.stages.iter().map(|(s, t)| (*s, *t)).collect::<BTreeMap<_, _>>(),

@@ -92,6 +92,11 @@ impl StoredSet {
 pub struct Findings {
     pub acked_writes: BTreeMap<OpKind, u64>,
     pub acked_elements: u64,
+    /// Acknowledged writes found as themselves in the settled set, and found covered by
+    /// a later version: what the lost-write check saw (their sum, with the lost ones, is
+    /// every acknowledged write).
+    pub held: u64,
+    pub superseded: u64,
     pub violations: Vec<String>,
 }
 
@@ -150,6 +155,11 @@ pub fn check(
             Some(x) => x.tombstone || x.value.as_deref() != w.value.as_deref(),
             None => !fin.covers(actor, counter),
         };
+        match (lost, held.is_some()) {
+            (false, true) => f.held += 1,
+            (false, false) => f.superseded += 1,
+            (true, _) => {}
+        }
         if lost {
             f.violations.push(format!(
                 "lost-write on {}: {:?} {dot} by client {} via node {} at {} ms (value {:?}); final set {}",
@@ -344,7 +354,12 @@ mod tests {
         let finals: BTreeMap<String, Option<StoredSet>> = [("s".to_owned(), both)].into();
         let read: BTreeMap<String, BTreeSet<String>> =
             [("s".to_owned(), ["x".to_owned(), "y".to_owned()].into())].into();
-        assert!(check(&history, &finals, &read).violations.is_empty());
+        let found = check(&history, &finals, &read);
+        assert!(found.violations.is_empty());
+        assert_eq!(
+            (found.acked_elements, found.held, found.superseded),
+            (2, 2, 0)
+        );
         // A read that misses one is a violation, even when the replicas hold it.
         let partial: BTreeMap<String, BTreeSet<String>> =
             [("s".to_owned(), ["x".to_owned()].into())].into();
