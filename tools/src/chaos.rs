@@ -76,6 +76,11 @@ pub struct ChaosArgs {
     /// the settle.
     #[arg(long, default_value = "5s")]
     pub anti_entropy_interval: String,
+    /// Allow disk loss while another node's disk is full. A join then cannot finish until
+    /// space returns (its pull is a two-way exchange, whose half on the full node fails),
+    /// so this reproduces that bug rather than checking the rest.
+    #[arg(long)]
+    pub wipe_while_full: bool,
 }
 
 /// The longest one client request may take: above the nodes' 5 s request timeout.
@@ -113,7 +118,14 @@ pub async fn run(a: ChaosArgs) -> Result<bool, String> {
     let disk_draw = rng.gen_range(1..=a.nodes);
     let root = nix::unistd::geteuid().is_root();
     let steps = (secs / a.fault_every_secs * 2.0).ceil() as usize + 5;
-    let schedule = nemesis::schedule(&mut rng, a.nodes, Some(disk_draw), every, steps);
+    let schedule = nemesis::schedule(
+        &mut rng,
+        a.nodes,
+        Some(disk_draw),
+        every,
+        steps,
+        a.wipe_while_full,
+    );
     let plan: Vec<String> = schedule
         .iter()
         .enumerate()
@@ -813,7 +825,8 @@ fn report(run: &Run, history: &[Write], tally: &Tally, settle: &Settle) -> bool 
             }
             Outcome::Failed(why) => {
                 *e.3.entry(why.clone()).or_default() += 1;
-                if why.starts_with("500") || why.contains("without the JSON error shape") {
+                let status = why.trim_start_matches("read: ");
+                if status.starts_with("500") || status.contains("without the JSON error shape") {
                     internal += 1;
                 }
                 why.clone()

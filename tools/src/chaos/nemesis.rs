@@ -92,13 +92,14 @@ pub struct Step {
 /// every kind once, in a seeded order, so a short run still sees each; `disk` is the
 /// tmpfs node (none: no fill faults). While the disk node is full it is not killed (a
 /// node killed on a full disk may not start again, which proves nothing about the
-/// cluster) and no node is wiped.
+/// cluster) and, unless `wipe_while_full`, no node is wiped.
 pub fn schedule(
     rng: &mut StdRng,
     nodes: usize,
     disk: Option<usize>,
     every: Duration,
     count: usize,
+    wipe_while_full: bool,
 ) -> Vec<Step> {
     let mut first: Vec<Kind> = Kind::ALL
         .into_iter()
@@ -106,7 +107,8 @@ pub fn schedule(
         .collect();
     first.shuffle(rng);
     // Disk loss before the first fill, which would turn it into a kill (below).
-    if let (Some(f), Some(w)) = (
+    if let (false, Some(f), Some(w)) = (
+        wipe_while_full,
         first.iter().position(|k| *k == Kind::Fill),
         first.iter().position(|k| *k == Kind::Wipe),
     ) {
@@ -139,7 +141,7 @@ pub fn schedule(
         // A node that joins while a fellow owner's disk is full cannot finish its join
         // until space returns (the pull is a two-way exchange, whose half on the full
         // node fails): no disk loss meanwhile, so the run checks what it means to.
-        if kind == Kind::Wipe && full {
+        if kind == Kind::Wipe && full && !wipe_while_full {
             kind = Kind::Kill1;
         }
         let candidates: Vec<usize> = (1..=nodes)
@@ -390,7 +392,7 @@ mod tests {
 
     fn drawn(seed: u64, disk: Option<usize>) -> Vec<Step> {
         let mut rng = StdRng::seed_from_u64(seed);
-        schedule(&mut rng, 5, disk, Duration::from_secs(4), 60)
+        schedule(&mut rng, 5, disk, Duration::from_secs(4), 60, false)
     }
 
     #[test]
@@ -433,6 +435,29 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Whether some step wipes a node while the disk node is full.
+    fn wipes_while_full(steps: &[Step]) -> bool {
+        let mut full_until = 0;
+        for (i, s) in steps.iter().enumerate() {
+            match &s.fault {
+                Fault::Fill { steps, .. } => full_until = i + 1 + steps,
+                Fault::Wipe { .. } if i < full_until => return true,
+                _ => {}
+            }
+        }
+        false
+    }
+
+    #[test]
+    fn wipe_while_full_lets_disk_loss_meet_a_full_disk() {
+        let with = |seed| {
+            let mut rng = StdRng::seed_from_u64(seed);
+            schedule(&mut rng, 5, Some(4), Duration::from_secs(4), 60, true)
+        };
+        assert!((0..64).any(|seed| wipes_while_full(&with(seed))));
+        assert!((0..64).all(|seed| !wipes_while_full(&drawn(seed, Some(4)))));
     }
 
     #[test]
