@@ -258,7 +258,7 @@ async fn member(url: &str, id: &str) -> Option<Value> {
         .cloned()
 }
 
-/// Whether every running node but `except` shows member `id` as live and normal.
+/// Whether every running node shows member `id` as live and normal.
 async fn normal_everywhere(cluster: &Cluster, id: &str) -> bool {
     for n in &cluster.nodes {
         if !cluster.running(n.index) {
