@@ -6,9 +6,11 @@
 //! - [`scale`]: `load`, `churn` and `verify`, the scale-out and fault checks.
 //! - [`bench`]: `bench --target etcd|redis`, `ringkv bench`'s load generator on other stores.
 //! - [`bench_report`]: `bench-report`, the comparison table of `scripts/bench-compare.sh`.
+//! - [`chaos`]: `chaos`, real node processes under seeded faults (`scripts/chaos.sh`).
 
 mod bench;
 mod bench_report;
+mod chaos;
 mod scale;
 
 use std::process::ExitCode;
@@ -34,6 +36,9 @@ enum Command {
     Bench(Box<bench::BenchArgs>),
     /// Fold `bench --json` outputs into the comparison table (`scripts/bench-compare.sh`).
     BenchReport(bench_report::BenchReportArgs),
+    /// Run local nodes under seeded faults and load, then check nothing acknowledged was
+    /// lost (`scripts/chaos.sh`).
+    Chaos(Box<chaos::ChaosArgs>),
 }
 
 async fn run(command: Command) -> Result<bool, String> {
@@ -41,6 +46,23 @@ async fn run(command: Command) -> Result<bool, String> {
         Command::Scale(c) => scale::run_scale(c).await,
         Command::Bench(args) => bench::run(*args).await.map(|()| true),
         Command::BenchReport(args) => bench_report::run(args).map(|()| true),
+        // Interrupted, the run's future is dropped, and with it the nodes it started.
+        Command::Chaos(args) => tokio::select! {
+            r = chaos::run(*args) => r,
+            why = interrupted() => Err(why),
+        },
+    }
+}
+
+/// SIGINT or SIGTERM.
+async fn interrupted() -> String {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "interrupted (SIGINT)".into(),
+        _ = term.recv() => "terminated (SIGTERM)".into(),
     }
 }
 
