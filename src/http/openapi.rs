@@ -358,6 +358,7 @@ impl Modify for Shared {
         for (path, item) in doc.paths.paths.iter_mut() {
             let open = OPEN_PATHS.contains(&path.as_str());
             let shed = !UNSHED_PATHS.contains(&path.as_str());
+            let admin = path.starts_with("/admin/");
             let ops = [
                 (&mut item.get, false),
                 (&mut item.head, true),
@@ -368,7 +369,7 @@ impl Modify for Shared {
             for (op, head) in ops {
                 if let Some(op) = op.as_mut() {
                     let takes_body = op.request_body.is_some();
-                    shared_responses(op, open, shed, head, takes_body);
+                    shared_responses(op, open, admin, shed, head, takes_body);
                 }
             }
         }
@@ -388,8 +389,16 @@ fn error_response(description: &str) -> ApiResponse {
 }
 
 /// Adds auth, load shedding and body deadlines to one operation. A HEAD answer has no body,
-/// so its responses describe none.
-fn shared_responses(op: &mut Operation, open: bool, shed: bool, head: bool, takes_body: bool) {
+/// so its responses describe none. `admin` routes also answer 403 to a client token when
+/// the node has admin tokens of its own.
+fn shared_responses(
+    op: &mut Operation,
+    open: bool,
+    admin: bool,
+    shed: bool,
+    head: bool,
+    takes_body: bool,
+) {
     let strip = |mut r: ApiResponse| {
         if head {
             r.content.clear();
@@ -417,6 +426,15 @@ fn shared_responses(op: &mut Operation, open: bool, shed: bool, head: bool, take
                 .build(),
         );
         responses.insert("401".to_owned(), RefOr::T(strip(unauthorized)));
+        if admin {
+            responses.insert(
+                "403".to_owned(),
+                RefOr::T(strip(error_response(
+                    "`forbidden`: the node has admin tokens (`--admin-token-file`) and the \
+                     request carried a client token",
+                ))),
+            );
+        }
     }
     if takes_body {
         responses.entry("408".to_owned()).or_insert_with(|| {
