@@ -174,11 +174,20 @@ impl AntiEntropy {
                 .into_iter()
                 .filter(|id| *id != view.self_id)
                 .collect();
-            let live: Vec<NodeId> = others
-                .iter()
-                .copied()
-                .filter(|id| view.is_healthy(*id))
+            // The exchange pushes as well as pulls, and a source whose disk is full fails
+            // every push: its ranges would be retried forever, and a join next to a full
+            // disk would never finish (found by chaos). Pull from owners that take writes
+            // when there are any, else from any healthy one.
+            let healthy = others.iter().copied().filter(|id| view.is_healthy(*id));
+            let writable: Vec<NodeId> = healthy
+                .clone()
+                .filter(|id| view.takes_writes(*id))
                 .collect();
+            let live: Vec<NodeId> = if writable.is_empty() {
+                healthy.collect()
+            } else {
+                writable
+            };
             match live.get(i % live.len().max(1)) {
                 // Rotate among the live sources to spread the load.
                 Some(peer) => by_peer

@@ -4,9 +4,9 @@
 //! the same node code runs in both. Node code never names `tokio::net`.
 
 mod limit;
-pub mod tls;
 pub mod signed_gossip;
 mod signed_udp;
+pub mod tls;
 mod tokio_net;
 
 use std::future::Future;
