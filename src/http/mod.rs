@@ -2,9 +2,13 @@
 //! docs/design.md §2 and README's API section are the contract.
 
 mod batch;
+mod batch_body;
 mod cluster;
 mod debug_keys;
 mod error;
+// The parsers, for the fuzz targets only (`fuzz/`).
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod gate;
 mod kv;
 mod list;
