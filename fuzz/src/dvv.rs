@@ -4,7 +4,7 @@
 //! ringkv derives `Deserialize` for `SiblingSet`, so a decoded set is only as well formed
 //! as its bytes: the laws are promised for sets that keep the invariants `SiblingSet`
 //! documents (versions sorted by dot, no dot twice, the context covering every dot, no
-//! counter at 0 or u64::MAX). The targets check the laws on decoded sets that pass
+//! counter at 0 or u64::MAX, in a dot or in the context). The targets check the laws on decoded sets that pass
 //! [`well_formed`] and reject the rest, as a validating decoder would.
 
 use ringkv::version::{Actor, Dot, SiblingSet, VersionVector};
@@ -28,6 +28,11 @@ pub fn malformed(set: &SiblingSet) -> Option<String> {
     }
     if let Some(v) = versions.iter().find(|v| !set.context().contains(&v.dot)) {
         return Some(format!("context does not cover the dot {:?}", v.dot));
+    }
+    // An entry at counter 0 says nothing (an absent actor is counter 0), but it makes two
+    // equal histories unequal as values: sync's context would differ from one that descends.
+    if let Some((a, _)) = set.context().iter().find(|(_, &c)| c == 0) {
+        return Some(format!("a context entry at counter 0 for {a:?}"));
     }
     if set.has_overflowed_counter() {
         return Some("a counter at u64::MAX".into());

@@ -68,3 +68,37 @@ fn a_version_at_counter_zero_is_malformed() {
         "sync with nothing drops it"
     );
 }
+
+/// dvv (decoded mode, found by AFL++ in 90 s): a set from the wire whose context holds an
+/// entry at counter 0. It is the same history as without the entry (`descends` says so), but
+/// not the same value: a sync with it adds the entry, so "a descends b" no longer means "a
+/// synced with b is a", and replicas' digests of one history differ. No node writes such an
+/// entry; the target now rejects such sets as malformed (the validator a peer's sets go
+/// through should too, or drop the entry).
+#[test]
+fn a_context_entry_at_counter_zero_is_malformed() {
+    let input = unhex(
+        "01929293929201010281a556616c756592c4046c656674aa7164676d2b6f6f656c710b93929202010181a5\
+         56616c756592c4057269676874aa746578742f706c61696e0c829201010292020101929193929202010181\
+         a556616c756592c4057269676874aa746578742f706c61696e0c8292010000920201019291939292030101\
+         a9546f6d6273746f6e650d829201010292030101",
+    );
+    run("dvv", &input);
+    let (a, _) = SiblingSet::new()
+        .update(None, Actor { node: 2, epoch: 1 }, Payload::Tombstone, 0)
+        .expect("a fresh counter");
+    // `a`'s context {[2,1]: 1} with a zero entry for [1,0] in front, as the wire can carry it.
+    let bytes = rmp_serde::to_vec(&a).expect("encodes");
+    let ctx = [0x81, 0x92, 0x02, 0x01, 0x01];
+    let at = bytes
+        .windows(ctx.len())
+        .rposition(|w| w == ctx)
+        .expect("the context map");
+    let mut forged = bytes[..at].to_vec();
+    forged.extend_from_slice(&[0x82, 0x92, 0x01, 0x00, 0x00, 0x92, 0x02, 0x01, 0x01]);
+    forged.extend_from_slice(&bytes[at + ctx.len()..]);
+    let b: SiblingSet = rmp_serde::from_slice(&forged).expect("the wire accepts it");
+    assert!(!dvv::well_formed(&b));
+    assert!(a.descends(&b) && b.descends(&a), "one history");
+    assert_ne!(a.sync(&b), a, "yet a sync with it changes the set");
+}
