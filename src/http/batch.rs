@@ -11,22 +11,26 @@ use axum::Json;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::coordinator::RequestOpts;
 use crate::key::Key;
 use crate::version::{Payload, VersionVector};
 
+use super::batch_body;
 use super::error::ApiError;
 use super::kv::{body_error, content_type, parse_token, value_too_large};
 use super::params::Query;
 use super::render::{self, SiblingJson};
 use super::AppState;
 
-/// `{"ops": [...]}`: each op is parsed on its own, so a bad one gets its own 400 result.
-#[derive(Deserialize, utoipa::ToSchema)]
+/// `{"ops": [...]}`, as the OpenAPI document describes it. The body is not parsed into
+/// this: `batch_body` keeps each op as raw text (so a bad one gets its own 400 result, and
+/// ops past the limit are counted, not held).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
 struct BatchRequest {
-    #[schema(value_type = Vec<RawOp>)]
-    ops: Vec<serde_json::Value>,
+    ops: Vec<RawOp>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -48,14 +52,14 @@ struct RawOp {
     token: Option<String>,
 }
 
-enum Op {
+pub(super) enum Op {
     Get(Key),
     Put(Key, Option<VersionVector>, Payload),
     Delete(Key, Option<VersionVector>),
 }
 
 impl Op {
-    fn key(&self) -> &Key {
+    pub(super) fn key(&self) -> &Key {
         match self {
             Op::Get(k) | Op::Put(k, _, _) | Op::Delete(k, _) => k,
         }
@@ -94,9 +98,9 @@ pub struct BatchBody {
     results: Vec<OpResult>,
 }
 
-fn parse_op(raw: serde_json::Value, max_value: usize) -> Result<Op, ApiError> {
+fn parse_op(raw: &RawValue, max_value: usize) -> Result<Op, ApiError> {
     let raw: RawOp =
-        serde_json::from_value(raw).map_err(|e| ApiError::bad_request(format!("op: {e}")))?;
+        serde_json::from_str(raw.get()).map_err(|e| ApiError::bad_request(format!("op: {e}")))?;
     let key = Key::new(raw.key)?;
     let token = parse_token(raw.token.as_deref(), &key)?;
     match raw.op.as_str() {
@@ -130,6 +134,29 @@ fn parse_op(raw: serde_json::Value, max_value: usize) -> Result<Op, ApiError> {
             "op must be put, get or delete, not {other:?}"
         ))),
     }
+}
+
+/// A batch body as the handler takes it: the whole (400 unless `{"ops":[…]}`, 413 past
+/// `max_ops`), then each op on its own, so that a bad op fails alone. Pure, so that the
+/// fuzz targets (`fuzz/`) check exactly what the handler runs.
+pub(super) fn parse_batch(
+    body: &[u8],
+    max_ops: usize,
+    max_value: usize,
+) -> Result<Vec<Result<Op, ApiError>>, ApiError> {
+    let ops = batch_body::parse(body, max_ops)
+        .map_err(|e| ApiError::bad_request(format!("batch body is not {{\"ops\":[…]}}: {e}")))?;
+    if ops.total > max_ops {
+        return Err(ApiError::too_large(format!(
+            "batch has {} ops; the limit is {max_ops} (--max-batch-ops)",
+            ops.total,
+        )));
+    }
+    Ok(ops
+        .kept
+        .into_iter()
+        .map(|raw| parse_op(raw, max_value))
+        .collect())
 }
 
 async fn run_op(state: &AppState, op: Op, opts: &RequestOpts) -> OpResult {
@@ -199,22 +226,14 @@ pub async fn batch(
     let opts = Query::parse(query.as_deref(), &["r", "w", "timeout_ms"])?
         .request_opts(state.config.replication.n, state.config.request_timeout)?;
     let body = body.map_err(|e| body_error(e, limits.max_batch_bytes))?;
-    let request: BatchRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("batch body is not {{\"ops\":[…]}}: {e}")))?;
-    if request.ops.len() > limits.max_batch_ops {
-        return Err(ApiError::too_large(format!(
-            "batch has {} ops; the limit is {} (--max-batch-ops)",
-            request.ops.len(),
-            limits.max_batch_ops
-        )));
-    }
-    let mut results: Vec<Option<OpResult>> = Vec::with_capacity(request.ops.len());
+    let ops = parse_batch(&body, limits.max_batch_ops, limits.max_value_bytes)?;
+    let mut results: Vec<Option<OpResult>> = Vec::with_capacity(ops.len());
     let mut wave: Vec<(usize, Op)> = Vec::new();
     let mut wave_keys: HashSet<Key> = HashSet::new();
-    for raw in request.ops {
+    for parsed in ops {
         let index = results.len();
         results.push(None);
-        match parse_op(raw, limits.max_value_bytes) {
+        match parsed {
             Err(e) => results[index] = Some(e.into()),
             Ok(op) => {
                 // Ops on one key must run in the order given; ops on different keys can run

@@ -3,9 +3,13 @@
 
 pub mod auth;
 mod batch;
+mod batch_body;
 mod cluster;
 mod debug_keys;
 mod error;
+// The parsers, for the fuzz targets only (`fuzz/`).
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod gate;
 mod kv;
 mod list;
