@@ -9,8 +9,10 @@ pub(crate) mod gate;
 mod kv;
 mod list;
 mod metrics;
+pub mod overload;
 mod params;
 mod render;
+pub mod serve;
 mod workers;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -63,6 +65,9 @@ pub struct AppState {
 
 pub fn router(state: Arc<AppState>) -> Router {
     let limits = &state.config.limits;
+    let overload = overload::Overload::new(&limits.http);
+    // Each body route reads its body under the node's budget, within its own limit.
+    let body = |limit| middleware::from_fn_with_state(overload.body(limit), overload::read_body);
     Router::new()
         .route("/kv", strict(get(list::list)))
         .route("/kv/", any(kv::empty_key))
@@ -74,11 +79,14 @@ pub fn router(state: Arc<AppState>) -> Router {
                     .put(kv::put_key)
                     .delete(kv::delete_key),
             )
-            .layer(DefaultBodyLimit::max(limits.max_value_bytes)),
+            .layer(DefaultBodyLimit::max(limits.max_value_bytes))
+            .layer(body(limits.max_value_bytes)),
         )
         .route(
             "/batch",
-            strict(post(batch::batch)).layer(DefaultBodyLimit::max(limits.max_batch_bytes)),
+            strict(post(batch::batch))
+                .layer(DefaultBodyLimit::max(limits.max_batch_bytes))
+                .layer(body(limits.max_batch_bytes)),
         )
         .route("/health", strict(get(health)))
         .route("/ready", strict(get(ready)))
@@ -93,6 +101,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/remove/{id}", strict(post(admin_remove)))
         .fallback(no_route)
         .layer(middleware::from_fn_with_state(state.clone(), fence_removed))
+        .layer(middleware::from_fn_with_state(overload, overload::admit))
         .layer(middleware::from_fn(log_request))
         .with_state(state)
 }

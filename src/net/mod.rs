@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-pub use limit::{LimitedIo, LimitedListener};
+pub use limit::{ConnectionSlots, LimitedIo, LimitedListener, Slot};
 pub use tokio_net::TokioNetwork;
 
 /// Wall-clock time, for the timestamps versions carry. Intervals and timeouts use

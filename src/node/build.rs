@@ -26,7 +26,7 @@ use crate::handoff::{Handoff, HandoffConfig, HINT_PAGE};
 use crate::http::{self, AppState};
 use crate::identity::Identity;
 use crate::kv::LocalKv;
-use crate::net::{LimitedListener, Network};
+use crate::net::Network;
 use crate::peer_service::PeerService;
 use crate::peers::Peers;
 use crate::readiness::Readiness;
@@ -87,18 +87,19 @@ impl Node {
         let network = network_workers(&parts, rpc_listener, gossip.membership, gossip.stop);
         workers.extend(network.into_iter().map(|w| (Phase::Network, w)));
         workers.extend(background.into_iter().map(|w| (Phase::Background, w)));
+        // The serve loop can no longer fail (an accept error is retried, a connection's
+        // error ends that connection only), so nothing is ever left here.
         let http_error = Arc::default();
         workers.push((
             Phase::Http,
             Arc::new(Http {
-                listener: Mutex::new(Some(LimitedListener::new(
-                    http_listener,
-                    config.limits.max_connections,
-                ))),
+                listener: Mutex::new(Some(http_listener)),
                 router: Mutex::new(Some(http::router(state.clone()))),
                 addr: bound_at.http,
-                node_shutdown: shutdown.clone(),
-                error: Arc::clone(&http_error),
+                config: http::serve::ServeConfig {
+                    limits: config.limits.http.clone(),
+                    max_connections: config.limits.max_connections,
+                },
             }),
         ));
         Ok(Node {

@@ -1,0 +1,283 @@
+//! Overload bounds of the HTTP API: requests in flight, request-body bytes in flight, and
+//! each route's body (declared size, read deadline). Past a bound the answer is 503
+//! `overloaded` with `Retry-After: 1` at once: nothing queues, so a burst costs the node
+//! no more memory than its bounds, and the client learns at once to back off.
+//!
+//! `/health` and `/ready` are not counted against the request bound: they have slots of
+//! their own ([`PROBE_SLOTS`]), so a probe keeps answering while the node sheds load.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::error::ApiError;
+use crate::config::HttpLimits;
+
+/// Probes answered at once, beside the request bound.
+pub const PROBE_SLOTS: usize = 64;
+
+/// The paths that are never shed with the load.
+pub fn is_probe(path: &str) -> bool {
+    path == "/health" || path == "/ready"
+}
+
+/// 503 `overloaded`, with `Retry-After: 1`.
+pub fn overloaded(message: impl Into<String>) -> Response {
+    let mut resp =
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message).into_response();
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
+}
+
+/// The node's shared bounds: one per router.
+#[derive(Debug)]
+pub struct Overload {
+    requests: Arc<Semaphore>,
+    max_in_flight: usize,
+    probes: Arc<Semaphore>,
+    body_bytes: Arc<Semaphore>,
+    max_body_bytes: usize,
+    body_read_timeout: Duration,
+    /// Requests answered 503 `overloaded` (either bound).
+    pub shed: AtomicU64,
+}
+
+impl Overload {
+    pub fn new(limits: &HttpLimits) -> Arc<Self> {
+        let max_in_flight = limits.max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
+        let max_body_bytes = limits
+            .max_body_bytes_in_flight
+            .clamp(1, Semaphore::MAX_PERMITS);
+        Arc::new(Overload {
+            requests: Arc::new(Semaphore::new(max_in_flight)),
+            max_in_flight,
+            probes: Arc::new(Semaphore::new(PROBE_SLOTS)),
+            body_bytes: Arc::new(Semaphore::new(max_body_bytes)),
+            max_body_bytes,
+            body_read_timeout: limits.body_read_timeout,
+            shed: AtomicU64::new(0),
+        })
+    }
+
+    fn shed(&self, message: String) -> Response {
+        self.shed.fetch_add(1, Ordering::Relaxed);
+        overloaded(message)
+    }
+
+    /// `limit` bytes of body for one route, read within the node's body read timeout.
+    pub fn body(self: &Arc<Self>, limit: usize) -> BodyBound {
+        BodyBound {
+            overload: self.clone(),
+            limit,
+        }
+    }
+}
+
+/// The router's outer layer: a request slot, or 503.
+pub async fn admit(State(overload): State<Arc<Overload>>, req: Request, next: Next) -> Response {
+    let slots = if is_probe(req.uri().path()) {
+        &overload.probes
+    } else {
+        &overload.requests
+    };
+    let Ok(_slot) = slots.clone().try_acquire_owned() else {
+        return overload.shed(format!(
+            "the node is serving {} requests, its limit (--max-in-flight); retry shortly or \
+             through another node",
+            overload.max_in_flight
+        ));
+    };
+    next.run(req).await
+}
+
+/// One route's body bound (see [`read_body`]).
+#[derive(Clone, Debug)]
+pub struct BodyBound {
+    overload: Arc<Overload>,
+    limit: usize,
+}
+
+/// Reads a request's body before the handler runs, within three bounds: a declared
+/// `Content-Length` over the route's limit is 413 before a byte is read; the bytes are
+/// taken from the node's body budget (503 once it is spent) and held until the response;
+/// and the whole body must arrive within the body read timeout (408).
+pub async fn read_body(State(bound): State<BodyBound>, req: Request, next: Next) -> Response {
+    let declared = match declared_length(&req) {
+        Ok(declared) => declared,
+        Err(e) => return e.into_response(),
+    };
+    if let Some(n) = declared.filter(|n| *n > bound.limit as u64) {
+        return close(ApiError::too_large(format!(
+            "the body is declared as {n} bytes; this route takes at most {}",
+            bound.limit
+        )));
+    }
+    let (parts, body) = req.into_parts();
+    let mut budget = Budget::new(&bound.overload);
+    if let Some(n) = declared {
+        if let Err(resp) = budget.take(n as usize) {
+            return resp;
+        }
+    }
+    let read = tokio::time::timeout(
+        bound.overload.body_read_timeout,
+        collect(body, bound.limit, declared, &mut budget),
+    )
+    .await;
+    let bytes = match read {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(resp)) => return resp,
+        Err(_) => {
+            return close(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the request body did not arrive within {}",
+                    humantime::format_duration(bound.overload.body_read_timeout)
+                ),
+            ))
+        }
+    };
+    let resp = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
+    // The handler is done with the bytes only now.
+    drop(budget);
+    resp
+}
+
+/// `Content-Length`, if the request has one. hyper has already refused a malformed one.
+fn declared_length(req: &Request) -> Result<Option<u64>, ApiError> {
+    match req.headers().get(header::CONTENT_LENGTH) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .map(Some)
+            .ok_or_else(|| ApiError::bad_request("Content-Length is not a number")),
+    }
+}
+
+/// The body's bytes, taking budget for each frame as it arrives when no length was
+/// declared (a declared length was taken whole before reading).
+async fn collect(
+    body: Body,
+    limit: usize,
+    declared: Option<u64>,
+    budget: &mut Budget,
+) -> Result<Bytes, Response> {
+    // A declared length is at most `limit` here, and its budget is held.
+    let capacity = declared.map_or(0, |n| n as usize);
+    let mut buf = BytesMut::with_capacity(capacity);
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            close(ApiError::bad_request(format!(
+                "the request body could not be read: {e}"
+            )))
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        let total = buf.len().saturating_add(data.len());
+        if total > limit {
+            return Err(close(ApiError::too_large(format!(
+                "the body is over {limit} bytes, the most this route takes"
+            ))));
+        }
+        if declared.is_none() {
+            budget.take(data.len())?;
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok(buf.freeze())
+}
+
+/// Body bytes taken from the node's budget, given back when dropped.
+struct Budget {
+    overload: Arc<Overload>,
+    held: Option<OwnedSemaphorePermit>,
+}
+
+impl Budget {
+    fn new(overload: &Arc<Overload>) -> Self {
+        Budget {
+            overload: overload.clone(),
+            held: None,
+        }
+    }
+
+    fn take(&mut self, bytes: usize) -> Result<(), Response> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        let o = &self.overload;
+        let taken = u32::try_from(bytes)
+            .ok()
+            .and_then(|n| o.body_bytes.clone().try_acquire_many_owned(n).ok());
+        match (taken, &mut self.held) {
+            (Some(permit), Some(held)) => held.merge(permit),
+            (Some(permit), None) => self.held = Some(permit),
+            (None, _) => {
+                return Err(o.shed(format!(
+                    "the node holds {} bytes of request bodies, its limit \
+                     (--max-body-bytes-in-flight); retry shortly or through another node",
+                    o.max_body_bytes
+                )))
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The connection closes after this response: the rest of the body is never read.
+fn close(e: ApiError) -> Response {
+    let mut resp = e.into_response();
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max_in_flight: usize, max_body: usize) -> HttpLimits {
+        HttpLimits {
+            max_in_flight,
+            max_body_bytes_in_flight: max_body,
+            ..HttpLimits::default()
+        }
+    }
+
+    #[test]
+    fn budget_sheds_past_the_bytes_in_flight_and_gives_back_on_drop() {
+        let o = Overload::new(&limits(4, 100));
+        let mut a = Budget::new(&o);
+        assert!(a.take(60).is_ok());
+        assert!(a.take(30).is_ok());
+        let mut b = Budget::new(&o);
+        let shed = b.take(20).expect_err("over the budget");
+        assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            shed.headers()
+                .get(header::RETRY_AFTER)
+                .map(|v| v.as_bytes()),
+            Some(&b"1"[..])
+        );
+        assert_eq!(o.shed.load(Ordering::Relaxed), 1);
+        drop(a);
+        assert!(b.take(100).is_ok());
+    }
+}
