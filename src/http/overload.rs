@@ -24,6 +24,11 @@ use crate::config::HttpLimits;
 
 /// Probes answered at once, beside the request bound.
 pub const PROBE_SLOTS: usize = 64;
+/// A shed request's body is read and dropped, up to this many bytes within
+/// [`LINGER_TIME`], after its 503 is sent: closing on a client still sending would reset
+/// the connection, and a reset can lose the 503 before the client reads it.
+const LINGER_MAX_BYTES: u64 = 4 * 1024 * 1024;
+const LINGER_TIME: Duration = Duration::from_secs(5);
 
 /// The paths that are never shed with the load.
 pub fn is_probe(path: &str) -> bool {
@@ -91,13 +96,42 @@ pub async fn admit(State(overload): State<Arc<Overload>>, req: Request, next: Ne
         &overload.requests
     };
     let Ok(_slot) = slots.clone().try_acquire_owned() else {
+        linger(req.into_body());
         return overload.shed(format!(
             "the node is serving {} requests, its limit (--max-in-flight); retry shortly or \
              through another node",
             overload.max_in_flight
         ));
     };
-    next.run(req).await
+    let mut resp = next.run(req).await;
+    // Every 503 says when to come back, whichever layer made it (a quorum that timed out,
+    // a node rejoining): the client backs off instead of retrying at once.
+    if resp.status() == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut()
+            .entry(header::RETRY_AFTER)
+            .or_insert(HeaderValue::from_static("1"));
+    }
+    resp
+}
+
+/// Reads and drops what is left of a shed request's body, in the background and within
+/// bounds (see [`LINGER_MAX_BYTES`]); hyper sends the 503 meanwhile.
+fn linger(body: Body) {
+    tokio::spawn(async move {
+        let mut body = body;
+        let mut read = 0u64;
+        let drain = async {
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Some(data) = frame.data_ref() {
+                    read = read.saturating_add(data.len() as u64);
+                    if read > LINGER_MAX_BYTES {
+                        break;
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+    });
 }
 
 /// One route's body bound (see [`read_body`]).
@@ -126,6 +160,7 @@ pub async fn read_body(State(bound): State<BodyBound>, req: Request, next: Next)
     let mut budget = Budget::new(&bound.overload);
     if let Some(n) = declared {
         if let Err(resp) = budget.take(n as usize) {
+            linger(body);
             return resp;
         }
     }
@@ -197,7 +232,10 @@ async fn collect(
             ))));
         }
         if declared.is_none() {
-            budget.take(data.len())?;
+            if let Err(resp) = budget.take(data.len()) {
+                linger(body);
+                return Err(resp);
+            }
         }
         buf.extend_from_slice(&data);
     }

@@ -53,6 +53,10 @@ pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Past these hyper answers by itself, with an empty body (see the module comment).
 pub const HYPER_MAX_HEADERS: usize = 2 * MAX_HEADERS;
 pub const HYPER_MAX_HEAD_BYTES: usize = 4 * MAX_HEAD_BYTES;
+/// hyper's read buffer per connection, which grows to this while a body streams in (its
+/// default, about 400 KiB, times a thousand busy connections is 400 MiB). It must hold
+/// the largest head hyper parses.
+const HYPER_MAX_BUF_BYTES: usize = HYPER_MAX_HEAD_BYTES + 16 * 1024;
 
 /// What the serve loop needs to know.
 #[derive(Clone, Debug)]
@@ -136,6 +140,7 @@ async fn serve_connection<I>(
         .header_read_timeout(limits.header_read_timeout)
         .max_headers(HYPER_MAX_HEADERS)
         .max_header_size(HYPER_MAX_HEAD_BYTES)
+        .max_buf_size(HYPER_MAX_BUF_BYTES)
         .keep_alive(true);
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
