@@ -151,37 +151,25 @@ pub async fn read_body(State(bound): State<BodyBound>, req: Request, next: Next)
         Err(e) => return e.into_response(),
     };
     if let Some(n) = declared.filter(|n| *n > bound.limit as u64) {
-        return close(ApiError::too_large(format!(
-            "the body is declared as {n} bytes; this route takes at most {}",
-            bound.limit
-        )));
+        return Refused::Declared(n, bound.limit).into_response(&bound.overload);
     }
     let (parts, body) = req.into_parts();
     let mut budget = Budget::new(&bound.overload);
     if let Some(n) = declared {
-        if let Err(resp) = budget.take(n as usize) {
+        if let Err(refused) = budget.take(n as usize) {
             linger(body);
-            return resp;
+            return refused.into_response(&bound.overload);
         }
     }
     let read = tokio::time::timeout(
         bound.overload.body_read_timeout,
         collect(body, bound.limit, declared, &mut budget),
     )
-    .await;
+    .await
+    .unwrap_or(Err(Refused::Timeout));
     let bytes = match read {
-        Ok(Ok(bytes)) => bytes,
-        Ok(Err(resp)) => return resp,
-        Err(_) => {
-            return close(ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
-                format!(
-                    "the request body did not arrive within {}",
-                    humantime::format_duration(bound.overload.body_read_timeout)
-                ),
-            ))
-        }
+        Ok(bytes) => bytes,
+        Err(refused) => return refused.into_response(&bound.overload),
     };
     let resp = next
         .run(Request::from_parts(parts, Body::from(bytes)))
@@ -189,6 +177,55 @@ pub async fn read_body(State(bound): State<BodyBound>, req: Request, next: Next)
     // The handler is done with the bytes only now.
     drop(budget);
     resp
+}
+
+/// Why a body was not read whole.
+#[derive(Debug)]
+enum Refused {
+    /// The declared length, and the route's limit.
+    Declared(u64, usize),
+    /// The body passed the route's limit as it streamed.
+    TooLarge(usize),
+    /// The node's body budget is spent.
+    Overloaded,
+    Timeout,
+    Unreadable(String),
+}
+
+impl Refused {
+    fn into_response(self, overload: &Overload) -> Response {
+        let error = match self {
+            Refused::Overloaded => {
+                return overload.shed(format!(
+                    "the node holds {} bytes of request bodies, its limit \
+                     (--max-body-bytes-in-flight); retry shortly or through another node",
+                    overload.max_body_bytes
+                ))
+            }
+            Refused::Declared(n, limit) => ApiError::too_large(format!(
+                "the body is declared as {n} bytes; this route takes at most {limit}"
+            )),
+            Refused::TooLarge(limit) => ApiError::too_large(format!(
+                "the body is over {limit} bytes, the most this route takes"
+            )),
+            Refused::Timeout => ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the request body did not arrive within {}",
+                    humantime::format_duration(overload.body_read_timeout)
+                ),
+            ),
+            Refused::Unreadable(e) => {
+                ApiError::bad_request(format!("the request body could not be read: {e}"))
+            }
+        };
+        // The rest of the body is never read: the connection closes after the answer.
+        let mut resp = error.into_response();
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        resp
+    }
 }
 
 /// `Content-Length`, if the request has one. hyper has already refused a malformed one.
@@ -207,34 +244,26 @@ fn declared_length(req: &Request) -> Result<Option<u64>, ApiError> {
 /// The body's bytes, taking budget for each frame as it arrives when no length was
 /// declared (a declared length was taken whole before reading).
 async fn collect(
-    body: Body,
+    mut body: Body,
     limit: usize,
     declared: Option<u64>,
     budget: &mut Budget,
-) -> Result<Bytes, Response> {
+) -> Result<Bytes, Refused> {
     // A declared length is at most `limit` here, and its budget is held.
     let capacity = declared.map_or(0, |n| n as usize);
     let mut buf = BytesMut::with_capacity(capacity);
-    let mut body = body;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            close(ApiError::bad_request(format!(
-                "the request body could not be read: {e}"
-            )))
-        })?;
+        let frame = frame.map_err(|e| Refused::Unreadable(e.to_string()))?;
         let Ok(data) = frame.into_data() else {
             continue; // trailers
         };
-        let total = buf.len().saturating_add(data.len());
-        if total > limit {
-            return Err(close(ApiError::too_large(format!(
-                "the body is over {limit} bytes, the most this route takes"
-            ))));
+        if buf.len().saturating_add(data.len()) > limit {
+            return Err(Refused::TooLarge(limit));
         }
         if declared.is_none() {
-            if let Err(resp) = budget.take(data.len()) {
+            if let Err(refused) = budget.take(data.len()) {
                 linger(body);
-                return Err(resp);
+                return Err(refused);
             }
         }
         buf.extend_from_slice(&data);
@@ -256,35 +285,24 @@ impl Budget {
         }
     }
 
-    fn take(&mut self, bytes: usize) -> Result<(), Response> {
+    fn take(&mut self, bytes: usize) -> Result<(), Refused> {
         if bytes == 0 {
             return Ok(());
         }
-        let o = &self.overload;
-        let taken = u32::try_from(bytes)
-            .ok()
-            .and_then(|n| o.body_bytes.clone().try_acquire_many_owned(n).ok());
+        let taken = u32::try_from(bytes).ok().and_then(|n| {
+            self.overload
+                .body_bytes
+                .clone()
+                .try_acquire_many_owned(n)
+                .ok()
+        });
         match (taken, &mut self.held) {
             (Some(permit), Some(held)) => held.merge(permit),
             (Some(permit), None) => self.held = Some(permit),
-            (None, _) => {
-                return Err(o.shed(format!(
-                    "the node holds {} bytes of request bodies, its limit \
-                     (--max-body-bytes-in-flight); retry shortly or through another node",
-                    o.max_body_bytes
-                )))
-            }
+            (None, _) => return Err(Refused::Overloaded),
         }
         Ok(())
     }
-}
-
-/// The connection closes after this response: the rest of the body is never read.
-fn close(e: ApiError) -> Response {
-    let mut resp = e.into_response();
-    resp.headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    resp
 }
 
 #[cfg(test)]
@@ -306,7 +324,7 @@ mod tests {
         assert!(a.take(60).is_ok());
         assert!(a.take(30).is_ok());
         let mut b = Budget::new(&o);
-        let shed = b.take(20).expect_err("over the budget");
+        let shed = b.take(20).expect_err("over the budget").into_response(&o);
         assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(
             shed.headers()
