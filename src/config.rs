@@ -76,13 +76,14 @@ pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
 #[derive(Clone, Debug)]
 pub struct HttpLimits {
     /// A request's head (request line and headers) must arrive within this, counted from
-    /// the moment the connection waits for it: it also closes idle keep-alive connections.
+    /// its first byte.
     pub header_read_timeout: Duration,
     /// A request's whole body must arrive within this once its head has; past it, 408.
     pub body_read_timeout: Duration,
     /// A connection with no request being served that moves no byte for this long is
-    /// closed: a client that stops reading its response holds a slot no longer.
-    pub stall_timeout: Duration,
+    /// closed: an idle keep-alive connection, or a client that stopped reading its
+    /// response.
+    pub idle_timeout: Duration,
     /// Requests being served at once, `/health` and `/ready` aside; past it, 503.
     pub max_in_flight: usize,
     /// Request-body bytes held at once across all requests; past it, 503.
@@ -97,7 +98,7 @@ impl Default for HttpLimits {
         HttpLimits {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
-            stall_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
             max_in_flight: 512,
             max_body_bytes_in_flight: 256 * 1024 * 1024,
             reserved_connections: 16,

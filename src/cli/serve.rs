@@ -107,16 +107,16 @@ pub struct ServeArgs {
     /// batches to overflow a frame without writing gigabytes.
     #[arg(long, env = "RINGKV_MAX_FRAME_BYTES", default_value_t = crate::rpc::frame::DEFAULT_MAX_FRAME_BYTES, hide = true)]
     pub max_frame_bytes: usize,
-    /// A request's head must arrive within this; it also closes idle keep-alive
-    /// connections.
+    /// A request's head must arrive within this of its first byte.
     #[arg(long, env = "RINGKV_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_read_timeout: Duration,
     /// A request's body must arrive within this once its head has; past it, 408.
     #[arg(long, env = "RINGKV_BODY_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub body_read_timeout: Duration,
-    /// A connection serving no request that moves no byte for this long is closed.
-    #[arg(long, env = "RINGKV_STALL_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
-    pub stall_timeout: Duration,
+    /// A connection serving no request that moves no byte for this long is closed (idle
+    /// keep-alive, or a client that stopped reading its response).
+    #[arg(long, env = "RINGKV_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
     /// HTTP requests served at once (/health and /ready aside); past it, 503 overloaded.
     #[arg(long, env = "RINGKV_MAX_IN_FLIGHT", default_value_t = 512)]
     pub max_in_flight: usize,
@@ -209,7 +209,7 @@ impl ServeArgs {
                 http: HttpLimits {
                     header_read_timeout: self.header_read_timeout,
                     body_read_timeout: self.body_read_timeout,
-                    stall_timeout: self.stall_timeout,
+                    idle_timeout: self.idle_timeout,
                     max_in_flight: self.max_in_flight,
                     max_body_bytes_in_flight: self.max_body_bytes_in_flight,
                     reserved_connections: self.reserved_connections,
@@ -243,7 +243,7 @@ impl ServeArgs {
         let timeouts = [
             ("--header-read-timeout", self.header_read_timeout),
             ("--body-read-timeout", self.body_read_timeout),
-            ("--stall-timeout", self.stall_timeout),
+            ("--idle-timeout", self.idle_timeout),
         ];
         if let Some((flag, _)) = timeouts.iter().find(|(_, d)| d.is_zero()) {
             return Err(ServeError::Config(format!("{flag} must be more than 0")));

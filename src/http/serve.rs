@@ -137,7 +137,7 @@ async fn serve_connection<I>(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        .header_read_timeout(None)
         .max_headers(HYPER_MAX_HEADERS)
         .max_header_size(HYPER_MAX_HEAD_BYTES)
         .max_buf_size(HYPER_MAX_BUF_BYTES)
@@ -154,8 +154,8 @@ async fn serve_connection<I>(
                 }
                 break;
             }
-            _ = activity.stalled(limits.stall_timeout) => {
-                tracing::debug!("closing an HTTP connection that moved no byte");
+            why = activity.expired(limits.header_read_timeout, limits.idle_timeout) => {
+                tracing::debug!(why, "closing an HTTP connection");
                 break;
             }
             _ = shutdown.cancelled(), if !draining => {
@@ -231,13 +231,19 @@ fn close(mut resp: Response) -> Response {
     resp
 }
 
-/// When a connection last moved a byte, and how many of its requests are being served.
+/// When a connection last moved a byte, whether a request head is arriving, and how many
+/// of its requests are being served.
 struct Activity {
     started: Instant,
     /// Milliseconds from `started` to the last byte read or written.
     last_ms: AtomicU64,
+    /// Milliseconds from `started` to the first byte of a head not yet complete, or
+    /// [`NO_HEAD`].
+    head_ms: AtomicU64,
     busy: AtomicUsize,
 }
+
+const NO_HEAD: u64 = u64::MAX;
 
 /// Counts a request as being served while it lives.
 struct Busy(Arc<Activity>);
@@ -254,36 +260,63 @@ impl Activity {
         Activity {
             started: Instant::now(),
             last_ms: AtomicU64::new(0),
+            head_ms: AtomicU64::new(NO_HEAD),
             busy: AtomicUsize::new(0),
         }
     }
 
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
     }
 
     fn touch(&self) {
         self.last_ms.store(self.now_ms(), Ordering::Release);
     }
 
+    /// Bytes came in. With no request in service they begin a head (body bytes and
+    /// pipelined requests arrive while one is).
+    fn read(&self) {
+        let now = self.now_ms();
+        self.last_ms.store(now, Ordering::Release);
+        if self.busy.load(Ordering::Acquire) == 0 {
+            let _ =
+                self.head_ms
+                    .compare_exchange(NO_HEAD, now, Ordering::AcqRel, Ordering::Acquire);
+        }
+    }
+
+    /// hyper parsed a head and calls the service.
     fn busy(self: &Arc<Self>) -> Busy {
         self.busy.fetch_add(1, Ordering::AcqRel);
+        self.head_ms.store(NO_HEAD, Ordering::Release);
         Busy(self.clone())
     }
 
-    /// Resolves once no request is being served and no byte has moved for `bound`.
-    async fn stalled(&self, bound: Duration) {
-        let bound_ms = u64::try_from(bound.as_millis()).unwrap_or(u64::MAX);
+    /// Resolves, saying why, once no request is being served and either a head has taken
+    /// longer than `header` since its first byte or no byte has moved for `idle`.
+    async fn expired(&self, header: Duration, idle: Duration) -> &'static str {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX - 1);
+        let (header_ms, idle_ms) = (ms(header), ms(idle));
         loop {
-            let quiet_ms = self
-                .now_ms()
-                .saturating_sub(self.last_ms.load(Ordering::Acquire));
-            if self.busy.load(Ordering::Acquire) == 0 && quiet_ms >= bound_ms {
-                return;
+            let now = self.now_ms();
+            let mut wait_ms = idle_ms;
+            if self.busy.load(Ordering::Acquire) == 0 {
+                let head = self.head_ms.load(Ordering::Acquire);
+                if head != NO_HEAD {
+                    let took = now.saturating_sub(head);
+                    if took >= header_ms {
+                        return "the request head did not arrive within the header read timeout";
+                    }
+                    wait_ms = wait_ms.min(header_ms - took);
+                }
+                let quiet = now.saturating_sub(self.last_ms.load(Ordering::Acquire));
+                if quiet >= idle_ms {
+                    return "no byte moved within the idle timeout";
+                }
+                wait_ms = wait_ms.min(idle_ms - quiet);
             }
             // A request being served is bounded by its own timeouts: look again later.
-            let wait_ms = bound_ms.saturating_sub(quiet_ms).max(1);
-            tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+            tokio::time::sleep(Duration::from_millis(wait_ms.max(1))).await;
         }
     }
 }
@@ -303,7 +336,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.io).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.touch();
+            self.activity.read();
         }
         polled
     }
@@ -378,18 +411,24 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_quiet_connection_stalls_only_when_nothing_is_served() {
+    async fn a_quiet_connection_expires_only_when_nothing_is_served() {
+        let header = Duration::from_millis(100);
+        let idle = Duration::from_millis(300);
         let activity = Arc::new(Activity::new());
         let busy = activity.busy();
-        let bound = Duration::from_millis(100);
-        let stalled = tokio::time::timeout(Duration::from_millis(400), activity.stalled(bound));
-        assert!(
-            stalled.await.is_err(),
-            "a request in service is not a stall"
-        );
+        let expired =
+            tokio::time::timeout(Duration::from_millis(600), activity.expired(header, idle));
+        assert!(expired.await.is_err(), "a request in service never expires");
         drop(busy);
         let started = Instant::now();
-        activity.stalled(bound).await;
-        assert!(started.elapsed() >= bound);
+        let why = activity.expired(header, idle).await;
+        assert!(why.contains("idle"), "{why}");
+        assert!(started.elapsed() >= idle);
+        // The first byte of a head starts the header bound, shorter than the idle one.
+        activity.read();
+        let started = Instant::now();
+        let why = activity.expired(header, idle).await;
+        assert!(why.contains("head"), "{why}");
+        assert!(started.elapsed() >= header && started.elapsed() < idle);
     }
 }
