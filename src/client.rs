@@ -156,6 +156,9 @@ impl ClientOptions {
             .timeout(self.timeout)
             .connect_timeout(self.connect_timeout)
             .pool_max_idle_per_host(self.max_idle_connections)
+            // Under the node's idle close (`--idle-timeout`, 60 s): a pooled connection is
+            // retired here before the node closes it, so a request never races that close.
+            .pool_idle_timeout(std::time::Duration::from_secs(30))
             .tcp_nodelay(true);
         if let Some(AuthToken(token)) = &self.auth_token {
             let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))

@@ -44,6 +44,12 @@ pub struct Limits {
     /// The largest internode frame either end sends or accepts. It must carry a key's
     /// largest sibling set (`rpc::batch::check_frame_fits`).
     pub max_frame_bytes: usize,
+    /// How the HTTP API defends itself from slow clients and overload (`http::serve`,
+    /// `http::overload`), and the storage cache that bounds the node's memory.
+    pub http: HttpLimits,
+    /// redb's page cache. redb's own default is 1 GiB, which a burst of writes fills and
+    /// never gives back: the largest part of a node's resident memory.
+    pub cache_bytes: usize,
 }
 
 impl Default for Limits {
@@ -57,6 +63,45 @@ impl Default for Limits {
             write_queue: 4096,
             max_commit_batch: 512,
             max_frame_bytes: crate::rpc::frame::DEFAULT_MAX_FRAME_BYTES,
+            http: HttpLimits::default(),
+            cache_bytes: DEFAULT_CACHE_BYTES,
+        }
+    }
+}
+
+/// The default of [`Limits::cache_bytes`]: 64 MiB.
+pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Bounds of the HTTP API on slow clients and on load (see `http::serve`, `http::overload`).
+#[derive(Clone, Debug)]
+pub struct HttpLimits {
+    /// A request's head (request line and headers) must arrive within this, counted from
+    /// its first byte.
+    pub header_read_timeout: Duration,
+    /// A request's whole body must arrive within this once its head has; past it, 408.
+    pub body_read_timeout: Duration,
+    /// A connection with no request being served that moves no byte for this long is
+    /// closed: an idle keep-alive connection, or a client that stopped reading its
+    /// response.
+    pub idle_timeout: Duration,
+    /// Requests being served at once, `/health` and `/ready` aside; past it, 503.
+    pub max_in_flight: usize,
+    /// Request-body bytes held at once across all requests; past it, 503.
+    pub max_body_bytes_in_flight: usize,
+    /// Connections accepted beyond `Limits::max_connections` that answer only `/health`
+    /// and `/ready` (and 503 to anything else), so probes still get through a full node.
+    pub reserved_connections: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_in_flight: 512,
+            max_body_bytes_in_flight: 256 * 1024 * 1024,
+            reserved_connections: 16,
         }
     }
 }

@@ -20,8 +20,8 @@
 //! - [`antientropy`]: Merkle exchange, moving unowned keys after ring changes, tombstone GC.
 //! - [`admin`]: join, leave and remove, and the departed ids every node keeps.
 //! - [`readiness`]: why a node is not ready (`/ready`), and seeds nobody answers.
-//! - [`http`]: the axum API: routes, the JSON error shape, limits, `/metrics`, `/debug/*`,
-//!   `/openapi.json`.
+//! - [`http`]: the axum API and its serve loop: routes, errors, limits, auth, overload,
+//!   `/metrics`, `/openapi.json`, `/debug/*`.
 //! - [`worker`]: the `Worker` trait and the supervisor that stops workers phase by phase.
 //! - [`node`]: `Node::build` wires a node's parts and workers; `run` serves until shutdown.
 //! - [`client`]: the HTTP client of the API (pooled keep-alive), for the CLI and the bench.

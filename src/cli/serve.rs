@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{
-    Addrs, BlockingMode, ClusterConfig, FsyncMode, Limits, NodeConfig, StorageKind,
+    Addrs, BlockingMode, ClusterConfig, FsyncMode, HttpLimits, Limits, NodeConfig, StorageKind,
 };
 use crate::config::{ClusterSecret, SecurityConfig};
 use crate::net::TokioNetwork;
@@ -112,6 +112,29 @@ pub struct ServeArgs {
     /// batches to overflow a frame without writing gigabytes.
     #[arg(long, env = "RINGKV_MAX_FRAME_BYTES", default_value_t = crate::rpc::frame::DEFAULT_MAX_FRAME_BYTES, hide = true)]
     pub max_frame_bytes: usize,
+    /// A request's head must arrive within this of its first byte.
+    #[arg(long, env = "RINGKV_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+    /// A request's body must arrive within this once its head has; past it, 408.
+    #[arg(long, env = "RINGKV_BODY_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub body_read_timeout: Duration,
+    /// A connection serving no request that moves no byte for this long is closed (idle
+    /// keep-alive, or a client that stopped reading its response).
+    #[arg(long, env = "RINGKV_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+    /// HTTP requests served at once (/health and /ready aside); past it, 503 overloaded.
+    #[arg(long, env = "RINGKV_MAX_IN_FLIGHT", default_value_t = 512)]
+    pub max_in_flight: usize,
+    /// Request-body bytes held at once; past it, 503 overloaded. At least
+    /// --max-value-bytes and --max-batch-bytes.
+    #[arg(long, env = "RINGKV_MAX_BODY_BYTES_IN_FLIGHT", default_value_t = 256 * 1024 * 1024)]
+    pub max_body_bytes_in_flight: usize,
+    /// Connections beyond --max-connections that answer only /health and /ready.
+    #[arg(long, env = "RINGKV_RESERVED_CONNECTIONS", default_value_t = 16)]
+    pub reserved_connections: usize,
+    /// redb's page cache, in bytes.
+    #[arg(long, env = "RINGKV_CACHE_BYTES", default_value_t = crate::config::DEFAULT_CACHE_BYTES)]
+    pub cache_bytes: usize,
     /// Bearer tokens of the HTTP API, one a line (blank lines and `#` comments skipped),
     /// reread on SIGHUP. Every route but /health and /ready then needs
     /// `Authorization: Bearer <token>`. Without it the API is open to anyone who reaches it.
@@ -235,6 +258,7 @@ impl ServeArgs {
                 "--max-value-bytes, --max-siblings and --max-batch-ops must be at least 1".into(),
             ));
         }
+        self.check_http_limits()?;
         crate::rpc::batch::check_frame_fits(
             self.max_frame_bytes,
             self.max_value_bytes,
@@ -283,6 +307,15 @@ impl ServeArgs {
                 max_batch_bytes: self.max_batch_bytes,
                 max_connections: self.max_connections,
                 max_frame_bytes: self.max_frame_bytes,
+                http: HttpLimits {
+                    header_read_timeout: self.header_read_timeout,
+                    body_read_timeout: self.body_read_timeout,
+                    idle_timeout: self.idle_timeout,
+                    max_in_flight: self.max_in_flight,
+                    max_body_bytes_in_flight: self.max_body_bytes_in_flight,
+                    reserved_connections: self.reserved_connections,
+                },
+                cache_bytes: self.cache_bytes,
                 ..Limits::default()
             },
             blocking: BlockingMode::Threaded,
@@ -329,6 +362,35 @@ impl ServeArgs {
             rpc: self.rpc_tls,
         })?;
         Ok((auth, tls))
+    }
+}
+
+impl ServeArgs {
+    /// The HTTP bounds that would make the node refuse what it means to take: a body its
+    /// budget could never hold, or a timeout of zero.
+    fn check_http_limits(&self) -> Result<(), ServeError> {
+        let largest = self.max_value_bytes.max(self.max_batch_bytes);
+        if self.max_body_bytes_in_flight < largest {
+            return Err(ServeError::Config(format!(
+                "--max-body-bytes-in-flight ({}) must hold the largest body a route takes \
+                 ({largest}, from --max-value-bytes and --max-batch-bytes)",
+                self.max_body_bytes_in_flight
+            )));
+        }
+        if self.max_in_flight == 0 {
+            return Err(ServeError::Config(
+                "--max-in-flight must be at least 1".into(),
+            ));
+        }
+        let timeouts = [
+            ("--header-read-timeout", self.header_read_timeout),
+            ("--body-read-timeout", self.body_read_timeout),
+            ("--idle-timeout", self.idle_timeout),
+        ];
+        if let Some((flag, _)) = timeouts.iter().find(|(_, d)| d.is_zero()) {
+            return Err(ServeError::Config(format!("{flag} must be more than 0")));
+        }
+        Ok(())
     }
 }
 

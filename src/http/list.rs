@@ -20,6 +20,9 @@ pub const MAX_LIMIT: u64 = 1000;
 /// Stored keys looked at per page, per item asked for: bounds the work a page of mostly
 /// tombstones can cost.
 const SCAN_PER_ITEM: usize = 8;
+/// Bytes of checksum a cursor ends with, so a cursor this API did not return is told
+/// apart from one it did (a bare base64 key would decode from almost any string).
+const CURSOR_CHECK_BYTES: usize = 4;
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ListItem {
@@ -107,6 +110,13 @@ pub async fn list(
         lower: None,
         upper: None,
     };
+    // `Query` decodes leniently (a bad escape passes through, bad UTF-8 becomes U+FFFD):
+    // a bound that changed in decoding would list the wrong keys, so each is decoded
+    // again, strictly.
+    let raw = query.as_deref().unwrap_or("");
+    for name in ["start", "prefix", "end"] {
+        strict_values(raw, name)?;
+    }
     if let Some(start) = q.get("start") {
         range.raise(start.as_bytes().to_vec(), false);
     }
@@ -120,10 +130,7 @@ pub async fn list(
         range.cap(end.as_bytes().to_vec());
     }
     if let Some(cursor) = q.get("cursor") {
-        let after = URL_SAFE_NO_PAD
-            .decode(cursor)
-            .map_err(|_| ApiError::bad_param("cursor: not a cursor this API returned"))?;
-        range.raise(after, true);
+        range.raise(decode_cursor(cursor)?, true);
     }
     let list_range = ListRange {
         start: range.lower.as_ref().map(|(k, _)| k.clone()),
@@ -150,15 +157,103 @@ pub async fn list(
         .collect();
     Ok(Json(ListBody {
         items,
-        next_cursor: page
-            .resume_after
-            .map(|k| URL_SAFE_NO_PAD.encode(k.as_bytes())),
+        next_cursor: page.resume_after.map(|k| encode_cursor(k.as_bytes())),
     }))
+}
+
+fn cursor_check(key: &[u8]) -> [u8; CURSOR_CHECK_BYTES] {
+    let [a, b, c, d, ..] = xxhash_rust::xxh3::xxh3_64(key).to_le_bytes();
+    [a, b, c, d]
+}
+
+/// The key to resume after, and its checksum, in URL-safe base64.
+fn encode_cursor(key: &[u8]) -> String {
+    let mut bytes = key.to_vec();
+    bytes.extend_from_slice(&cursor_check(key));
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The key a cursor resumes after, if this API returned it: the checksum holds and the key
+/// is one a client could have written.
+fn decode_cursor(cursor: &str) -> Result<Vec<u8>, ApiError> {
+    let bad = || ApiError::bad_param("cursor: not a cursor this API returned");
+    let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
+    let split = bytes
+        .len()
+        .checked_sub(CURSOR_CHECK_BYTES)
+        .ok_or_else(bad)?;
+    let (key, check) = bytes.split_at(split);
+    if check != cursor_check(key) {
+        return Err(bad());
+    }
+    let key = String::from_utf8(key.to_vec()).map_err(|_| bad())?;
+    let key = crate::key::Key::new(key).map_err(|_| bad())?;
+    Ok(key.as_bytes().to_vec())
+}
+
+/// Every value of `name` in the raw query, decoded strictly: `+` is a space, and a `%` not
+/// followed by two hex digits, or bytes that are not UTF-8 once decoded, are a 400.
+fn strict_values(raw: &str, name: &str) -> Result<Vec<String>, ApiError> {
+    let mut values = Vec::new();
+    for pair in raw.split('&').filter(|p| !p.is_empty()) {
+        let (n, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if n != name {
+            continue;
+        }
+        let spaced = v.replace('+', " ");
+        let escapes_ok = spaced.match_indices('%').all(|(i, _)| {
+            spaced
+                .as_bytes()
+                .get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+        });
+        let decoded = escapes_ok
+            .then(|| {
+                percent_encoding::percent_decode_str(&spaced)
+                    .decode_utf8()
+                    .ok()
+            })
+            .flatten()
+            .ok_or_else(|| {
+                ApiError::bad_param(format!(
+                    "{name}: {v:?} does not decode (a bad %-escape, or not UTF-8 once decoded)"
+                ))
+            })?;
+        values.push(decoded.into_owned());
+    }
+    Ok(values)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cursor_decodes_only_if_this_api_made_it() {
+        let cursor = encode_cursor("user/42".as_bytes());
+        assert_eq!(decode_cursor(&cursor).unwrap(), b"user/42");
+        for garbage in ["garbage", "", "!!", "abcd", "Z2FyYmFnZQ"] {
+            assert_eq!(
+                decode_cursor(garbage).unwrap_err().code,
+                "bad_param",
+                "{garbage}"
+            );
+        }
+        // A checksum that holds over bytes that are no key is refused too.
+        assert!(decode_cursor(&encode_cursor(&[0xff, 0xfe])).is_err());
+    }
+
+    #[test]
+    fn bounds_decode_strictly() {
+        assert_eq!(
+            strict_values("prefix=a%2Fb+c&limit=3", "prefix").unwrap(),
+            vec!["a/b c".to_owned()]
+        );
+        assert!(strict_values("prefix=%zz", "prefix").is_err());
+        assert!(strict_values("prefix=ab%4", "prefix").is_err());
+        assert!(strict_values("start=%FF", "start").is_err());
+        assert!(strict_values("start=%FF", "prefix").unwrap().is_empty());
+    }
 
     #[test]
     fn prefix_end_skips_max_bytes() {

@@ -15,8 +15,10 @@ mod kv;
 mod list;
 mod metrics;
 mod openapi;
+pub mod overload;
 mod params;
 mod render;
+pub mod serve;
 mod workers;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,6 +71,9 @@ pub struct AppState {
 
 pub fn router(state: Arc<AppState>) -> Router {
     let limits = &state.config.limits;
+    let overload = overload::Overload::new(&limits.http);
+    // Each body route reads its body under the node's budget, within its own limit.
+    let body = |limit| middleware::from_fn_with_state(overload.body(limit), overload::read_body);
     Router::new()
         .route("/kv", strict(get(list::list)))
         .route("/kv/", any(kv::empty_key))
@@ -80,11 +85,14 @@ pub fn router(state: Arc<AppState>) -> Router {
                     .put(kv::put_key)
                     .delete(kv::delete_key),
             )
-            .layer(DefaultBodyLimit::max(limits.max_value_bytes)),
+            .layer(DefaultBodyLimit::max(limits.max_value_bytes))
+            .layer(body(limits.max_value_bytes)),
         )
         .route(
             "/batch",
-            strict(post(batch::batch)).layer(DefaultBodyLimit::max(limits.max_batch_bytes)),
+            strict(post(batch::batch))
+                .layer(DefaultBodyLimit::max(limits.max_batch_bytes))
+                .layer(body(limits.max_batch_bytes)),
         )
         .route("/health", strict(get(health)))
         .route("/ready", strict(get(ready)))
@@ -100,6 +108,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/openapi.json", strict(get(openapi::serve)))
         .fallback(no_route)
         .layer(middleware::from_fn_with_state(state.clone(), fence_removed))
+        .layer(middleware::from_fn_with_state(overload, overload::admit))
         .layer(middleware::from_fn_with_state(
             state.config.security.auth.clone(),
             auth::require_token,

@@ -1,4 +1,12 @@
-//! A listener that holds at most `max` connections open: the next accept waits for a slot.
+//! Connection bounds. [`LimitedListener`] holds at most `max` connections open, the next
+//! accept waiting for a slot (the RPC server's). [`ConnectionSlots`] add a few reserved
+//! slots, handed out only while every ordinary one is taken (the HTTP serve loop's).
+//!
+//! The HTTP serve loop takes a slot before it accepts, so past both bounds a client waits
+//! in the kernel's accept backlog rather than costing the node memory. That wait is short
+//! now: the serve loop closes slow and idle connections within its timeouts, so a slot
+//! held by a client that sends nothing frees itself. The reserved slots are for the probes
+//! (`/health`, `/ready`), which must get through while the ordinary slots are full.
 
 use std::io;
 use std::pin::Pin;
@@ -84,5 +92,88 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for LimitedIo<T> {
 
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ConnectionSlots {
+    ordinary: Arc<Semaphore>,
+    reserved: Arc<Semaphore>,
+}
+
+/// One connection's slot, given back when dropped.
+#[derive(Debug)]
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    reserved: bool,
+}
+
+impl Slot {
+    /// Taken from the reserve: the connection serves only the probes.
+    pub fn is_reserved(&self) -> bool {
+        self.reserved
+    }
+}
+
+impl ConnectionSlots {
+    /// `max` ordinary slots (at least one) and `reserved` more.
+    pub fn new(max: usize, reserved: usize) -> Self {
+        ConnectionSlots {
+            ordinary: Arc::new(Semaphore::new(max.clamp(1, Semaphore::MAX_PERMITS))),
+            reserved: Arc::new(Semaphore::new(reserved.min(Semaphore::MAX_PERMITS))),
+        }
+    }
+
+    /// An ordinary slot if one is free, else a reserved one, else waits for whichever
+    /// frees first.
+    pub async fn acquire(&self) -> Slot {
+        if let Ok(p) = self.ordinary.clone().try_acquire_owned() {
+            return Slot {
+                _permit: p,
+                reserved: false,
+            };
+        }
+        loop {
+            // `biased` prefers an ordinary slot when both free at once.
+            let (permit, reserved) = tokio::select! {
+                biased;
+                p = self.ordinary.clone().acquire_owned() => (p, false),
+                p = self.reserved.clone().acquire_owned() => (p, true),
+            };
+            // Neither semaphore is ever closed, so an acquire only ever waits.
+            if let Ok(p) = permit {
+                return Slot {
+                    _permit: p,
+                    reserved,
+                };
+            }
+        }
+    }
+
+    /// Ordinary slots free now.
+    pub fn available(&self) -> usize {
+        self.ordinary.available_permits()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reserve_is_used_only_once_ordinary_slots_are_full() {
+        let slots = ConnectionSlots::new(2, 1);
+        let a = slots.acquire().await;
+        let b = slots.acquire().await;
+        assert!(!a.is_reserved() && !b.is_reserved());
+        let c = slots.acquire().await;
+        assert!(c.is_reserved());
+        // All three taken: the next waits until one is given back.
+        let waiting = tokio::time::timeout(std::time::Duration::from_millis(50), slots.acquire());
+        assert!(waiting.await.is_err());
+        drop(a);
+        let d = slots.acquire().await;
+        assert!(!d.is_reserved());
+        assert_eq!(slots.available(), 0);
     }
 }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-pub use limit::{LimitedIo, LimitedListener};
+pub use limit::{ConnectionSlots, LimitedIo, LimitedListener, Slot};
 pub use signed_gossip::{GossipAuth, GossipDrops};
 pub use signed_udp::SignedUdpSocket;
 pub use tokio_net::TokioNetwork;

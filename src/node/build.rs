@@ -27,7 +27,7 @@ use crate::http::{self, AppState};
 use crate::identity::Identity;
 use crate::kv::LocalKv;
 use crate::net::tls::TlsListener;
-use crate::net::{GossipAuth, LimitedListener, Network};
+use crate::net::{GossipAuth, Network};
 use crate::peer_service::PeerService;
 use crate::peers::Peers;
 use crate::readiness::Readiness;
@@ -96,18 +96,22 @@ impl Node {
         let network = network_workers(&parts, rpc_listener, gossip.membership, gossip.stop);
         workers.extend(network.into_iter().map(|w| (Phase::Network, w)));
         workers.extend(background.into_iter().map(|w| (Phase::Background, w)));
+        // The serve loop can no longer fail (an accept error is retried, a connection's
+        // error ends that connection only), so nothing is ever left here.
         let http_error = Arc::default();
         workers.push((
             Phase::Http,
             Arc::new(Http {
-                listener: Mutex::new(Some(LimitedListener::new(
-                    TlsListener::new(http_listener, config.security.tls.http_acceptor()),
-                    config.limits.max_connections,
+                listener: Mutex::new(Some(TlsListener::new(
+                    http_listener,
+                    config.security.tls.http_acceptor(),
                 ))),
                 router: Mutex::new(Some(http::router(state.clone()))),
                 addr: bound_at.http,
-                node_shutdown: shutdown.clone(),
-                error: Arc::clone(&http_error),
+                config: http::serve::ServeConfig {
+                    limits: config.limits.http.clone(),
+                    max_connections: config.limits.max_connections,
+                },
             }),
         ));
         Ok(Node {

@@ -127,14 +127,14 @@ pub async fn run<N: Network>(
     on_ready: impl FnOnce(&Started),
 ) -> Result<(), NodeError> {
     let store: Arc<dyn Store> = match config.storage {
-        StorageKind::Redb => {
-            Arc::new(
-                RedbStore::open(&config.data_dir).map_err(|source| NodeError::Store {
+        StorageKind::Redb => Arc::new(
+            RedbStore::open_with_cache(&config.data_dir, config.limits.cache_bytes).map_err(
+                |source| NodeError::Store {
                     dir: config.data_dir.display().to_string(),
                     source,
-                })?,
-            )
-        }
+                },
+            )?,
+        ),
         StorageKind::Memory => Arc::new(MemoryStore::new()),
     };
     run_with_store(config, net, store, shutdown, on_ready).await

@@ -148,15 +148,13 @@ impl Worker for Gossip {
     }
 }
 
-/// The HTTP API. It drains on shutdown (in-flight requests finish; its phase's deadline
-/// bounds a stuck client). If serving fails, it stops the node and leaves the error for
-/// the node to return.
+/// The HTTP API, served by `http::serve` with its bounds on slow clients. It drains on
+/// shutdown (in-flight requests finish; its phase's deadline bounds a stuck client).
 pub struct Http<L> {
     pub listener: Mutex<Option<L>>,
     pub router: Mutex<Option<axum::Router>>,
     pub addr: std::net::SocketAddr,
-    pub node_shutdown: CancellationToken,
-    pub error: Arc<Mutex<Option<std::io::Error>>>,
+    pub config: crate::http::serve::ServeConfig,
 }
 
 #[async_trait]
@@ -177,16 +175,7 @@ where
         let (Some(listener), Some(router)) = (take(&self.listener), take(&self.router)) else {
             return;
         };
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "serving HTTP failed; stopping the node");
-            if let Ok(mut slot) = self.error.lock() {
-                *slot = Some(e);
-            }
-            self.node_shutdown.cancel();
-        }
+        crate::http::serve::serve(listener, router, self.config.clone(), shutdown).await;
     }
 }
 

@@ -37,6 +37,8 @@ pub struct RedbStore {
     dir: Option<PathBuf>,
     /// Set by the backend when an fsync failed, for the life of the process.
     sync_failed: Arc<AtomicBool>,
+    /// redb's page cache, kept for a reopen.
+    cache_bytes: usize,
 }
 
 /// Runs a call into redb, turning a panic into an error.
@@ -56,12 +58,19 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T
 }
 
 impl RedbStore {
-    /// Opens (or creates) the database in `dir`. A file redb cannot open, or panics on,
-    /// is an error.
+    /// Opens (or creates) the database in `dir`, with the default page cache
+    /// ([`crate::config::DEFAULT_CACHE_BYTES`]). A file redb cannot open, or panics on, is
+    /// an error.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        RedbStore::open_with_cache(dir, crate::config::DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`RedbStore::open`] with a page cache of `cache_bytes` (`--cache-bytes`). redb's
+    /// own default, 1 GiB, fills under a burst of writes and is never given back.
+    pub fn open_with_cache(dir: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
         let sync_failed = Arc::new(AtomicBool::new(false));
-        let db = open_file(dir, &sync_failed)?;
-        RedbStore::init(db, Some(dir.to_owned()), sync_failed)
+        let db = open_file(dir, &sync_failed, cache_bytes)?;
+        RedbStore::init(db, Some(dir.to_owned()), sync_failed, cache_bytes)
     }
 
     /// Opens (or creates) a database on another storage backend: the simulation's disk.
@@ -77,18 +86,20 @@ impl RedbStore {
                 .create_with_backend(backend)
                 .map_err(redb::Error::from)?)
         })?;
-        RedbStore::init(db, None, Arc::default())
+        RedbStore::init(db, None, Arc::default(), cache_bytes)
     }
 
     fn init(
         db: Database,
         dir: Option<PathBuf>,
         sync_failed: Arc<AtomicBool>,
+        cache_bytes: usize,
     ) -> Result<Self, StoreError> {
         let store = RedbStore {
             db: RwLock::new(Some(db)),
             dir,
             sync_failed,
+            cache_bytes,
         };
         // Create every table up front so readers never race a missing table.
         store.write(true, &mut |_| Ok(()))?;
@@ -140,7 +151,11 @@ impl RedbStore {
     }
 }
 
-fn open_file(dir: &Path, sync_failed: &Arc<AtomicBool>) -> Result<Database, StoreError> {
+fn open_file(
+    dir: &Path,
+    sync_failed: &Arc<AtomicBool>,
+    cache_bytes: usize,
+) -> Result<Database, StoreError> {
     fs::create_dir_all(dir)?;
     let path = dir.join(FILE_NAME);
     let created = !path.exists();
@@ -156,6 +171,7 @@ fn open_file(dir: &Path, sync_failed: &Arc<AtomicBool>) -> Result<Database, Stor
     };
     let db = guarded("open", || {
         Ok(redb::Builder::new()
+            .set_cache_size(cache_bytes)
             .create_with_backend(backend)
             .map_err(redb::Error::from)?)
     })?;
@@ -367,7 +383,7 @@ impl Store for RedbStore {
                 Ok(())
             });
         }
-        let db = open_file(dir, &self.sync_failed)?;
+        let db = open_file(dir, &self.sync_failed, self.cache_bytes)?;
         *slot = Some(db);
         tracing::info!(dir = %dir.display(), "database reopened");
         Ok(())
