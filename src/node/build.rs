@@ -79,9 +79,11 @@ impl Node {
             &net,
             store.as_ref(),
             &opened,
-            socket,
-            bound_at.gossip,
-            gossip_rebind(net.clone(), bound_at.gossip, gossip_auth),
+            GossipSocket {
+                socket,
+                listen: bound_at.gossip,
+                rebind: gossip_rebind(net.clone(), bound_at.gossip, gossip_auth),
+            },
             at,
         )
         .await?;
@@ -216,6 +218,13 @@ fn gossip_rebind<N: Network>(
     })
 }
 
+/// The bound gossip socket, the address it got, and how to bind it again.
+struct GossipSocket {
+    socket: Box<dyn chitchat::transport::Socket>,
+    listen: std::net::SocketAddr,
+    rebind: crate::cluster::supervise::Rebind,
+}
+
 /// Gossip, started, and how this node stands in its cluster.
 struct Gossiping {
     membership: Membership,
@@ -233,11 +242,14 @@ async fn start_gossip<N: Network>(
     net: &Arc<N>,
     store: &dyn Store,
     opened: &Opened,
-    socket: Box<dyn chitchat::transport::Socket>,
-    gossip_listen: std::net::SocketAddr,
-    rebind: crate::cluster::supervise::Rebind,
+    socket: GossipSocket,
     at: Advertised,
 ) -> Result<Gossiping, NodeError> {
+    let GossipSocket {
+        socket,
+        listen: gossip_listen,
+        rebind,
+    } = socket;
     let store_err = store_error(config);
     let cluster = &config.cluster;
     // A node that never finished joining a cluster, and was given one to join, starts as

@@ -52,6 +52,11 @@ impl VersionVector {
 
     /// Record the event `dot` (and with it every earlier event of its actor).
     pub fn add(&mut self, dot: Dot) {
+        // Counter 0 is what every vector holds already; an entry for it would make equal
+        // histories unequal values.
+        if dot.counter == 0 {
+            return;
+        }
         let entry = self.0.entry(dot.actor).or_insert(0);
         *entry = (*entry).max(dot.counter);
     }
@@ -59,6 +64,9 @@ impl VersionVector {
     /// Pointwise maximum: the union of two causal histories.
     pub fn merge(&mut self, other: &VersionVector) {
         for (actor, &counter) in &other.0 {
+            if counter == 0 {
+                continue;
+            }
             let entry = self.0.entry(*actor).or_insert(0);
             *entry = (*entry).max(counter);
         }

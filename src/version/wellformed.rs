@@ -28,6 +28,11 @@ pub enum Malformed {
     OverflowedCounter,
     #[error("dot {0:?} is not in the set's own causal context")]
     DotOutsideContext(Dot),
+    /// An entry at counter 0 says nothing (an absent actor is counter 0), yet it makes two
+    /// equal histories unequal values, so replicas' digests of one history would differ.
+    /// No node writes one (`VersionVector::add` and `merge` skip them); found by fuzzing.
+    #[error("its causal context has an entry at counter 0")]
+    ZeroContextEntry,
 }
 
 /// A version vector a peer sent: at most `max_actors` actors, none at u64::MAX.
@@ -40,6 +45,9 @@ pub fn check_vector(vv: &VersionVector, max_actors: usize) -> Result<(), Malform
     }
     if vv.max_counter() == u64::MAX {
         return Err(Malformed::OverflowedCounter);
+    }
+    if vv.iter().any(|(_, &c)| c == 0) {
+        return Err(Malformed::ZeroContextEntry);
     }
     Ok(())
 }
@@ -93,6 +101,22 @@ mod tests {
 
     fn actor(n: u64) -> Actor {
         Actor { node: n, epoch: 0 }
+    }
+
+    #[test]
+    fn a_context_entry_at_counter_zero_is_refused() {
+        // As a peer or the disk would send it: the map with its zero entry, decoded.
+        let wire: std::collections::BTreeMap<Actor, u64> = [(actor(1), 0), (actor(2), 3)].into();
+        let decoded: VersionVector =
+            rmp_serde::from_slice(&rmp_serde::to_vec(&wire).unwrap()).unwrap();
+        assert!(matches!(
+            check_vector(&decoded, 8),
+            Err(Malformed::ZeroContextEntry)
+        ));
+        // Built by this node's own code, a zero never becomes an entry.
+        let built: VersionVector = [(actor(1), 0), (actor(2), 3)].into_iter().collect();
+        assert_eq!(built.len(), 1);
+        assert!(check_vector(&built, 8).is_ok());
     }
 
     fn val(s: &str) -> Payload {
