@@ -123,7 +123,9 @@ fn issued(body: &[u8]) {
     let back = CausalityToken::decode_for(&text, key)
         .unwrap_or_else(|e| panic!("a token the API issued was refused: {e}"));
     assert!(back.len() <= MAX_TOKEN_ACTORS);
-    assert_eq!(back.len(), context.len().min(MAX_TOKEN_ACTORS));
+    // Entries at counter 0 say nothing, and a vector built by a node skips them
+    // (`VersionVector::add`), so a token may name fewer actors than its context did.
+    assert!(back.len() <= context.len().min(MAX_TOKEN_ACTORS));
     assert!(
         context.descends(&back),
         "an issued token claims more than its context"
