@@ -406,6 +406,17 @@ fn shared_responses(
         r
     };
     let responses = &mut op.responses.responses;
+    // The serve loop checks every request's head before routing (`http::serve`).
+    responses.entry("414".to_owned()).or_insert_with(|| {
+        RefOr::T(strip(error_response(
+            "`uri_too_long`: the request's URI is over 8 KiB",
+        )))
+    });
+    responses.entry("431".to_owned()).or_insert_with(|| {
+        RefOr::T(strip(error_response(
+            "`headers_too_large`: over 100 headers, or a head over 16 KiB",
+        )))
+    });
     if open {
         // An empty requirement list: this route takes no credentials.
         op.security = Some(Vec::new());
