@@ -11,6 +11,7 @@ pub mod gossip_wire;
 pub mod listing;
 pub mod metrics;
 pub mod removal;
+pub mod rss;
 pub mod seed;
 
 use std::fs::{File, OpenOptions};
