@@ -333,7 +333,7 @@ mod tests {
 
     #[test]
     fn budget_sheds_past_the_bytes_in_flight_and_gives_back_on_drop() {
-        let o = Overload::new(&limits(4, 100));
+        let o = Overload::new(&limits(4, 100), Arc::default());
         let mut a = Budget::new(&o);
         assert!(a.take(60).is_ok());
         assert!(a.take(30).is_ok());
@@ -346,7 +346,7 @@ mod tests {
                 .map(|v| v.as_bytes()),
             Some(&b"1"[..])
         );
-        assert_eq!(o.shed.load(Ordering::Relaxed), 1);
+        assert_eq!(o.shed.body_bytes.load(Ordering::Relaxed), 1);
         drop(a);
         assert!(b.take(100).is_ok());
     }
