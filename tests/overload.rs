@@ -240,6 +240,18 @@ async fn a_burst_past_the_bounds_is_shed_and_memory_stays_bounded() {
         mib(rss_after),
     );
     assert!(outcomes.shed > 0, "nothing was shed: {outcomes:?}");
+    // The node counts each 503 overloaded it sent, under the bound that was full: the slow
+    // connections never finished their headers, so every shed request is one of the burst's.
+    let shed_by = |reason: &str| format!("ringkv_http_shed_total{{reason=\"{reason}\"}}");
+    let in_flight = common::metrics::metric(&node, &shed_by("in_flight")).await;
+    let body_bytes = common::metrics::metric(&node, &shed_by("body_bytes")).await;
+    assert_eq!(
+        in_flight + body_bytes,
+        outcomes.shed as u64,
+        "/metrics counts {in_flight} shed for --max-in-flight and {body_bytes} for the body \
+         budget; the clients saw {} 503 overloaded",
+        outcomes.shed
+    );
     assert!(outcomes.ok > 0, "nothing was stored: {outcomes:?}");
     assert_eq!(outcomes.without_retry_after, 0, "{outcomes:?}");
     assert!(outcomes.other_5xx.is_empty(), "{outcomes:?}");

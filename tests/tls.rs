@@ -215,6 +215,8 @@ async fn https_needs_the_ca_and_plain_http_is_refused() {
     assert_eq!(got.status(), StatusCode::OK);
     assert_eq!(got.text().await.unwrap(), "over tls");
 
+    let failures = || tls_failures(&client, &node);
+    assert_eq!(failures().await, 0, "no handshake has failed yet");
     // Plain HTTP to the TLS port gets no answer.
     let plain = reqwest::Client::builder()
         .no_proxy()
@@ -226,6 +228,7 @@ async fn https_needs_the_ca_and_plain_http_is_refused() {
         .send()
         .await;
     assert!(answer.is_err(), "plain HTTP got an answer: {answer:?}");
+    assert_eq!(failures().await, 1, "plain HTTP is one failed handshake");
 
     // A client that does not trust the node's CA fails verification.
     let public_roots = plain.get(node.url("/ready")).send().await;
@@ -234,6 +237,11 @@ async fn https_needs_the_ca_and_plain_http_is_refused() {
         chain(&e).to_lowercase().contains("certificate"),
         "not a certificate error: {}",
         chain(&e)
+    );
+    assert_eq!(
+        failures().await,
+        2,
+        "a client refusing the certificate is one more"
     );
     let other_ca = Ca::new("someone else");
     let (other_pem, _, _) = other_ca.issue(dir.path(), "other");
@@ -248,6 +256,8 @@ async fn https_needs_the_ca_and_plain_http_is_refused() {
         chain(&e)
     );
 
+    assert_eq!(failures().await, 3, "a client of another CA is one more");
+
     // Failed handshakes cost the node nothing: it still serves.
     let again = client.get(node.url("/kv/secure")).send().await.unwrap();
     assert_eq!(again.status(), StatusCode::OK);
@@ -259,6 +269,24 @@ async fn https_needs_the_ca_and_plain_http_is_refused() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "over tls");
     let out = cli(&["get", "secure", "--node", &base]).await;
     assert!(!out.status.success(), "CLI without the CA succeeded");
+}
+
+/// `ringkv_tls_handshake_failures_total` from the node's `/metrics`.
+async fn tls_failures(client: &reqwest::Client, node: &TlsNode) -> u64 {
+    let text = client
+        .get(node.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("ringkv_tls_handshake_failures_total "))
+        .unwrap_or_else(|| panic!("no TLS failure counter in {text}"))
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 async fn cluster_state(client: &reqwest::Client, node: &TlsNode) -> Result<Value, String> {

@@ -36,13 +36,6 @@ pub struct Target {
 }
 
 /// Every target. `scripts/fuzz.sh` and `ringkv-afl` take a name from this list.
-///
-/// Slot for the RPC handshake (`src/rpc/handshake.rs`, added by another branch): add
-/// `targets/handshake.rs` with a `run(&[u8])` that feeds the bytes to the handshake's
-/// reader over an in-memory stream (`tokio::io::duplex`) and checks that it refuses them
-/// (or, for bytes built from a real transcript, accepts), then one line here:
-/// `Target { name: "rpc_handshake", run: targets::handshake::run },` and seeds under
-/// `corpus/rpc_handshake/`. The test in `tests/targets.rs` and the scripts pick it up.
 pub const TARGETS: &[Target] = &[
     Target {
         name: "rpc_frame",
@@ -67,6 +60,10 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "record",
         run: targets::record::run,
+    },
+    Target {
+        name: "rpc_handshake",
+        run: targets::handshake::run,
     },
 ];
 

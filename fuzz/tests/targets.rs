@@ -45,6 +45,11 @@ fn record() {
     exercise("record");
 }
 
+#[test]
+fn rpc_handshake() {
+    exercise("rpc_handshake");
+}
+
 /// A target added to `TARGETS` gets a test here too: this fails until it does.
 #[test]
 fn every_target_has_a_test_and_seeds() {
@@ -55,6 +60,7 @@ fn every_target_has_a_test_and_seeds() {
         "http_key",
         "http_batch",
         "record",
+        "rpc_handshake",
     ];
     for t in TARGETS {
         assert!(tested.contains(&t.name), "target {} has no #[test]", t.name);

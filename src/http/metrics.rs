@@ -121,6 +121,7 @@ impl Collector for NodeCollector {
             rpc.idle_closed,
         )?;
         rpc_security(e, &rpc)?;
+        shed_and_tls(e, state)?;
 
         let storage = state.local.storage_stats();
         counter(
@@ -328,5 +329,29 @@ fn rpc_security(e: &mut DescriptorEncoder, rpc: &crate::rpc::RpcStatsSnapshot) -
         "gossip_unsent_oversize",
         "Gossip datagrams not sent: too large for one UDP datagram once signed",
         rpc.gossip_oversize,
+    )
+}
+
+/// Requests shed 503 `overloaded`, one series per bound; failed TLS handshakes.
+fn shed_and_tls(e: &mut DescriptorEncoder, state: &AppState) -> std::fmt::Result {
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = ConstCounter::new(0u64);
+    let mut family = e.encode_descriptor(
+        "http_shed",
+        "Requests answered 503 overloaded, by the bound that was full",
+        None,
+        c.metric_type(),
+    )?;
+    for (reason, n) in [
+        ("in_flight", state.shed.in_flight.load(Relaxed)),
+        ("body_bytes", state.shed.body_bytes.load(Relaxed)),
+    ] {
+        ConstCounter::new(n).encode(family.encode_family(&[("reason", reason)])?)?;
+    }
+    counter(
+        e,
+        "tls_handshake_failures",
+        "Accepted connections (HTTP or RPC) whose TLS handshake failed or timed out",
+        state.tls.handshake_failures.load(Relaxed),
     )
 }

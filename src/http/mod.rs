@@ -67,11 +67,15 @@ pub struct AppState {
     pub readiness: Arc<crate::readiness::Readiness>,
     /// The node's supervised workers (`/debug/workers`).
     pub workers: crate::worker::Registry,
+    /// Requests shed 503 `overloaded`, by bound (`/metrics`).
+    pub shed: Arc<overload::ShedStats>,
+    /// Failed TLS handshakes on the HTTP and RPC listeners (`/metrics`).
+    pub tls: Arc<crate::net::tls::TlsStats>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
     let limits = &state.config.limits;
-    let overload = overload::Overload::new(&limits.http);
+    let overload = overload::Overload::new(&limits.http, state.shed.clone());
     // Each body route reads its body under the node's budget, within its own limit.
     let body = |limit| middleware::from_fn_with_state(overload.body(limit), overload::read_body);
     Router::new()

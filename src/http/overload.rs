@@ -53,12 +53,20 @@ pub struct Overload {
     body_bytes: Arc<Semaphore>,
     max_body_bytes: usize,
     body_read_timeout: Duration,
-    /// Requests answered 503 `overloaded` (either bound).
-    pub shed: AtomicU64,
+    shed: Arc<ShedStats>,
+}
+
+/// Requests answered 503 `overloaded`, by the bound that was full (`/metrics`).
+#[derive(Debug, Default)]
+pub struct ShedStats {
+    /// `--max-in-flight`: no request slot was free.
+    pub in_flight: AtomicU64,
+    /// `--max-body-bytes-in-flight`: the body budget was spent.
+    pub body_bytes: AtomicU64,
 }
 
 impl Overload {
-    pub fn new(limits: &HttpLimits) -> Arc<Self> {
+    pub fn new(limits: &HttpLimits, shed: Arc<ShedStats>) -> Arc<Self> {
         let max_in_flight = limits.max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
         let max_body_bytes = limits
             .max_body_bytes_in_flight
@@ -70,12 +78,12 @@ impl Overload {
             body_bytes: Arc::new(Semaphore::new(max_body_bytes)),
             max_body_bytes,
             body_read_timeout: limits.body_read_timeout,
-            shed: AtomicU64::new(0),
+            shed,
         })
     }
 
-    fn shed(&self, message: String) -> Response {
-        self.shed.fetch_add(1, Ordering::Relaxed);
+    fn shed(&self, counter: &AtomicU64, message: String) -> Response {
+        counter.fetch_add(1, Ordering::Relaxed);
         overloaded(message)
     }
 
@@ -97,11 +105,14 @@ pub async fn admit(State(overload): State<Arc<Overload>>, req: Request, next: Ne
     };
     let Ok(_slot) = slots.clone().try_acquire_owned() else {
         linger(req.into_body());
-        return overload.shed(format!(
-            "the node is serving {} requests, its limit (--max-in-flight); retry shortly or \
+        return overload.shed(
+            &overload.shed.in_flight,
+            format!(
+                "the node is serving {} requests, its limit (--max-in-flight); retry shortly or \
              through another node",
-            overload.max_in_flight
-        ));
+                overload.max_in_flight
+            ),
+        );
     };
     let mut resp = next.run(req).await;
     // Every 503 says when to come back, whichever layer made it (a quorum that timed out,
@@ -196,11 +207,14 @@ impl Refused {
     fn into_response(self, overload: &Overload) -> Response {
         let error = match self {
             Refused::Overloaded => {
-                return overload.shed(format!(
-                    "the node holds {} bytes of request bodies, its limit \
+                return overload.shed(
+                    &overload.shed.body_bytes,
+                    format!(
+                        "the node holds {} bytes of request bodies, its limit \
                      (--max-body-bytes-in-flight); retry shortly or through another node",
-                    overload.max_body_bytes
-                ))
+                        overload.max_body_bytes
+                    ),
+                )
             }
             Refused::Declared(n, limit) => ApiError::too_large(format!(
                 "the body is declared as {n} bytes; this route takes at most {limit}"
@@ -319,7 +333,7 @@ mod tests {
 
     #[test]
     fn budget_sheds_past_the_bytes_in_flight_and_gives_back_on_drop() {
-        let o = Overload::new(&limits(4, 100));
+        let o = Overload::new(&limits(4, 100), Arc::default());
         let mut a = Budget::new(&o);
         assert!(a.take(60).is_ok());
         assert!(a.take(30).is_ok());
@@ -332,7 +346,7 @@ mod tests {
                 .map(|v| v.as_bytes()),
             Some(&b"1"[..])
         );
-        assert_eq!(o.shed.load(Ordering::Relaxed), 1);
+        assert_eq!(o.shed.body_bytes.load(Ordering::Relaxed), 1);
         drop(a);
         assert!(b.take(100).is_ok());
     }

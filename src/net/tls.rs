@@ -229,6 +229,14 @@ pub struct TlsListener<L> {
     inner: L,
     acceptor: Option<TlsAcceptor>,
     handshake_timeout: Duration,
+    stats: Arc<TlsStats>,
+}
+
+/// What the node's TLS listeners saw (`/metrics`).
+#[derive(Debug, Default)]
+pub struct TlsStats {
+    /// Accepted connections whose TLS handshake failed or did not finish in time.
+    pub handshake_failures: std::sync::atomic::AtomicU64,
 }
 
 impl<L> TlsListener<L> {
@@ -237,7 +245,14 @@ impl<L> TlsListener<L> {
             inner,
             acceptor,
             handshake_timeout: HANDSHAKE_TIMEOUT,
+            stats: Arc::default(),
         }
+    }
+
+    /// Counts this listener's failed handshakes in `stats` (shared by the node's listeners).
+    pub fn counting(mut self, stats: Arc<TlsStats>) -> Self {
+        self.stats = stats;
+        self
     }
 }
 
@@ -257,6 +272,7 @@ where
                 accept: Box::pin(acceptor.accept(io)),
                 deadline: Box::pin(tokio::time::sleep(self.handshake_timeout)),
                 peer: format!("{addr:?}"),
+                stats: self.stats.clone(),
             },
         };
         (io, addr)
@@ -275,6 +291,7 @@ pub enum TlsIo<T> {
         deadline: Pin<Box<tokio::time::Sleep>>,
         /// For the log line of a failed handshake.
         peer: String,
+        stats: Arc<TlsStats>,
     },
     Ready(Box<tokio_rustls::server::TlsStream<T>>),
     /// The handshake failed or timed out; the socket is closed.
@@ -292,6 +309,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> TlsIo<T> {
             accept,
             deadline,
             peer,
+            stats,
         } = self
         else {
             return Poll::Ready(Ok(()));
@@ -311,6 +329,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> TlsIo<T> {
             },
         };
         tracing::debug!(peer = %peer, error = %failed, "TLS handshake failed; closing");
+        stats
+            .handshake_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // Dropping the handshake closes the socket.
         *self = TlsIo::Closed;
         Poll::Ready(Err(failed))

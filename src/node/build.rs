@@ -94,7 +94,8 @@ impl Node {
 
         let background = background_workers(&config, &store, &parts, &gossip, at);
         let mut workers = vec![(Phase::Writer, opened.writer)];
-        let rpc_listener = TlsListener::new(rpc_listener, config.security.tls.rpc_acceptor());
+        let rpc_listener = TlsListener::new(rpc_listener, config.security.tls.rpc_acceptor())
+            .counting(state.tls.clone());
         let network = network_workers(&parts, rpc_listener, gossip.membership, gossip.stop);
         workers.extend(network.into_iter().map(|w| (Phase::Network, w)));
         workers.extend(background.into_iter().map(|w| (Phase::Background, w)));
@@ -104,10 +105,10 @@ impl Node {
         workers.push((
             Phase::Http,
             Arc::new(Http {
-                listener: Mutex::new(Some(TlsListener::new(
-                    http_listener,
-                    config.security.tls.http_acceptor(),
-                ))),
+                listener: Mutex::new(Some(
+                    TlsListener::new(http_listener, config.security.tls.http_acceptor())
+                        .counting(state.tls.clone()),
+                )),
                 router: Mutex::new(Some(http::router(state.clone()))),
                 addr: bound_at.http,
                 config: http::serve::ServeConfig {
@@ -415,6 +416,8 @@ fn connect<N: Network>(
         ready: Default::default(),
         readiness: readiness.clone(),
         workers: Registry::default(),
+        shed: Default::default(),
+        tls: Default::default(),
     });
     Parts {
         peers,

@@ -1,5 +1,5 @@
 //! Writes the seed corpora (`fuzz/corpus/<target>/`) from real encodings: frames the RPC
-//! client sends, tokens and records the node writes, bodies the tests post. Run it again
+//! client sends, the hello a dialing node sends, tokens and records the node writes, bodies the tests post. Run it again
 //! after a format changes: `cargo run -p ringkv-fuzz --bin ringkv-fuzz-seeds`.
 
 use std::path::Path;
@@ -272,6 +272,58 @@ fn records(dir: &Path, set: &SiblingSet) -> Result<(), Box<dyn std::error::Error
     Ok(())
 }
 
+/// The hello a real dialing node sends (its first 37 bytes), taken off an in-memory stream.
+fn client_hello() -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+    use tokio::io::AsyncReadExt;
+    let client = ringkv::rpc::Authenticator::new(
+        ringkv::config::ClusterSecret::new(b"fuzz-cluster-secret-0123456789")?,
+        "fuzz".into(),
+        std::time::Duration::from_millis(200),
+        Some(1),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()?;
+    rt.block_on(async {
+        let (mut ours, mut theirs) = tokio::io::duplex(1024);
+        let mut hello = vec![0u8; 37];
+        let read = async {
+            let got = ours.read_exact(&mut hello).await;
+            // Closing our end ends the client's wait for our hello.
+            drop(ours);
+            got
+        };
+        let (_refused, got) = tokio::join!(client.client(&mut theirs), read);
+        got?;
+        Ok(hello)
+    })
+}
+
+fn handshakes(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let hello = client_hello()?;
+    let t = "rpc_handshake";
+    let mut with_proof = hello.clone();
+    with_proof.extend_from_slice(&[0u8; 32]);
+    write(dir, t, "raw-hello-zero-proof", &with_mode(0, &with_proof))?;
+    write(dir, t, "raw-hello-only", &with_mode(0, &hello))?;
+    write(dir, t, "raw-hello-cut", &with_mode(0, &hello[..20]))?;
+    let mut newer = with_proof.clone();
+    newer[4] = newer[4].wrapping_add(1);
+    write(dir, t, "raw-next-version", &with_mode(0, &newer))?;
+    write(dir, t, "honest", &with_mode(1, &hello[5..]))?;
+    let mut trailing = hello[5..].to_vec();
+    trailing.extend_from_slice(b"\0\0\0\x05\x01frame");
+    write(dir, t, "honest-then-frame", &with_mode(1, &trailing))?;
+    for way in 0u8..5 {
+        let mut forged = vec![way];
+        forged.extend_from_slice(&hello[5..]);
+        forged.extend_from_slice(&[way, 0x80, way & 1, 16]);
+        write(dir, t, &format!("forged-{way}"), &with_mode(2, &forged))?;
+    }
+    write(dir, t, "reflected", &[3])?;
+    Ok(())
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
     let sets = sets();
@@ -281,6 +333,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     dvv(&dir, &sets)?;
     http(&dir)?;
     records(&dir, set)?;
+    handshakes(&dir)?;
     println!("seeds written under {}", dir.display());
     Ok(())
 }

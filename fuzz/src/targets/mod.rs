@@ -1,6 +1,7 @@
 //! The targets, one per decoder; each `run(&[u8])` panics when a check fails.
 //!
 //! - [`frame`]: RPC frames: length prefix, version byte, the request and response enums.
+//! - [`handshake`]: the RPC handshake's server side, against garbage, honest and forged peers.
 //! - [`token`]: causality tokens (format 2), and the trimming of the tokens the API issues.
 //! - [`dvv`]: sibling sets' `sync` and `update` laws, on replayed histories and decoded sets.
 //! - [`http_key`]: keys, `/kv/{key}` URIs, query strings and content types.
@@ -10,6 +11,7 @@
 pub mod batch;
 pub mod dvv;
 pub mod frame;
+pub mod handshake;
 pub mod http_key;
 pub mod record;
 pub mod token;
