@@ -6,7 +6,8 @@
 //! - [`key`]: what a key may be, and strict percent-decoding of it.
 //! - [`merkle`]: the hash tree two replicas compare to find the ranges where they differ.
 //! - [`config`]: a node's settings, whatever gave them (flags, environment, tests).
-//! - [`store`]: the storage seam, the `Store` trait, with redb and in-memory stores.
+//! - [`store`]: the storage seam, the `Store` trait, with redb and in-memory stores, and
+//!   the default page cache from the cgroup memory limit (`store::cache_size`).
 //! - [`identity`]: the node id and actor epoch kept in the data dir, and its life marks.
 //! - [`kv`]: this node's replica: records, reads, hints, the tree, the group-commit writer.
 //! - [`stats`]: counters of what replication did (`/debug/replication`, `/metrics`).

@@ -132,9 +132,15 @@ pub struct ServeArgs {
     /// Connections beyond --max-connections that answer only /health and /ready.
     #[arg(long, env = "RINGKV_RESERVED_CONNECTIONS", default_value_t = 16)]
     pub reserved_connections: usize,
-    /// redb's page cache, in bytes.
-    #[arg(long, env = "RINGKV_CACHE_BYTES", default_value_t = crate::config::DEFAULT_CACHE_BYTES)]
-    pub cache_bytes: usize,
+    /// redb's page cache, in bytes (`--cache-bytes` is an older name of it). Without it:
+    /// min(64 MiB, an eighth of the cgroup memory limit), at least 4 MiB; 64 MiB when the
+    /// node runs under no limit.
+    #[arg(
+        long = "cache-size",
+        visible_alias = "cache-bytes",
+        env = "RINGKV_CACHE_SIZE"
+    )]
+    pub cache_bytes: Option<usize>,
     /// Bearer tokens of the HTTP API, one a line (blank lines and `#` comments skipped),
     /// reread on SIGHUP. Every route but /health and /ready then needs
     /// `Authorization: Bearer <token>`. Without it the API is open to anyone who reaches it.
@@ -315,7 +321,11 @@ impl ServeArgs {
                     max_body_bytes_in_flight: self.max_body_bytes_in_flight,
                     reserved_connections: self.reserved_connections,
                 },
-                cache_bytes: self.cache_bytes,
+                cache_bytes: self.cache_bytes.unwrap_or_else(|| {
+                    crate::store::cache_size::default_cache_bytes(
+                        crate::store::cache_size::read_limit(),
+                    )
+                }),
                 ..Limits::default()
             },
             blocking: BlockingMode::Threaded,
@@ -398,6 +408,14 @@ impl ServeArgs {
 pub async fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
     telemetry::init(args.log_format, &args.log);
     let config = args.to_config()?;
+    // Logged once, so that an operator sees which limit the default cache followed.
+    let cgroup_limit = crate::store::cache_size::read_limit();
+    tracing::info!(
+        cgroup_memory_limit = ?cgroup_limit,
+        cache_bytes = config.limits.cache_bytes,
+        from_flag = args.cache_bytes.is_some(),
+        "redb page cache"
+    );
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_shutdown(shutdown.clone()));
     match config.security.auth.clone() {

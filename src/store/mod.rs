@@ -6,6 +6,7 @@
 //! writer in `kv::writer` is the only writer — so an implementation needs no write-write
 //! conflict handling.
 
+pub mod cache_size;
 mod memory;
 mod redb;
 
