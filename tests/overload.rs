@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::rss::{mib, rss_bytes};
 use common::TestNode;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -46,21 +47,6 @@ fn raise_nofile(want: u64) {
         "RLIMIT_NOFILE hard limit {hard} is below the {want} this test needs"
     );
     setrlimit(Resource::RLIMIT_NOFILE, want, hard).expect("setrlimit");
-}
-
-/// VmRSS of `pid`, in bytes.
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/<pid>/status");
-    kib * 1024
-}
-
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1024.0 * 1024.0)
 }
 
 #[derive(Default, Debug)]
