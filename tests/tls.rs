@@ -215,8 +215,10 @@ async fn https_needs_the_ca_and_plain_http_is_refused() {
     assert_eq!(got.status(), StatusCode::OK);
     assert_eq!(got.text().await.unwrap(), "over tls");
 
-    let failures = || tls_failures(&client, &node);
-    assert_eq!(failures().await, 0, "no handshake has failed yet");
+    // The node counts a failed handshake in the connection's task, which may end after the
+    // client has seen its error: wait (bounded) for the count, then check it is exact.
+    let failures = |want: u64| tls_failures_reaching(&client, &node, want);
+    assert_eq!(failures(0).await, 0, "no handshake has failed yet");
     // Plain HTTP to the TLS port gets no answer.
     let plain = reqwest::Client::builder()
         .no_proxy()
@@ -228,7 +230,7 @@ async fn https_needs_the_ca_and_plain_http_is_refused() {
         .send()
         .await;
     assert!(answer.is_err(), "plain HTTP got an answer: {answer:?}");
-    assert_eq!(failures().await, 1, "plain HTTP is one failed handshake");
+    assert_eq!(failures(1).await, 1, "plain HTTP is one failed handshake");
 
     // A client that does not trust the node's CA fails verification.
     let public_roots = plain.get(node.url("/ready")).send().await;
@@ -239,7 +241,7 @@ async fn https_needs_the_ca_and_plain_http_is_refused() {
         chain(&e)
     );
     assert_eq!(
-        failures().await,
+        failures(2).await,
         2,
         "a client refusing the certificate is one more"
     );
@@ -256,7 +258,7 @@ async fn https_needs_the_ca_and_plain_http_is_refused() {
         chain(&e)
     );
 
-    assert_eq!(failures().await, 3, "a client of another CA is one more");
+    assert_eq!(failures(3).await, 3, "a client of another CA is one more");
 
     // Failed handshakes cost the node nothing: it still serves.
     let again = client.get(node.url("/kv/secure")).send().await.unwrap();
@@ -269,6 +271,18 @@ async fn https_needs_the_ca_and_plain_http_is_refused() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "over tls");
     let out = cli(&["get", "secure", "--node", &base]).await;
     assert!(!out.status.success(), "CLI without the CA succeeded");
+}
+
+/// `ringkv_tls_handshake_failures_total`, read until it reaches `want` or 5 s pass.
+async fn tls_failures_reaching(client: &reqwest::Client, node: &TlsNode, want: u64) -> u64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let n = tls_failures(client, node).await;
+        if n >= want || std::time::Instant::now() >= deadline {
+            return n;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// `ringkv_tls_handshake_failures_total` from the node's `/metrics`.
