@@ -1,7 +1,9 @@
 //! The ids gossip tracks stay bounded (`cluster::gossip_guard`): a raw UDP socket sends
 //! two real nodes' gossip port datagrams naming thousands of invented node ids; the node's
-//! tracked-id count and RSS stay bounded, and the two nodes stay live to each other. (No
-//! cluster secret is configured: the bound holds for a peer that is authenticated.)
+//! tracked-id count and RSS stay bounded, and the two nodes stay live to each other; then
+//! well-formed deltas that grow one invented id's keys past the byte bound, with the same
+//! outcome. (No cluster secret is configured: the bounds hold for a peer that is
+//! authenticated.)
 
 mod common;
 
@@ -9,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use chitchat::transport::{Socket, UdpSocket};
 use common::cluster::*;
-use common::gossip_wire::{ack_with_low_max_version, fake_id, syn};
+use common::gossip_wire::{ack_with_keys, ack_with_low_max_version, fake_id, syn};
 use common::TestNode;
 use ringkv::cluster::gossip_guard::ids_named;
 
@@ -156,4 +158,89 @@ async fn invented_ids_stay_bounded_and_the_nodes_stay_live() {
     try_put(victim, "after/flood", b"v", None, &[("w", "all")])
         .await
         .unwrap_or_else(|e| panic!("a write at W=all after the flood: {e}"));
+}
+
+/// One id within the count bound, but with megabytes of keys (chitchat bounds neither a
+/// node's keys nor their sizes): past 16 KiB per allowed id the state is shed, the
+/// bytes tracked fall back under the bound on every node, and the cluster still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_piled_on_one_id_stay_bounded_in_bytes() {
+    let max = MAX_IDS.to_string();
+    let args = ["--gossip-interval", "100ms", "--max-gossip-members", &max];
+    let cluster = Cluster::start(2, &args).await;
+    cluster.wait_health(&cluster.all(), CONVERGE_TIMEOUT).await;
+    let victim = &cluster.nodes[0];
+    let bound = (MAX_IDS * ringkv::cluster::gossip_guard::STATE_BYTES_PER_ID) as u64;
+    let raw = loopback_udp().await;
+    let from = raw.local_addr().expect("addr");
+    let id = fake_id(7, from);
+    // The digest makes chitchat track the id; the deltas then pile keys on it.
+    raw.send_to(
+        &syn("ringkv", std::slice::from_ref(&id), 1),
+        victim.gossip_addr,
+    )
+    .await
+    .expect("send");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let value = "x".repeat(1400);
+    let per_datagram = 40u64;
+    let mut version = 0u64;
+    let mut sent_bytes = 0u64;
+    let mut peak = 0u64;
+    let started = Instant::now();
+    // 4 times the bound in all, 20 ms apart.
+    while sent_bytes < 4 * bound {
+        let keys: Vec<(String, String)> = (0..per_datagram)
+            .map(|n| (format!("pile-{}", version + n), value.clone()))
+            .collect();
+        sent_bytes += keys
+            .iter()
+            .map(|(k, v)| (k.len() + v.len()) as u64)
+            .sum::<u64>();
+        raw.send_to(&ack_with_keys(&id, version, &keys), victim.gossip_addr)
+            .await
+            .expect("send");
+        version += per_datagram;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        peak = peak.max(common::metrics::metric(victim, "ringkv_gossip_tracked_bytes").await);
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the pile took over 60 s"
+        );
+    }
+    let over = common::metrics::metric(victim, "ringkv_gossip_over_byte_bound_total").await;
+    assert!(
+        over >= 1,
+        "the byte bound was never passed (peak {peak} of {bound}): the deltas did not apply"
+    );
+    // One round (100 ms) takes in about five datagrams (56 KiB each) past the bound.
+    assert!(
+        peak <= bound + 8 * per_datagram * 1410,
+        "tracked bytes reached {peak}; the bound is {bound}"
+    );
+    cluster.wait_health(&cluster.all(), CONVERGE_TIMEOUT).await;
+    for node in &cluster.nodes {
+        wait_until(
+            Duration::from_secs(30),
+            "tracked bytes within the bound",
+            || async {
+                match common::metrics::metric(node, "ringkv_gossip_tracked_bytes").await {
+                    n if n <= bound => Ok(()),
+                    n => Err(format!("{n} bytes tracked")),
+                }
+            },
+        )
+        .await;
+    }
+    assert!(
+        victim.log_text().contains("more key and value bytes"),
+        "{}",
+        victim.log_tail(20)
+    );
+    try_put(victim, "after/pile", b"v", None, &[("w", "all")])
+        .await
+        .unwrap_or_else(|e| panic!("a write at W=all after the pile: {e}"));
+    eprintln!(
+        "sent {sent_bytes} bytes of keys; peak {peak} tracked of {bound}; shed {over} time(s)"
+    );
 }

@@ -619,16 +619,17 @@ async fn refresh(
                 members,
                 departed,
                 collect_rings(c.node_states(), &live),
-                tracked,
+                (tracked, state_bytes(c.node_states())),
             )
         };
+        let (tracked, tracked_bytes) = tracked;
         let addrs = tx
             .borrow()
             .members
             .values()
             .map(|m| m.gossip_addr)
             .collect();
-        if health.is_running() && guard.round(tracked, addrs) {
+        if health.is_running() && guard.round(tracked, tracked_bytes, addrs) {
             health.request_restart();
             continue;
         }
@@ -732,6 +733,17 @@ async fn refresh(
 
 /// One member per node id: a restarted node has a new chitchat generation, and only the
 /// newest one counts. Also returns the ids that departed (see [`ClusterView::departed`]).
+/// The bytes of every key and value chitchat holds, deleted ones included (they are kept
+/// until their grace passes): what `gossip_guard` bounds besides the id count.
+fn state_bytes(states: &BTreeMap<ChitchatId, NodeState>) -> usize {
+    states
+        .values()
+        .flat_map(|s| s.key_values_including_deleted())
+        .fold(0usize, |sum, (k, v)| {
+            sum.saturating_add(k.len()).saturating_add(v.value.len())
+        })
+}
+
 fn collect_members(
     states: &BTreeMap<ChitchatId, NodeState>,
     live: &BTreeSet<&ChitchatId>,

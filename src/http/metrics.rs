@@ -200,6 +200,18 @@ impl Collector for NodeCollector {
                 "Times the ids gossip tracked passed --max-gossip-members",
                 guard.over_bound.get(),
             )?;
+            gauge(
+                e,
+                "gossip_tracked_bytes",
+                "Key and value bytes gossip holds, as of the last round",
+                i64::try_from(guard.tracked_bytes()).unwrap_or(i64::MAX),
+            )?;
+            counter(
+                e,
+                "gossip_over_byte_bound",
+                "Times the key and value bytes gossip held passed their bound (16 KiB per --max-gossip-members id)",
+                guard.over_byte_bound.get(),
+            )?;
         }
         counter(
             e,

@@ -76,3 +76,34 @@ pub fn ack_with_low_max_version(id: &ChitchatId, key_version: u64, max_version: 
     buf.push(BLOCK_END);
     buf
 }
+
+/// An `Ack` whose delta gives `id` the keys `keys`, at versions `from + 1` on, and
+/// declares the node's max version to be the last of them: a well-formed delta, as a
+/// buggy peer would keep sending to grow a node's state. At most one block (64 KiB).
+pub fn ack_with_keys(id: &ChitchatId, from: u64, keys: &[(String, String)]) -> Vec<u8> {
+    let mut ops = Vec::new();
+    ops.push(OP_NODE);
+    id.serialize(&mut ops);
+    0u64.serialize(&mut ops); // last_gc_version
+    from.serialize(&mut ops); // from_version_excluded
+    let mut version = from;
+    for (key, value) in keys {
+        version += 1;
+        ops.push(OP_KEY_VALUE);
+        key.as_str().serialize(&mut ops);
+        value.as_str().serialize(&mut ops);
+        version.serialize(&mut ops);
+        ops.push(KV_SET);
+    }
+    ops.push(OP_SET_MAX_VERSION);
+    version.serialize(&mut ops);
+
+    let mut buf = header(ACK);
+    buf.push(BLOCK_UNCOMPRESSED);
+    u16::try_from(ops.len())
+        .expect("the keys fit one block")
+        .serialize(&mut buf);
+    buf.extend_from_slice(&ops);
+    buf.push(BLOCK_END);
+    buf
+}
