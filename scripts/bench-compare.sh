@@ -5,6 +5,7 @@
 # adapters the product does not carry) for the others.
 #
 #   scripts/bench-compare.sh [--quick]
+#   scripts/bench-compare.sh --scaling     how cost grows (scripts/bench-scaling.sh)
 #
 # Every target runs at once (idle ones cost next to nothing) and the measurements go in
 # alternating rounds (every target, then every target again), so that a busy moment of a
@@ -30,8 +31,9 @@ cd "$(dirname "$0")/.."
 quick=0
 case "${1:-}" in
   --quick) quick=1 ;;
+  --scaling) exec scripts/bench-scaling.sh ;;
   "") ;;
-  *) sed -n '2,22p' "$0"; exit 2 ;;
+  *) sed -n '2,27p' "$0"; exit 2 ;;
 esac
 if [ $quick -eq 1 ]; then
   secs=${BENCH_SECS:-2}; rounds=${BENCH_ROUNDS:-2}; keys=${BENCH_KEYS:-1000}

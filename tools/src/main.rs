@@ -6,10 +6,12 @@
 //! - [`scale`]: `load`, `churn` and `verify`, the scale-out and fault checks.
 //! - [`bench`]: `bench --target etcd|redis`, `ringkv bench`'s load generator on other stores.
 //! - [`bench_report`]: `bench-report`, the comparison table of `scripts/bench-compare.sh`.
+//! - [`bench_scaling`]: `bench-scaling`, the tables and plot of `bench-compare.sh --scaling`.
 //! - [`chaos`]: `chaos`, real node processes under seeded faults (`scripts/chaos.sh`).
 
 mod bench;
 mod bench_report;
+mod bench_scaling;
 mod chaos;
 mod scale;
 
@@ -36,6 +38,8 @@ enum Command {
     Bench(Box<bench::BenchArgs>),
     /// Fold `bench --json` outputs into the comparison table (`scripts/bench-compare.sh`).
     BenchReport(bench_report::BenchReportArgs),
+    /// Fold the runs of `scripts/bench-compare.sh --scaling` into tables and a plot.
+    BenchScaling(bench_scaling::BenchScalingArgs),
     /// Run local nodes under seeded faults and load, then check nothing acknowledged was
     /// lost (`scripts/chaos.sh`).
     Chaos(Box<chaos::ChaosArgs>),
@@ -46,6 +50,7 @@ async fn run(command: Command) -> Result<bool, String> {
         Command::Scale(c) => scale::run_scale(c).await,
         Command::Bench(args) => bench::run(*args).await.map(|()| true),
         Command::BenchReport(args) => bench_report::run(args).map(|()| true),
+        Command::BenchScaling(args) => bench_scaling::run(args).map(|()| true),
         // Interrupted, the run's future is dropped, and with it the nodes it started.
         Command::Chaos(args) => tokio::select! {
             r = chaos::run(*args) => r,
