@@ -64,6 +64,14 @@ pub struct ReplicationStats {
     pub writes_acknowledged: Counter,
     /// Client reads this node answered.
     pub reads_served: Counter,
+    /// Read requests this node sent to peers, for its own reads (client GETs, the read
+    /// before a delete, catch-up reads): over `reads_served`, messages per read.
+    pub read_rpcs_sent: Counter,
+    /// Reads that asked one more replica because those asked were slower than the
+    /// speculative-retry delay.
+    pub read_speculative_retries: Counter,
+    /// Reads that asked every replica: R = N, or drawn by `--read-repair-chance`.
+    pub reads_asking_all: Counter,
     /// Requests from peers refused by `rpc::bounds::check` (a value over the size limit,
     /// a malformed set, a parameter out of range): none stored anything.
     pub peer_requests_refused: Counter,

@@ -59,6 +59,10 @@ pub struct ServeArgs {
     /// Bound on one internode call.
     #[arg(long, env = "RINGKV_RPC_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub rpc_timeout: Duration,
+    /// Share of reads (0.0 to 1.0) that ask every replica rather than R, so that read
+    /// repair also finds the stale copies ordinary reads skip.
+    #[arg(long, env = "RINGKV_READ_REPAIR_CHANCE", default_value_t = crate::config::DEFAULT_READ_REPAIR_CHANCE, value_parser = parse_chance)]
+    pub read_repair_chance: f64,
     /// Bytes of hints kept for one down node; past this, hints are refused and counted.
     #[arg(long, env = "RINGKV_MAX_HINT_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub max_hint_bytes: u64,
@@ -290,6 +294,7 @@ impl ServeArgs {
                 phi_threshold: self.phi_threshold,
                 dead_node_grace: self.dead_node_grace,
                 rpc_timeout: self.rpc_timeout,
+                read_repair_chance: self.read_repair_chance,
                 max_hint_bytes: self.max_hint_bytes,
                 // A hint older than the tombstone grace could bring back a key whose
                 // tombstone was collected: cap it.
@@ -439,6 +444,15 @@ pub async fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
     Ok(())
 }
 
+/// A share of reads: a number in `0.0..=1.0` (NaN and infinities refused).
+fn parse_chance(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(c) if (0.0..=1.0).contains(&c) => Ok(c),
+        Ok(c) => Err(format!("expected a share between 0.0 and 1.0, got {c}")),
+        Err(e) => Err(format!("expected a share between 0.0 and 1.0: {e}")),
+    }
+}
+
 /// An IP as is, or a hostname resolved now (docker-compose service names, say).
 fn resolve_host(host: &str) -> Result<IpAddr, ServeError> {
     if let Ok(ip) = host.parse() {
@@ -490,4 +504,19 @@ fn reload_tokens_on_sighup(
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_chance;
+
+    #[test]
+    fn a_chance_is_a_share_between_zero_and_one() {
+        assert_eq!(parse_chance("0"), Ok(0.0));
+        assert_eq!(parse_chance("0.25"), Ok(0.25));
+        assert_eq!(parse_chance("1.0"), Ok(1.0));
+        for bad in ["-0.1", "1.01", "NaN", "inf", "", "ten"] {
+            assert!(parse_chance(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }

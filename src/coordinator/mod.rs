@@ -2,11 +2,14 @@
 //!
 //! - A write is coordinated by a replica in the key's preference list (others forward it):
 //!   apply locally, send the resulting set to the other replicas, answer at W.
-//! - A read asks the healthy replicas, answers once R replied, and repairs stale ones.
+//! - A read asks R healthy replicas (this node first, then the fastest peers; more only on
+//!   a failure, a slow reply, or a read drawn to ask all), answers once R replied, and
+//!   repairs stale ones. `latency` keeps the per-peer estimates it ranks peers by.
 //! - A replica that is down gets a hint on a stand-in instead (sloppy quorum).
 //!
 //! With one member, every factor clamps to 1 and all of this is a local call.
 
+mod latency;
 mod list;
 mod read;
 mod write;
@@ -25,6 +28,9 @@ use crate::rpc::client::RpcError;
 use crate::rpc::{ForwardedWrite, RemoteError, Request, Response};
 use crate::stats::ReplicationStats;
 use crate::version::{Dot, Payload, SiblingSet, VersionVector};
+
+pub use latency::PeerLatencies;
+pub use read::RepairChance;
 
 #[derive(Debug, thiserror::Error, Clone)]
 #[non_exhaustive]
@@ -139,6 +145,11 @@ pub struct CoordinatorParts {
     pub local: LocalKv,
     pub stats: Arc<ReplicationStats>,
     pub config: CoordinatorConfig,
+    /// What reads learned of each peer's latency: whom they ask first, and when to ask
+    /// another.
+    pub latencies: PeerLatencies,
+    /// The share of reads that ask every replica (`--read-repair-chance`).
+    pub repair_chance: RepairChance,
 }
 
 impl Coordinator {
@@ -558,6 +569,8 @@ mod tests {
                 replication: Replication { n: 3, r: 3, w: 3 }.into(),
                 repair_wait: Duration::from_millis(10),
             },
+            latencies: PeerLatencies::default(),
+            repair_chance: RepairChance::new(0.0, Some(1)),
         })
     }
 

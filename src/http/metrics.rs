@@ -168,6 +168,24 @@ impl Collector for NodeCollector {
             "Client reads answered",
             rep.reads_served.get(),
         )?;
+        counter(
+            e,
+            "read_rpcs_sent",
+            "Internode read requests this node sent for the reads it coordinated",
+            rep.read_rpcs_sent.get(),
+        )?;
+        counter(
+            e,
+            "read_speculative_retries",
+            "Reads that asked one more replica after the speculative-retry delay",
+            rep.read_speculative_retries.get(),
+        )?;
+        counter(
+            e,
+            "reads_asking_all",
+            "Reads that asked every replica (R = N, or --read-repair-chance)",
+            rep.reads_asking_all.get(),
+        )?;
         if let Some(gossip) = state.readiness.gossip() {
             counter(
                 e,

@@ -21,7 +21,9 @@ use crate::antientropy::{maintenance_interval, AntiEntropy, AntiEntropyConfig, A
 use crate::cluster::membership::{MemberState, Membership, MembershipCtl};
 use crate::cluster::persisted;
 use crate::config::NodeConfig;
-use crate::coordinator::{Coordinator, CoordinatorConfig, CoordinatorParts};
+use crate::coordinator::{
+    Coordinator, CoordinatorConfig, CoordinatorParts, PeerLatencies, RepairChance,
+};
 use crate::handoff::{Handoff, HandoffConfig, HINT_PAGE};
 use crate::http::{self, AppState};
 use crate::identity::Identity;
@@ -366,6 +368,8 @@ fn connect<N: Network>(
             replication: config.replication.into(),
             repair_wait: cluster.repair_wait,
         },
+        latencies: PeerLatencies::default(),
+        repair_chance: RepairChance::new(cluster.read_repair_chance, config.rng_seed),
     });
     let peer_service = Arc::new(PeerService {
         node_id: opened.node_id,
