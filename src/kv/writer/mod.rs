@@ -355,12 +355,15 @@ async fn run(
     let pipelined_sync =
         settings.pipeline && settings.durable() && settings.blocking == BlockingMode::Threaded;
     let mut inflight: Option<InFlight> = None;
+    // Committed jobs for the sync after the one in flight.
+    let mut waiting: Vec<Job> = Vec::new();
     loop {
         let was = refusal.state();
         let first = tokio::select! {
             job = rx.recv() => job,
             result = pipeline::synced(&mut inflight) => {
                 pipeline::answer(inflight.take(), result, &mut refusal, &stats);
+                pipeline::next(&store, &mut inflight, &mut waiting, &refusal);
                 publish(&state, was, &refusal, &store, &settings, &mut probe_timer).await;
                 continue;
             }
@@ -414,13 +417,17 @@ async fn run(
         }
         let durable = settings.durable();
         if pipelined_sync {
+            let syncs = Syncs {
+                inflight: &mut inflight,
+                waiting: &mut waiting,
+            };
             dot_floor = pipelined(
                 &store,
                 &settings,
                 &stats,
                 dot_floor,
                 batch,
-                &mut inflight,
+                syncs,
                 &mut refusal,
             )
             .await;
@@ -478,7 +485,7 @@ async fn run(
         }
         publish(&state, was, &refusal, &store, &settings, &mut probe_timer).await;
     }
-    pipeline::drain(&mut inflight, &mut refusal, &stats).await;
+    pipeline::drain(&store, &mut inflight, &mut waiting, &mut refusal, &stats).await;
     if refusal.error().is_some() {
         // Nothing to sync: the storage refuses it.
         return;
@@ -490,18 +497,26 @@ async fn run(
     tracing::debug!("writer stopped");
 }
 
-/// One batch with a write-ahead log: commit and append it (not durable yet), then wait for
-/// the previous batch's sync, which ran meanwhile, and start this one's. Its jobs are
-/// answered when that sync ends. Returns the dot floor after the commit.
+/// The sync in flight and the jobs waiting for the next one.
+struct Syncs<'a> {
+    inflight: &'a mut Option<InFlight>,
+    waiting: &'a mut Vec<Job>,
+}
+
+/// One batch with a write-ahead log: commit and append it (not durable yet); then start
+/// its sync, or, while one is in flight, leave its jobs for the next. Past `--write-queue`
+/// jobs waiting, wait for the syncs first, so that a stalled disk holds up the writer
+/// instead of piling up answers. Returns the dot floor after the commit.
 async fn pipelined(
     store: &Arc<dyn Store>,
     settings: &Arc<WriterSettings>,
     stats: &Arc<StorageStats>,
     dot_floor: u64,
     batch: Vec<Job>,
-    inflight: &mut Option<InFlight>,
+    syncs: Syncs<'_>,
     refusal: &mut Refusal,
 ) -> u64 {
+    let Syncs { inflight, waiting } = syncs;
     let s = settings.clone();
     let mutations = batch.len() as u64;
     let (mut jobs, result, floor) = blocking(settings.blocking, store.clone(), {
@@ -518,16 +533,15 @@ async fn pipelined(
     for job in &mut jobs {
         job.committed(settings, stats);
     }
-    pipeline::drain(inflight, refusal, stats).await;
-    match (&result, refusal.error()) {
+    if result.is_err() {
         // A failed commit set every job's outcome to its error already.
-        (Err(_), _) => jobs.into_iter().for_each(|j| j.answer(&Ok(()))),
-        // The sync before this batch failed: nothing after it is acknowledged.
-        (Ok(()), Some(e)) => {
-            let e = Err(e.clone());
-            jobs.into_iter().for_each(|j| j.answer(&e));
-        }
-        (Ok(()), None) => *inflight = Some(InFlight::start(store, jobs)),
+        jobs.into_iter().for_each(|j| j.answer(&Ok(())));
+        return floor;
+    }
+    waiting.extend(jobs);
+    pipeline::next(store, inflight, waiting, refusal);
+    if waiting.len() >= settings.queue {
+        pipeline::drain(store, inflight, waiting, refusal, stats).await;
     }
     floor
 }

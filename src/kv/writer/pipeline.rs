@@ -1,6 +1,8 @@
 //! The sync in flight when the store has a write-ahead log (`store::wal`): a batch's
 //! commit and log append are done, its fdatasync runs on the blocking pool, and the writer
-//! goes on to apply the next batch meanwhile. Its jobs are answered when the sync ends.
+//! goes on to apply the batches that arrive meanwhile. Those wait together, and the next
+//! sync, started as soon as this one ends, covers them all: one sync per sync time,
+//! however small the batches were.
 
 use std::sync::Arc;
 
@@ -72,14 +74,40 @@ pub(super) fn answer(
     }
 }
 
-/// Waits for the sync in flight and answers its jobs.
-pub(super) async fn drain(
+/// Once no sync is in flight: starts one for the jobs waiting, or, after a failed sync,
+/// answers them with its error (nothing after a failed sync is acknowledged).
+pub(super) fn next(
+    store: &Arc<dyn Store>,
     inflight: &mut Option<InFlight>,
+    waiting: &mut Vec<Job>,
+    refusal: &Refusal,
+) {
+    if inflight.is_some() || waiting.is_empty() {
+        return;
+    }
+    let jobs = std::mem::take(waiting);
+    match refusal.error() {
+        Some(e) => {
+            let e = Err(e.clone());
+            jobs.into_iter().for_each(|j| j.answer(&e));
+        }
+        None => *inflight = Some(InFlight::start(store, jobs)),
+    }
+}
+
+/// Waits for the sync in flight, answers its jobs and starts the next one, until none is
+/// in flight and none waits.
+pub(super) async fn drain(
+    store: &Arc<dyn Store>,
+    inflight: &mut Option<InFlight>,
+    waiting: &mut Vec<Job>,
     refusal: &mut Refusal,
     stats: &StorageStats,
 ) {
-    if inflight.is_some() {
+    next(store, inflight, waiting, refusal);
+    while inflight.is_some() {
         let result = synced(inflight).await;
         answer(inflight.take(), result, refusal, stats);
+        next(store, inflight, waiting, refusal);
     }
 }
