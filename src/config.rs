@@ -183,6 +183,9 @@ pub struct NodeConfig {
     pub storage: StorageKind,
     pub fsync: FsyncMode,
     pub fsync_interval: Duration,
+    /// The write-ahead log in front of redb (`--wal`), with its checkpoint bounds; `None`
+    /// commits every durable batch in redb itself.
+    pub wal: Option<crate::store::WalSettings>,
     pub replication: Replication,
     /// Default time a request may take when it does not say (`timeout_ms`).
     pub request_timeout: Duration,
@@ -212,6 +215,7 @@ impl NodeConfig {
             storage: StorageKind::Memory,
             fsync: FsyncMode::Always,
             fsync_interval: Duration::from_secs(1),
+            wal: None,
             replication: Replication { n: 3, r: 2, w: 2 },
             request_timeout: Duration::from_secs(5),
             limits: Limits::default(),

@@ -123,9 +123,20 @@ async fn verify(node: &TestNode, acked: &[(String, Vec<u8>)]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_writes_survive_sigkill() {
+    survive_sigkill(&["--fsync", "always"]).await;
+}
+
+/// The same with the write-ahead log: what was acknowledged is in the log, replayed on
+/// restart over whatever redb kept of its non-durable commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_writes_survive_sigkill_with_the_wal() {
+    survive_sigkill(&["--fsync", "always", "--wal", "--wal-max-bytes", "65536"]).await;
+}
+
+async fn survive_sigkill(args: &[&str]) {
     let (mut rng, seed) = XorShift::from_test_seed();
-    eprintln!("crash_durability seed = {seed}");
-    let mut node = TestNode::start_with(&["--fsync", "always"]).await;
+    eprintln!("crash_durability seed = {seed}, args {args:?}");
+    let mut node = TestNode::start_with(args).await;
     let mut all_acked: Vec<(String, Vec<u8>)> = Vec::new();
 
     for cycle in 0..CYCLES {

@@ -87,6 +87,16 @@ pub struct ServeArgs {
     /// How often `--fsync periodic` syncs.
     #[arg(long, env = "RINGKV_FSYNC_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub fsync_interval: Duration,
+    /// Put a write-ahead log (`ringkv.wal`) in front of redb: a durable write costs one
+    /// log fdatasync, and the next batch is applied while it runs. Off: today's commits.
+    #[arg(long, env = "RINGKV_WAL")]
+    pub wal: bool,
+    /// Log bytes after which redb is checkpointed durably and the log starts over.
+    #[arg(long, env = "RINGKV_WAL_MAX_BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(4096..))]
+    pub wal_max_bytes: u64,
+    /// Longest time between two checkpoints of redb under `--wal` (bounds the replay).
+    #[arg(long, env = "RINGKV_WAL_CHECKPOINT_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub wal_checkpoint_interval: Duration,
     /// Replicas per key.
     #[arg(long, env = "RINGKV_N", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=16))]
     pub n: u16,
@@ -309,6 +319,10 @@ impl ServeArgs {
             storage: self.storage,
             fsync: self.fsync,
             fsync_interval: self.fsync_interval,
+            wal: self.wal.then_some(crate::store::WalSettings {
+                max_bytes: self.wal_max_bytes,
+                max_age: self.wal_checkpoint_interval,
+            }),
             replication: Replication { n, r, w },
             request_timeout: self.request_timeout,
             limits: Limits {

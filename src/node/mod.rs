@@ -27,11 +27,11 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::membership::MembershipError;
-use crate::config::{NodeConfig, StorageKind};
+use crate::config::NodeConfig;
 use crate::http::AppState;
 use crate::identity::Identity;
 use crate::net::Network;
-use crate::store::{MemoryStore, RedbStore, Store, StoreError};
+use crate::store::{Store, StoreError};
 use crate::version::Actor;
 use crate::worker::{Phase, Supervisor, Worker};
 
@@ -126,17 +126,7 @@ pub async fn run<N: Network>(
     shutdown: CancellationToken,
     on_ready: impl FnOnce(&Started),
 ) -> Result<(), NodeError> {
-    let store: Arc<dyn Store> = match config.storage {
-        StorageKind::Redb => Arc::new(
-            RedbStore::open_with_cache(&config.data_dir, config.limits.cache_bytes).map_err(
-                |source| NodeError::Store {
-                    dir: config.data_dir.display().to_string(),
-                    source,
-                },
-            )?,
-        ),
-        StorageKind::Memory => Arc::new(MemoryStore::new()),
-    };
+    let store = open::open_store(&config).map_err(open::store_error(&config))?;
     run_with_store(config, net, store, shutdown, on_ready).await
 }
 
@@ -220,6 +210,7 @@ impl Node {
 mod tests {
     use super::*;
     use crate::net::TokioNetwork;
+    use crate::store::MemoryStore;
 
     /// A node that stopped holds nothing: every worker, and the store with them, is
     /// dropped. redb closes its file cleanly only on drop, and a worker that kept the

@@ -1,4 +1,5 @@
-//! Opening a node's data dir: refusing one whose node left or was removed, loading who
+//! Opening a node's data dir: its store (redb, behind the write-ahead log with `--wal`),
+//! refusing one whose node left or was removed, loading who
 //! the node is, and starting the writer everything else submits to.
 
 use std::sync::{Arc, Mutex};
@@ -12,12 +13,12 @@ use super::workers::Writer;
 use super::NodeError;
 use crate::cluster::departed::Departures;
 use crate::cluster::NodeId;
-use crate::config::NodeConfig;
+use crate::config::{FsyncMode, NodeConfig, StorageKind};
 use crate::identity::Identity;
 use crate::kv::summary::SharedTree;
 use crate::kv::{self, HintLedger, LocalKv, WriterSettings};
 use crate::net::Network;
-use crate::store::{Store, StoreError};
+use crate::store::{MemoryStore, RedbStore, Store, StoreError, WalStore};
 use crate::worker::Worker;
 
 pub(super) fn store_error(config: &NodeConfig) -> impl Fn(StoreError) -> NodeError + '_ {
@@ -25,6 +26,23 @@ pub(super) fn store_error(config: &NodeConfig) -> impl Fn(StoreError) -> NodeErr
         dir: config.data_dir.display().to_string(),
         source,
     }
+}
+
+/// The store `config.storage` names, in `config.data_dir`.
+pub(super) fn open_store(config: &NodeConfig) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match (config.storage, config.wal) {
+        (StorageKind::Memory, _) => Arc::new(MemoryStore::new()),
+        (StorageKind::Redb, None) => Arc::new(RedbStore::open_with_cache(
+            &config.data_dir,
+            config.limits.cache_bytes,
+        )?),
+        (StorageKind::Redb, Some(wal)) => {
+            let db = RedbStore::open_with_cache(&config.data_dir, config.limits.cache_bytes)?;
+            let log = crate::store::wal::open_file(&config.data_dir)?;
+            let store = WalStore::open(db, log, wal)?;
+            Arc::new(store)
+        }
+    })
 }
 
 /// The data dir, opened: who this node is, the departed ids it keeps, and its replica
@@ -79,6 +97,8 @@ pub(super) async fn open<N: Network>(
             max_hint_bytes: config.cluster.max_hint_bytes,
             hints: hints.clone(),
             tree: tree.clone(),
+            // Only a log's sync runs beside the next commit; redb's own is a commit.
+            pipeline: config.wal.is_some() && config.fsync == FsyncMode::Always,
         },
         writer_stop.clone(),
     );

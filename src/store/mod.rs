@@ -2,18 +2,21 @@
 //!
 //! The node never talks to redb directly; it talks to [`Store`]. There are two
 //! implementations: [`RedbStore`] (the default, on disk) and [`MemoryStore`] (for tests and
-//! for fast simulations). Writes go through one transaction at a time — the group-commit
+//! for fast simulations), and [`WalStore`], redb behind a write-ahead log (`wal`), so
+//! that a durable write costs one append and fdatasync of a log. Writes go through one transaction at a time — the group-commit
 //! writer in `kv::writer` is the only writer — so an implementation needs no write-write
 //! conflict handling.
 
 pub mod cache_size;
 mod memory;
 mod redb;
+pub mod wal;
 
 use std::ops::Bound;
 
 pub use self::memory::MemoryStore;
 pub use self::redb::RedbStore;
+pub use self::wal::{WalSettings, WalStore};
 
 /// The tables a node keeps. Each is an ordered map from bytes to bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

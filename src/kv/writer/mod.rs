@@ -6,6 +6,7 @@
 //! set and have the second silently overwrite the first.
 
 mod apply;
+mod pipeline;
 mod refusal;
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use apply::commit;
+use pipeline::InFlight;
 use refusal::{probe_space, publish, Refusal, SPACE_PROBE_INTERVAL};
 
 use super::hints::HintLedger;
@@ -226,6 +228,10 @@ pub struct WriterSettings {
     pub max_hint_bytes: u64,
     pub hints: Arc<HintLedger>,
     pub tree: SharedTree,
+    /// Whether a durable batch's sync may run while the next batch is applied: set when
+    /// the store syncs a write-ahead log (`store::wal`), whose `sync` needs no write
+    /// transaction, with `--fsync always` and storage work on the blocking pool.
+    pub pipeline: bool,
 }
 
 impl WriterSettings {
@@ -244,6 +250,7 @@ impl WriterSettings {
             max_hint_bytes: 0,
             hints,
             tree,
+            pipeline: false,
         }
     }
 
@@ -345,10 +352,21 @@ async fn run(
     let mut probe_timer = tokio::time::interval(SPACE_PROBE_INTERVAL);
     probe_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut unsynced = false;
+    let pipelined_sync =
+        settings.pipeline && settings.durable() && settings.blocking == BlockingMode::Threaded;
+    let mut inflight: Option<InFlight> = None;
+    // Committed jobs for the sync after the one in flight.
+    let mut waiting: Vec<Job> = Vec::new();
     loop {
         let was = refusal.state();
         let first = tokio::select! {
             job = rx.recv() => job,
+            result = pipeline::synced(&mut inflight) => {
+                pipeline::answer(inflight.take(), result, &mut refusal, &stats);
+                pipeline::next(&store, &mut inflight, &mut waiting, &refusal);
+                publish(&state, was, &refusal, &store, &settings, &mut probe_timer).await;
+                continue;
+            }
             _ = stop.cancelled() => {
                 // Refuse new jobs, but finish the ones already queued.
                 rx.close();
@@ -398,6 +416,24 @@ async fn run(
             continue;
         }
         let durable = settings.durable();
+        if pipelined_sync {
+            let syncs = Syncs {
+                inflight: &mut inflight,
+                waiting: &mut waiting,
+            };
+            dot_floor = pipelined(
+                &store,
+                &settings,
+                &stats,
+                dot_floor,
+                batch,
+                syncs,
+                &mut refusal,
+            )
+            .await;
+            publish(&state, was, &refusal, &store, &settings, &mut probe_timer).await;
+            continue;
+        }
         // With a staged job in the batch, commit first and sync after, so that its set can
         // go out between the two (see `submit_staged`); otherwise one durable commit.
         let split = durable && batch.iter().any(Job::is_staged);
@@ -449,6 +485,7 @@ async fn run(
         }
         publish(&state, was, &refusal, &store, &settings, &mut probe_timer).await;
     }
+    pipeline::drain(&store, &mut inflight, &mut waiting, &mut refusal, &stats).await;
     if refusal.error().is_some() {
         // Nothing to sync: the storage refuses it.
         return;
@@ -458,6 +495,55 @@ async fn run(
         Err(e) => tracing::error!(error = %e, "final fsync failed"),
     }
     tracing::debug!("writer stopped");
+}
+
+/// The sync in flight and the jobs waiting for the next one.
+struct Syncs<'a> {
+    inflight: &'a mut Option<InFlight>,
+    waiting: &'a mut Vec<Job>,
+}
+
+/// One batch with a write-ahead log: commit and append it (not durable yet); then start
+/// its sync, or, while one is in flight, leave its jobs for the next. Past `--write-queue`
+/// jobs waiting, wait for the syncs first, so that a stalled disk holds up the writer
+/// instead of piling up answers. Returns the dot floor after the commit.
+async fn pipelined(
+    store: &Arc<dyn Store>,
+    settings: &Arc<WriterSettings>,
+    stats: &Arc<StorageStats>,
+    dot_floor: u64,
+    batch: Vec<Job>,
+    syncs: Syncs<'_>,
+    refusal: &mut Refusal,
+) -> u64 {
+    let Syncs { inflight, waiting } = syncs;
+    let s = settings.clone();
+    let mutations = batch.len() as u64;
+    let (mut jobs, result, floor) = blocking(settings.blocking, store.clone(), {
+        let stats = stats.clone();
+        move |store| commit(store, &s, &stats, dot_floor, batch, false)
+    })
+    .await;
+    if let Err(e) = &result {
+        refusal.note("commit", e, false);
+    } else {
+        stats.commits.inc();
+        stats.mutations.add(mutations);
+    }
+    for job in &mut jobs {
+        job.committed(settings, stats);
+    }
+    if result.is_err() {
+        // A failed commit set every job's outcome to its error already.
+        jobs.into_iter().for_each(|j| j.answer(&Ok(())));
+        return floor;
+    }
+    waiting.extend(jobs);
+    pipeline::next(store, inflight, waiting, refusal);
+    if waiting.len() >= settings.queue {
+        pipeline::drain(store, inflight, waiting, refusal, stats).await;
+    }
+    floor
 }
 
 /// A `Merge` is stored even when it leaves a key over the sibling cap: it was
@@ -844,6 +930,139 @@ mod tests {
         assert!(d.changed);
         // The probe row is gone again.
         assert_eq!(store.get(Table::Meta, SPACE_PROBE_KEY).unwrap(), None);
+        drop(w);
+        task.await.unwrap();
+    }
+
+    /// A store whose `sync` waits while `hold` is set, like a slow disk.
+    struct HeldSync {
+        inner: MemoryStore,
+        hold: std::sync::atomic::AtomicBool,
+        fail: bool,
+    }
+
+    impl Store for HeldSync {
+        fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(table, key)
+        }
+        fn scan(
+            &self,
+            table: Table,
+            from: std::ops::Bound<&[u8]>,
+            to: std::ops::Bound<&[u8]>,
+            limit: usize,
+        ) -> Result<Vec<crate::store::Entry>, StoreError> {
+            self.inner.scan(table, from, to, limit)
+        }
+        fn write(&self, durable: bool, body: crate::store::TxnBody<'_>) -> Result<(), StoreError> {
+            self.inner.write(durable, body)
+        }
+        fn sync(&self) -> Result<(), StoreError> {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while self.hold.load(std::sync::atomic::Ordering::SeqCst)
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if self.fail {
+                return Err(StoreError::SyncFailed(std::io::Error::other("EIO")));
+            }
+            Ok(())
+        }
+    }
+
+    fn pipelined_settings() -> WriterSettings {
+        WriterSettings {
+            pipeline: true,
+            blocking: BlockingMode::Threaded,
+            ..settings(0)
+        }
+    }
+
+    /// With a log, the next batch is applied while the previous one's sync runs, and
+    /// neither is acknowledged before a sync that covers it has ended.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_next_batch_is_applied_while_the_previous_one_syncs() {
+        let store = Arc::new(HeldSync {
+            inner: MemoryStore::new(),
+            hold: true.into(),
+            fail: false,
+        });
+        let (w, task) = spawn(
+            store.clone(),
+            pipelined_settings(),
+            CancellationToken::new(),
+        );
+        let first = w
+            .submit_staged(put(&Key::new("a").unwrap(), "1"))
+            .await
+            .unwrap();
+        first.committed.await.unwrap().unwrap();
+        // The first batch's sync is held; the second is committed all the same.
+        let second = w
+            .submit_staged(put(&Key::new("b").unwrap(), "2"))
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), second.committed)
+            .await
+            .expect("the second batch committed during the first one's sync")
+            .unwrap()
+            .unwrap();
+        assert!(store.get(Table::Data, b"b").unwrap().is_some());
+        let mut first_durable = first.durable;
+        let mut second_durable = second.durable;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            first_durable.try_recv().is_err(),
+            "acknowledged before its sync ended"
+        );
+        assert!(
+            second_durable.try_recv().is_err(),
+            "acknowledged before its sync ended"
+        );
+        store.hold.store(false, std::sync::atomic::Ordering::SeqCst);
+        first_durable.await.unwrap().unwrap();
+        second_durable.await.unwrap().unwrap();
+        assert_eq!(w.stats().fsyncs.get(), 2);
+        drop(w);
+        task.await.unwrap();
+    }
+
+    /// A failed log sync fails its batch, the batch applied meanwhile, and every write
+    /// after them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_log_sync_fails_the_batches_behind_it() {
+        let store = Arc::new(HeldSync {
+            inner: MemoryStore::new(),
+            hold: true.into(),
+            fail: true,
+        });
+        let (w, task) = spawn(
+            store.clone(),
+            pipelined_settings(),
+            CancellationToken::new(),
+        );
+        let first = w
+            .submit_staged(put(&Key::new("a").unwrap(), "1"))
+            .await
+            .unwrap();
+        first.committed.await.unwrap().unwrap();
+        let second = w
+            .submit_staged(put(&Key::new("b").unwrap(), "2"))
+            .await
+            .unwrap();
+        second.committed.await.unwrap().unwrap();
+        store.hold.store(false, std::sync::atomic::Ordering::SeqCst);
+        for durable in [first.durable, second.durable] {
+            let r = durable.await.unwrap();
+            assert!(matches!(&r, Err(KvError::SyncFailed { .. })), "{r:?}");
+        }
+        let later = w.submit(put(&Key::new("c").unwrap(), "3")).await;
+        assert!(
+            matches!(&later, Err(KvError::SyncFailed { .. })),
+            "{later:?}"
+        );
+        assert_eq!(w.write_state(), WriteState::SyncFailed);
         drop(w);
         task.await.unwrap();
     }
