@@ -316,3 +316,30 @@ async fn a_three_node_cluster_keeps_serving_the_client_when_a_node_is_killed() {
         started.elapsed()
     );
 }
+
+/// The repository README's client example is `client/README.md`'s, which is compiled as a
+/// doctest (`ringkv_client::ReadmeExample`): the two may not drift apart.
+#[test]
+fn the_readme_example_is_the_compiled_one() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).expect("readable README");
+    let block = |text: &str| -> String {
+        let after = text
+            .split("```rust,no_run\n")
+            .nth(1)
+            .expect("a rust,no_run block");
+        let body = after.split("```").next().expect("a closed block");
+        // rustdoc's hidden lines (`# …`) are not shown in the repository README.
+        body.lines()
+            .filter(|l| !l.starts_with("# "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let crate_readme = read("client/README.md");
+    let root_readme = read("README.md");
+    let section = root_readme
+        .split("## Client library")
+        .nth(1)
+        .expect("README has a Client library section");
+    assert_eq!(block(section), block(&crate_readme));
+}

@@ -54,3 +54,8 @@ pub use kv::{Deleted, HeadResult, ReadResult, TOKEN_HEADER};
 pub use list::{ListQuery, MAX_PAGE_SIZE};
 pub use options::{AuthToken, CallOptions, ClientOptions, MAX_BACKOFF};
 pub use wire::{BatchOp, BatchResult, ListItem, ListPage, Sibling};
+
+/// `README.md`'s example, compiled with the doctests so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeExample;
