@@ -25,7 +25,8 @@
 //!   `/metrics`, `/openapi.json`, `/debug/*`.
 //! - [`worker`]: the `Worker` trait and the supervisor that stops workers phase by phase.
 //! - [`node`]: `Node::build` wires a node's parts and workers; `run` serves until shutdown.
-//! - [`client`]: the HTTP client of the API (pooled keep-alive), for the CLI and the bench.
+//! - [`client`]: the API's client, the `ringkv-client` crate (`client/`) re-exported: pooled
+//!   keep-alive, failover across nodes, retries of idempotent calls; the CLI and bench use it.
 //! - [`bench`]: the load generator of `ringkv bench`: workload, targets, HdrHistogram report.
 //! - [`cli`]: the `ringkv` command line: `serve`, the client commands, `bench`.
 //! - [`telemetry`]: logging to stderr, as text or JSON.

@@ -3,9 +3,10 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use ringkv::cli::{run_bench, run_client, run_serve, Cli, Command};
+use ringkv::cli::{error_line, run_bench, run_client, run_serve, Cli, Command, ExitStatus};
 
 fn main() -> ExitCode {
+    // A usage error exits 2 here (clap's own code, `ExitStatus::Usage`).
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -16,9 +17,13 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => run_serve(*args).await.map_err(|e| e.to_string()),
-            Command::Bench(args) => run_bench(*args).await,
-            other => run_client(other).await.map_err(|e| e.to_string()),
+            Command::Serve(args) => run_serve(*args)
+                .await
+                .map_err(|e| (error_line(&e), ExitStatus::Error)),
+            Command::Bench(args) => run_bench(*args).await.map_err(|e| (e, ExitStatus::Error)),
+            other => run_client(other)
+                .await
+                .map_err(|e| (error_line(&e), e.exit_status())),
         }
     });
     // Everything the node owns has stopped by now; what may remain are detached tasks
@@ -27,9 +32,9 @@ fn main() -> ExitCode {
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
+        Err((line, status)) => {
+            eprintln!("error: {line}");
+            ExitCode::from(status as u8)
         }
     }
 }

@@ -400,3 +400,80 @@ impl NotReadyNode {
         }
     }
 }
+
+/// The exit code of a finished CLI run (it was not killed by a signal).
+fn code(out: &Output) -> i32 {
+    out.status.code().expect("exited, not killed")
+}
+
+/// Exit codes tell the cases apart (README, "Exit codes"): 0 ok, 1 error, 2 usage,
+/// 3 not found, 4 siblings with `--fail-on-siblings`, 5 unavailable.
+#[tokio::test]
+async fn exit_codes_tell_the_cases_apart() {
+    let node = TestNode::start().await;
+    let out = cli_ok(&node, &["put", "ec", "v0"]).await;
+    let t0 = stderr_token(&out);
+    assert_eq!(code(&cli(&node, &["get", "ec"]).await), 0);
+
+    let out = cli(&node, &["get", "ec-missing"]).await;
+    assert_one_line_error(&out, "get missing");
+    assert_eq!(code(&out), 3, "{}", describe(&["get"], &out));
+    assert_eq!(code(&cli(&node, &["delete", "ec-missing"]).await), 3);
+
+    // Siblings: printed, exit 0; exit 4 only when asked.
+    cli_ok(&node, &["put", "ec", "a", "--token", &t0]).await;
+    cli_ok(&node, &["put", "ec", "b", "--token", &t0]).await;
+    assert_eq!(code(&cli(&node, &["get", "ec"]).await), 0);
+    let out = cli(&node, &["get", "ec", "--fail-on-siblings"]).await;
+    assert_eq!(
+        code(&out),
+        4,
+        "{}",
+        describe(&["get", "--fail-on-siblings"], &out)
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("the siblings are printed all the same");
+    assert_eq!(json["siblings"].as_array().map(Vec::len), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--fail-on-siblings"));
+
+    // A usage error is clap's 2; a request the node refuses is 1.
+    assert_eq!(code(&cli(&node, &["get", "ec", "--no-such-flag"]).await), 2);
+    let out = cli(&node, &["put", &"k".repeat(1025), "v"]).await;
+    assert_one_line_error(&out, "a 1025-byte key");
+    assert_eq!(code(&out), 1);
+    // `--r` reaches the node: a bad one is its 400, named.
+    let out = cli(&node, &["get", "ec", "--r", "seventeen"]).await;
+    assert_one_line_error(&out, "--r seventeen");
+    assert_eq!(code(&out), 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad_param"));
+
+    // Nobody listens: 5, with the address and what to check, on one line.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let dead = format!("http://127.0.0.1:{port}");
+    let out = run_cli(Some(&dead), &["get", "ec"], None, &[]).await;
+    assert_one_line_error(&out, "an unreachable node");
+    assert_eq!(code(&out), 5);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!(
+            "error: connection refused to 127.0.0.1:{port} (is a node running? --node / RINGKV_NODE)"
+        )),
+        "{stderr:?}"
+    );
+    // The cause chain follows on the same line, down to the OS error.
+    assert!(stderr.contains("os error"), "{stderr:?}");
+    assert_eq!(code(&run_cli(Some(&dead), &["health"], None, &[]).await), 5);
+
+    // Several nodes: the dead one is passed over.
+    let both = format!("{dead},{}", node.base_url());
+    let out = run_cli(Some(&both), &["put", "ec2", "v"], None, &[]).await;
+    assert_eq!(
+        code(&out),
+        0,
+        "{}",
+        describe(&["put", "--node", &both], &out)
+    );
+}

@@ -75,9 +75,7 @@ impl From<ClientError> for OpError {
                 status,
                 code: String::new(),
             },
-            e @ (ClientError::BadAuthToken | ClientError::CaCert { .. }) => {
-                OpError::Other(e.to_string())
-            }
+            e => OpError::Other(e.to_string()),
         }
     }
 }
@@ -146,9 +144,15 @@ impl HttpTarget {
         options: &ClientOptions,
     ) -> Result<Self, OpError> {
         let urls = normalise_urls(urls)?;
+        // One client per node, each without retries: the bench does its own round-robin,
+        // and a failed op is counted as the error it was, not hidden by a second attempt.
+        let options = ClientOptions {
+            retries: 0,
+            ..options.clone()
+        };
         let http = urls
             .iter()
-            .map(|u| Client::with_options(u, options))
+            .map(|u| Client::with_options(u, &options))
             .collect::<Result<_, _>>()?;
         Ok(HttpTarget { kind, urls, http })
     }

@@ -3,10 +3,12 @@
 
 use std::io::{Read, Write};
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
 use bytes::Bytes;
 
-use super::{Command, NodeArg};
-use crate::client::{Client, ClientError, ClientOptions, ReadResult};
+use super::{Command, KvArgs, NodeArg};
+use crate::client::{Client, ClientError, ClientOptions, ListQuery, ReadResult};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
@@ -14,6 +16,16 @@ pub enum CommandError {
     Client(#[from] ClientError),
     #[error("key {0:?} not found")]
     NotFound(String),
+    #[error("key {key:?} has {count} concurrent siblings (--fail-on-siblings)")]
+    Siblings { key: String, count: usize },
+    /// The node could not be reached: says which address, and what to check.
+    #[error("{reason} to {addr} (is a node running? --node / RINGKV_NODE)")]
+    Unreachable {
+        addr: String,
+        reason: String,
+        #[source]
+        source: ClientError,
+    },
     #[error("{node} is not ready: {reason}")]
     NotReady { node: String, reason: String },
     #[error("reading stdin: {0}")]
@@ -42,11 +54,47 @@ pub enum CommandError {
     },
 }
 
+/// How `ringkv` exits: one code per case a script may want to tell apart (README,
+/// "Exit codes"). 2 is clap's, for a usage error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitStatus {
+    Ok = 0,
+    Error = 1,
+    Usage = 2,
+    NotFound = 3,
+    Siblings = 4,
+    Unavailable = 5,
+}
+
 impl CommandError {
-    /// A refused token becomes an error that says what to give, naming the node.
-    fn explain_refusal(self, node: Option<&str>) -> CommandError {
+    pub fn exit_status(&self) -> ExitStatus {
+        match self {
+            CommandError::NotFound(_) => ExitStatus::NotFound,
+            CommandError::Siblings { .. } => ExitStatus::Siblings,
+            CommandError::Unreachable { .. } | CommandError::NotReady { .. } => {
+                ExitStatus::Unavailable
+            }
+            CommandError::Client(e) if e.is_unavailable() => ExitStatus::Unavailable,
+            _ => ExitStatus::Error,
+        }
+    }
+
+    /// A refused token becomes an error that says what to give, naming the node; a node
+    /// that cannot be reached, one that says where and what to check.
+    fn explain(self, node: Option<&str>) -> CommandError {
         let node = node.unwrap_or("the node").to_owned();
         match self {
+            CommandError::Client(ClientError::Transport(e)) if e.is_connect() => {
+                let addr = e
+                    .url()
+                    .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)))
+                    .unwrap_or(node);
+                CommandError::Unreachable {
+                    addr,
+                    reason: connect_reason(&e),
+                    source: ClientError::Transport(e),
+                }
+            }
             CommandError::Client(source @ ClientError::Api { status: 401, .. }) => {
                 CommandError::Unauthorized { node, source }
             }
@@ -58,12 +106,43 @@ impl CommandError {
     }
 }
 
+/// What went wrong under a connect error, in the words an operator searches for.
+fn connect_reason(e: &reqwest::Error) -> String {
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+                std::io::ErrorKind::TimedOut => "connection timed out".into(),
+                _ => format!("cannot connect ({io})"),
+            };
+        }
+        source = cause.source();
+    }
+    if e.is_timeout() {
+        "connection timed out".into()
+    } else {
+        "cannot connect".into()
+    }
+}
+
+/// An error and its causes on one line, each cause once: reqwest's own message names the
+/// URL, while the cause (connection refused, timed out) is what the reader needs.
+pub fn error_line(e: &dyn std::error::Error) -> String {
+    with_causes(e)
+}
+
 fn client(node: &NodeArg) -> Result<Client, ClientError> {
     client_with(node, ClientOptions::default())
 }
 
 fn client_with(node: &NodeArg, options: ClientOptions) -> Result<Client, ClientError> {
-    Client::with_options(&node.node, &node.client_options(options))
+    Client::with_nodes(&node.node, &node.client_options(options))
+}
+
+/// A client for a KV command: its nodes, with the command's `--r`, `--w`, `--timeout`.
+fn kv_client(node: &NodeArg, kv: &KvArgs) -> Result<Client, ClientError> {
+    Ok(client(node)?.with(kv.call_options()))
 }
 
 /// The node a client command talks to.
@@ -83,10 +162,8 @@ fn node_of(command: &Command) -> Option<&NodeArg> {
 
 /// Runs one client command. Output goes to stdout; tokens to stderr.
 pub async fn run_client(command: Command) -> Result<(), CommandError> {
-    let node = node_of(&command).map(|n| n.node.clone());
-    run(command)
-        .await
-        .map_err(|e| e.explain_refusal(node.as_deref()))
+    let node = node_of(&command).map(NodeArg::shown);
+    run(command).await.map_err(|e| e.explain(node.as_deref()))
 }
 
 async fn run(command: Command) -> Result<(), CommandError> {
@@ -100,6 +177,7 @@ async fn run(command: Command) -> Result<(), CommandError> {
             value,
             token,
             content_type,
+            kv,
             node,
         } => {
             let value = if value == "-" {
@@ -111,31 +189,52 @@ async fn run(command: Command) -> Result<(), CommandError> {
             } else {
                 Bytes::from(value)
             };
-            let client = client(&node)?;
+            let client = kv_client(&node, &kv)?;
             let token = client
                 .put(&key, value, content_type.as_deref(), token.as_deref())
                 .await?;
             eprintln!("{token}");
         }
-        Command::Get { key, node } => {
-            let client = client(&node)?;
+        Command::Get {
+            key,
+            fail_on_siblings,
+            kv,
+            node,
+        } => {
+            let client = kv_client(&node, &kv)?;
             let mut out = std::io::stdout().lock();
             match client.get(&key).await? {
-                None => return Err(CommandError::NotFound(key)),
-                Some(ReadResult::Value { data, token, .. }) => {
+                ReadResult::NotFound { .. } => return Err(CommandError::NotFound(key)),
+                ReadResult::Value { data, token, .. } => {
                     out.write_all(&data).map_err(CommandError::Stdout)?;
                     eprintln!("{token}");
                 }
-                Some(ReadResult::Siblings { raw, token, .. }) => {
+                ReadResult::Siblings {
+                    raw,
+                    token,
+                    siblings,
+                } => {
                     writeln!(out, "{raw}").map_err(CommandError::Stdout)?;
+                    out.flush().map_err(CommandError::Stdout)?;
                     eprintln!("{token}");
+                    if fail_on_siblings {
+                        return Err(CommandError::Siblings {
+                            key,
+                            count: siblings.len(),
+                        });
+                    }
                 }
             }
             out.flush().map_err(CommandError::Stdout)?;
         }
-        Command::Delete { key, token, node } => {
-            let client = client(&node)?;
-            if !client.delete(&key, token.as_deref()).await? {
+        Command::Delete {
+            key,
+            token,
+            kv,
+            node,
+        } => {
+            let client = kv_client(&node, &kv)?;
+            if !client.delete(&key, token.as_deref()).await?.found {
                 return Err(CommandError::NotFound(key));
             }
         }
@@ -156,11 +255,13 @@ async fn run(command: Command) -> Result<(), CommandError> {
                 ClientOptions {
                     timeout,
                     connect_timeout: timeout,
+                    // One answer within `timeout`: a health check is not retried.
+                    retries: 0,
                     ..ClientOptions::default()
                 },
             )?;
             client.ready().await.map_err(|e| CommandError::NotReady {
-                node: node.node.clone(),
+                node: node.shown(),
                 reason: with_causes(&e),
             })?;
             // `/ready` stays 200 through a split ring (the node still serves); health
@@ -169,13 +270,13 @@ async fn run(command: Command) -> Result<(), CommandError> {
                 // `/cluster` needs the token (`/ready` does not): say so, not "not ready".
                 e if e.is_auth_refusal() => CommandError::Client(e),
                 e => CommandError::NotReady {
-                    node: node.node.clone(),
+                    node: node.shown(),
                     reason: with_causes(&e),
                 },
             })?;
             if let Some(reason) = ring_split(&cluster) {
                 return Err(CommandError::RingSplit {
-                    node: node.node.clone(),
+                    node: node.shown(),
                     reason,
                 });
             }
@@ -192,23 +293,30 @@ async fn run(command: Command) -> Result<(), CommandError> {
         Command::List {
             prefix,
             limit,
+            kv,
             node,
         } => {
-            let client = client(&node)?;
+            let client = kv_client(&node, &kv)?;
             let mut out = std::io::stdout().lock();
             let mut cursor: Option<String> = None;
             let mut printed = 0;
+            let mut query = ListQuery::new();
+            query.prefix = prefix;
             while printed < limit {
+                let room = u32::try_from(limit - printed).unwrap_or(u32::MAX);
                 let page = client
-                    .list(
-                        prefix.as_deref(),
-                        (limit - printed).min(1000),
-                        cursor.as_deref(),
-                    )
+                    .list_page(&query.clone().page_size(room), cursor.as_deref())
                     .await?;
                 for item in &page.items {
-                    let values: Vec<&str> =
-                        item.siblings.iter().map(|s| s.value.as_str()).collect();
+                    // As the node's JSON has them: text as is, other bytes as base64.
+                    let values: Vec<String> = item
+                        .siblings
+                        .iter()
+                        .map(|s| match std::str::from_utf8(&s.value) {
+                            Ok(text) => text.to_owned(),
+                            Err(_) => STANDARD.encode(&s.value),
+                        })
+                        .collect();
                     writeln!(out, "{}\t{}", item.key, values.join("\t"))
                         .map_err(CommandError::Stdout)?;
                 }

@@ -7,7 +7,7 @@ mod serve;
 use clap::{Parser, Subcommand};
 
 pub use bench::{run_and_print, run_bench, BenchArgs, BenchOptions};
-pub use commands::run_client;
+pub use commands::{error_line, run_client, CommandError, ExitStatus};
 pub use serve::{run_serve, ServeArgs};
 
 #[derive(Parser, Debug)]
@@ -24,9 +24,16 @@ pub struct Cli {
 /// Where client commands send their requests.
 #[derive(clap::Args, Debug, Clone)]
 pub struct NodeArg {
-    /// The node to talk to (`http://…`, or `https://…` for a node with --tls-cert).
-    #[arg(long, env = "RINGKV_NODE", default_value = "http://127.0.0.1:7070")]
-    pub node: String,
+    /// The node to talk to (`http://…`, or `https://…` for a node with --tls-cert; no
+    /// scheme means `http://`). Several, comma-separated, are tried in turn: the next one
+    /// when a node cannot be reached (and, for reads, when it times out or answers 503).
+    #[arg(
+        long,
+        env = "RINGKV_NODE",
+        default_value = "http://127.0.0.1:7070",
+        value_delimiter = ','
+    )]
+    pub node: Vec<String>,
     /// Bearer token for a node started with --auth-token-file (an admin token for
     /// `leave` and `remove` when it has --admin-token-file). Prefer the variable: a flag
     /// shows in the process list.
@@ -39,6 +46,11 @@ pub struct NodeArg {
 }
 
 impl NodeArg {
+    /// The nodes as given, for messages.
+    pub fn shown(&self) -> String {
+        self.node.join(",")
+    }
+
     /// The client options these flags ask for, on top of `base`.
     pub fn client_options(
         &self,
@@ -48,6 +60,31 @@ impl NodeArg {
             auth_token: self.auth_token.clone().map(crate::client::AuthToken),
             ca_cert: self.ca_cert.clone(),
             ..base
+        }
+    }
+}
+
+/// What a KV command may ask of its one call.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct KvArgs {
+    /// Replicas a read waits for: a number, `one`, `quorum` or `all` (the node's
+    /// default when not given).
+    #[arg(long)]
+    pub r: Option<String>,
+    /// Replicas a write waits for: a number, `one`, `quorum` or `all`.
+    #[arg(long)]
+    pub w: Option<String>,
+    /// How long one request may take (`500ms`, `5s`); 30 s when not given.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+}
+
+impl KvArgs {
+    pub fn call_options(&self) -> crate::client::CallOptions {
+        crate::client::CallOptions {
+            r: self.r.clone(),
+            w: self.w.clone(),
+            timeout: self.timeout,
         }
     }
 }
@@ -66,19 +103,29 @@ pub enum Command {
         #[arg(long)]
         content_type: Option<String>,
         #[command(flatten)]
-        node: NodeArg,
-    },
-    /// Read a value to stdout (siblings as JSON). Prints the token on stderr.
-    Get {
-        key: String,
+        kv: KvArgs,
         #[command(flatten)]
         node: NodeArg,
     },
-    /// Delete a key.
+    /// Read a value to stdout (siblings as JSON). Prints the token on stderr. Exits 3
+    /// when the key has no live value.
+    Get {
+        key: String,
+        /// Exit 4 when the key has concurrent siblings (they are printed all the same).
+        #[arg(long)]
+        fail_on_siblings: bool,
+        #[command(flatten)]
+        kv: KvArgs,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// Delete a key. Exits 3 when it had no live value.
     Delete {
         key: String,
         #[arg(long)]
         token: Option<String>,
+        #[command(flatten)]
+        kv: KvArgs,
         #[command(flatten)]
         node: NodeArg,
     },
@@ -122,6 +169,8 @@ pub enum Command {
         /// Stop after this many keys.
         #[arg(long, default_value_t = 1000)]
         limit: usize,
+        #[command(flatten)]
+        kv: KvArgs,
         #[command(flatten)]
         node: NodeArg,
     },

@@ -497,9 +497,9 @@ impl Worker {
                 match tokio::time::timeout(OP_TIMEOUT, client.get(&key)).await {
                     Ok(Ok(found)) => {
                         let token = match found {
-                            Some(ReadResult::Value { token, .. })
-                            | Some(ReadResult::Siblings { token, .. }) => Some(token),
-                            None => None,
+                            ReadResult::Value { token, .. }
+                            | ReadResult::Siblings { token, .. } => Some(token),
+                            ReadResult::NotFound { .. } => None,
                         };
                         self.write(&client, &key, token, seq).await?;
                     }
@@ -547,16 +547,18 @@ impl Worker {
             return;
         };
         let ok = match tokio::time::timeout(OP_TIMEOUT, client.get(key)).await {
-            Ok(Ok(Some(ReadResult::Value { data, .. }))) => expected
+            Ok(Ok(ReadResult::Value { data, .. })) => expected
                 .values
                 .iter()
                 .any(|v| v.as_bytes() == data.as_ref()),
-            Ok(Ok(Some(ReadResult::Siblings { siblings, .. }))) => {
+            Ok(Ok(ReadResult::Siblings { siblings, .. })) => {
                 bump(&self.stats.sibling_reads);
-                siblings.iter().any(|s| expected.values.contains(&s.value))
+                siblings
+                    .iter()
+                    .any(|s| expected.values.iter().any(|v| v.as_bytes() == s.value))
             }
             // A key none of whose writes was acknowledged may well not exist.
-            Ok(Ok(None)) => !expected.acked,
+            Ok(Ok(ReadResult::NotFound { .. })) => !expected.acked,
             _ => {
                 bump(&self.stats.read_errors);
                 return;
@@ -855,13 +857,18 @@ async fn read_back(client: &Client, key: &str) -> ReadBack {
     let mut last = String::new();
     for attempt in 0..3u32 {
         match client.get(key).await {
-            Ok(Some(ReadResult::Value { data, .. })) => {
+            Ok(ReadResult::Value { data, .. }) => {
                 return ReadBack::Value(String::from_utf8_lossy(&data).into_owned())
             }
-            Ok(Some(ReadResult::Siblings { siblings, .. })) => {
-                return ReadBack::Siblings(siblings.into_iter().map(|s| s.value).collect())
+            Ok(ReadResult::Siblings { siblings, .. }) => {
+                return ReadBack::Siblings(
+                    siblings
+                        .iter()
+                        .map(|s| String::from_utf8_lossy(&s.value).into_owned())
+                        .collect(),
+                )
             }
-            Ok(None) => return ReadBack::NotFound,
+            Ok(ReadResult::NotFound { .. }) => return ReadBack::NotFound,
             Err(e) => last = e.to_string(),
         }
         tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
