@@ -9,11 +9,13 @@
 pub mod cache_size;
 mod memory;
 mod redb;
+pub mod scan_page;
 
 use std::ops::Bound;
 
 pub use self::memory::MemoryStore;
 pub use self::redb::RedbStore;
+pub use self::scan_page::ScanPage;
 
 /// The tables a node keeps. Each is an ordered map from bytes to bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -138,6 +140,22 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError>;
 
+    /// Up to `limit` entries in the range, in key order, stopping once the entries read
+    /// reach `max_bytes` (keys and values; at least one entry), and whether the range
+    /// holds more (see [`scan_page`]). The default reads through [`Store::scan`], so a
+    /// wrapper keeps its behaviour; the stores override it to read no more than the cut.
+    fn scan_bounded(
+        &self,
+        table: Table,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<ScanPage, StoreError> {
+        let rows = self.scan(table, start, end, limit.saturating_add(1))?;
+        scan_page::take_bounded(rows.into_iter().map(Ok), limit, max_bytes)
+    }
+
     /// Runs `body` in one transaction and commits it. When `durable`, the commit (and every
     /// commit before it) is on stable storage when this returns.
     fn write(&self, durable: bool, body: TxnBody<'_>) -> Result<(), StoreError>;
@@ -204,6 +222,17 @@ mod tests {
             .scan(Table::Data, Bound::Unbounded, Bound::Excluded(b"c"), 10)
             .unwrap();
         assert_eq!(limited.len(), 1);
+        // A byte cut stops after the entry that reaches the budget, and says more.
+        let cut = store
+            .scan_bounded(Table::Data, Bound::Unbounded, Bound::Unbounded, 10, 1)
+            .unwrap();
+        assert_eq!(cut.rows, vec![(b"a".to_vec(), b"1".to_vec())]);
+        assert!(cut.more);
+        let rest = store
+            .scan_bounded(Table::Data, Bound::Excluded(b"a"), Bound::Unbounded, 10, 1)
+            .unwrap();
+        assert_eq!(rest.rows.len(), 1);
+        assert!(!rest.more);
         store.sync().unwrap();
     }
 
