@@ -130,7 +130,7 @@ log "restarted"
 
 # 1. Every key reads back, whole.
 t0=$SECONDS
-key_urls | curl -s -m 600 --parallel --parallel-max 8 -K - -w '%{http_code} %{size_download}\n' \
+key_urls | curl -s --no-progress-meter -m 600 --parallel --parallel-max 8 -K - -w '%{http_code} %{size_download}\n' \
   >"$work/get.txt" || true
 good=$(grep -c "^200 $value_size\$" "$work/get.txt" || true)
 log "GET: $good of $keys keys read back whole ($((SECONDS - t0)) s)"
@@ -139,7 +139,7 @@ memory_figures "after GET of every key"
 
 # 2. HEAD over every key.
 t0=$SECONDS
-key_urls | curl -s -m 600 --parallel --parallel-max 8 -I -K - -w '%{http_code}\n' \
+key_urls | curl -s --no-progress-meter -m 600 --parallel --parallel-max 8 -I -K - -w '%{http_code}\n' \
   >"$work/head.txt" || true
 good=$(grep -c '^200$' "$work/head.txt" || true)
 log "HEAD: $good of $keys keys answered 200 ($((SECONDS - t0)) s)"

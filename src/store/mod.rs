@@ -4,7 +4,7 @@
 //! implementations: [`RedbStore`] (the default, on disk) and [`MemoryStore`] (for tests and
 //! for fast simulations). Writes go through one transaction at a time — the group-commit
 //! writer in `kv::writer` is the only writer — so an implementation needs no write-write
-//! conflict handling.
+//! conflict handling. [`scan_page`] bounds scans in bytes as well as rows.
 
 pub mod cache_size;
 mod memory;
