@@ -50,6 +50,9 @@ pub struct Limits {
     /// redb's page cache. redb's own default is 1 GiB, which a burst of writes fills and
     /// never gives back: the largest part of a node's resident memory.
     pub cache_bytes: usize,
+    /// Bytes of values one listing page (`GET /kv`, `/debug/keys`) holds, and that the
+    /// scans behind it read: a page bounded only in keys can be gigabytes.
+    pub max_list_bytes: usize,
 }
 
 impl Default for Limits {
@@ -65,9 +68,13 @@ impl Default for Limits {
             max_frame_bytes: crate::rpc::frame::DEFAULT_MAX_FRAME_BYTES,
             http: HttpLimits::default(),
             cache_bytes: DEFAULT_CACHE_BYTES,
+            max_list_bytes: DEFAULT_MAX_LIST_BYTES,
         }
     }
 }
+
+/// The default of [`Limits::max_list_bytes`]: 8 MiB.
+pub const DEFAULT_MAX_LIST_BYTES: usize = 8 * 1024 * 1024;
 
 /// The default of [`Limits::cache_bytes`]: 64 MiB.
 pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;

@@ -256,8 +256,13 @@ impl Handoff {
         let mut bytes = 0usize;
         while page.len() < self.config.batch && bytes < self.config.limit.max_bytes {
             let want = (self.config.batch - page.len()).min(HINT_READ_CHUNK);
-            let hints = self.local.scan_hints(target.0, after.as_ref(), want)?;
-            let last_chunk = hints.len() < want;
+            let budget = self.config.limit.max_bytes.saturating_sub(bytes);
+            let hints = self
+                .local
+                .scan_hints(target.0, after.as_ref(), want, budget)?;
+            // A chunk cut by bytes is short but not the last: the loop's byte check ends it.
+            let last_chunk =
+                hints.len() < want && hints.iter().map(|h| h.raw.len()).sum::<usize>() < budget;
             if let Some(last) = hints.last() {
                 *after = Some(last.key.clone());
             }

@@ -263,7 +263,8 @@ impl PeerService {
     }
 
     /// Up to `range.limit` keys, read a page at a time so that no more than one reply's
-    /// worth of large sets is held in memory, and cut at the reply's byte budget.
+    /// worth of large sets is held in memory, and cut at the reply's byte budget: the
+    /// smaller of the caller's `max_bytes` and the frame's batch budget.
     fn scan(&self, range: ScanRange) -> Response {
         let list = ListRange {
             start: range.start.map(String::into_bytes),
@@ -271,23 +272,27 @@ impl PeerService {
             end: range.end.map(String::into_bytes),
         };
         let (start, end) = list.bounds();
-        let mut batcher = Batcher::new(self.batch);
+        let limit = BatchLimit {
+            max_bytes: range.max_bytes.min(self.batch.max_bytes),
+            max_items: self.batch.max_items,
+        };
+        let mut batcher = Batcher::new(limit);
         let mut after: Option<Key> = None;
         loop {
+            if batcher.len() >= range.limit {
+                // Only reached after a page that said it had more.
+                return scanned(&mut batcher, true);
+            }
             let lower = after
                 .as_ref()
                 .map_or(start, |k| Bound::Excluded(k.as_bytes()));
-            let want = range.limit.saturating_sub(batcher.len());
-            // One extra row tells whether the range holds more past the limit.
-            let page = match self.local.scan(lower, end, want.min(SCAN_PAGE) + 1) {
+            let want = range.limit.saturating_sub(batcher.len()).min(SCAN_PAGE);
+            let budget = limit.max_bytes.saturating_sub(batcher.bytes());
+            let page = match self.local.scan(lower, end, want, budget) {
                 Ok(page) => page,
                 Err(e) => return kv_error(e),
             };
-            let exhausted = page.len() <= want.min(SCAN_PAGE);
-            for (key, set) in page {
-                if batcher.len() == range.limit {
-                    return scanned(&mut batcher, true);
-                }
+            for (key, set) in page.rows {
                 let entry = (key.as_str().to_owned(), set);
                 let size = encoded_len(&entry);
                 if batcher.would_close(size) {
@@ -296,7 +301,7 @@ impl PeerService {
                 batcher.push(entry, size);
                 after = Some(key);
             }
-            if exhausted {
+            if !page.more {
                 return scanned(&mut batcher, false);
             }
         }

@@ -155,6 +155,10 @@ pub struct ServeArgs {
         env = "RINGKV_CACHE_SIZE"
     )]
     pub cache_bytes: Option<usize>,
+    /// Bytes of values one listing page holds at most (a single larger key still comes,
+    /// alone), and that the scans behind it read.
+    #[arg(long, env = "RINGKV_MAX_LIST_BYTES", default_value_t = crate::config::DEFAULT_MAX_LIST_BYTES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=(1u64 << 30)))]
+    pub max_list_bytes: usize,
     /// Bearer tokens of the HTTP API, one a line (blank lines and `#` comments skipped),
     /// reread on SIGHUP. Every route but /health and /ready then needs
     /// `Authorization: Bearer <token>`. Without it the API is open to anyone who reaches it.
@@ -345,6 +349,7 @@ impl ServeArgs {
                         crate::store::cache_size::read_limit(),
                     )
                 }),
+                max_list_bytes: self.max_list_bytes,
                 ..Limits::default()
             },
             blocking: BlockingMode::Threaded,

@@ -2,6 +2,12 @@
 //! are merged in key order with DVV sync per key. A page is served only when, for every
 //! ring range, at least one of its replicas answered: otherwise it would silently miss
 //! that range's keys, and the listing fails with `ListingIncomplete` (503).
+//!
+//! A page is bounded in bytes as well as keys (`--max-list-bytes`): each member's scan
+//! gets an equal share of the budget, so what the coordinator holds for one page is about
+//! the budget, however many members answer, and the page itself stops before the value
+//! that would take it past the budget (a single larger key still comes, alone). A member
+//! cut short by bytes is one that stopped early, which the horizon below already handles.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,16 +21,36 @@ use crate::kv::ListRange;
 use crate::rpc::{Request, Response, ScanRange};
 use crate::version::SiblingSet;
 
+/// How much one page may hold and cost.
+#[derive(Clone, Copy, Debug)]
+pub struct PageBounds {
+    /// Live keys on the page.
+    pub limit: usize,
+    /// Stored keys each member scans (tombstoned ones count): bounds the work of a page.
+    pub scan_rows: usize,
+    /// Bytes of values on the page, and of records the members' scans read together.
+    pub max_bytes: usize,
+}
+
 /// The `Scan` request for `range`. Keys are UTF-8 by construction; a bound that is not
 /// stays out of the RPC.
-fn scan_request(range: &ListRange, limit: usize) -> ScanRange {
+fn scan_request(range: &ListRange, limit: usize, max_bytes: usize) -> ScanRange {
     let text = |b: &Vec<u8>| String::from_utf8_lossy(b).into_owned();
     ScanRange {
         start: range.start.as_ref().map(text),
         start_exclusive: range.start_exclusive,
         end: range.end.as_ref().map(text),
         limit,
+        max_bytes,
     }
+}
+
+/// The bytes a key counts for on a page: the key and its live values with their content
+/// types, which is what the page renders.
+fn item_bytes(key: &Key, set: &SiblingSet) -> usize {
+    set.live().fold(key.as_bytes().len(), |b, v| {
+        b.saturating_add(v.payload.data_len())
+    })
 }
 
 /// One member's scan: its rows in key order, and whether it has more past the last.
@@ -34,8 +60,7 @@ pub(super) async fn merged_page(
     inner: &Arc<Inner>,
     view: &ClusterView,
     range: &ListRange,
-    limit: usize,
-    budget: usize,
+    bounds: PageBounds,
     timeout: Duration,
 ) -> Result<Page, CoordError> {
     let members: Vec<_> = view
@@ -43,16 +68,15 @@ pub(super) async fn merged_page(
         .values()
         .filter(|m| view.is_healthy(m.id))
         .collect();
+    let budget = bounds.scan_rows;
+    let member_bytes = (bounds.max_bytes / members.len().max(1)).max(1);
     let scans = futures::future::join_all(members.iter().map(|m| async move {
         if m.id == view.self_id {
             let (start, end) = range.bounds();
-            // One extra row tells whether anything follows.
-            let mut rows = inner.local.scan(start, end, budget + 1)?;
-            let more = rows.len() > budget;
-            rows.truncate(budget);
-            Ok::<Scan, CoordError>((rows, more))
+            let page = inner.local.scan(start, end, budget, member_bytes)?;
+            Ok::<Scan, CoordError>((page.rows, page.more))
         } else {
-            let request = Request::Scan(scan_request(range, budget));
+            let request = Request::Scan(scan_request(range, budget, member_bytes));
             match tokio::time::timeout(timeout, inner.peers.rpc.call(m.rpc_addr, request, timeout))
                 .await
             {
@@ -111,10 +135,18 @@ pub(super) async fn merged_page(
             write: false,
         });
     }
-    let mut items = Vec::with_capacity(limit);
+    let mut items = Vec::with_capacity(bounds.limit.min(merged.len()));
+    let mut bytes = 0usize;
     let mut last_seen: Option<Key> = None;
     for (key, set) in merged {
-        if horizon.as_ref().is_some_and(|h| key > *h) || items.len() == limit {
+        let size = if set.has_live() {
+            item_bytes(&key, &set)
+        } else {
+            0
+        };
+        let over_bytes = !items.is_empty() && bytes.saturating_add(size) > bounds.max_bytes;
+        if horizon.as_ref().is_some_and(|h| key > *h) || items.len() == bounds.limit || over_bytes {
+            // `key` is not looked at: the next page starts at it.
             return Ok(Page {
                 items,
                 resume_after: last_seen,
@@ -122,6 +154,7 @@ pub(super) async fn merged_page(
         }
         last_seen = Some(key.clone());
         if set.has_live() {
+            bytes = bytes.saturating_add(size);
             items.push((key, set));
         }
     }

@@ -436,23 +436,22 @@ impl Coordinator {
         })
     }
 
-    /// A page of live keys in a range, merged across every healthy member.
+    /// A page of live keys in a range, merged across every healthy member: at most
+    /// `limit` keys, `scan_budget` keys scanned per member, and `max_bytes` of values.
     pub async fn list(
         &self,
         range: &ListRange,
         limit: usize,
         scan_budget: usize,
+        max_bytes: usize,
         timeout: Duration,
     ) -> Result<Page, CoordError> {
-        list::merged_page(
-            &self.inner,
-            &self.view(),
-            range,
+        let bounds = list::PageBounds {
             limit,
-            scan_budget,
-            timeout,
-        )
-        .await
+            scan_rows: scan_budget,
+            max_bytes,
+        };
+        list::merged_page(&self.inner, &self.view(), range, bounds, timeout).await
     }
 }
 

@@ -1,6 +1,7 @@
 //! `GET /debug/keys?after=&limit=`: the keys this node stores, in key order, tombstoned
 //! ones included, one page at a time. This is what a placement check (`ringkv verify`)
-//! compares with the preference lists; it is not a client API (`GET /kv` is).
+//! compares with the preference lists; it is not a client API (`GET /kv` is). A page
+//! also stops at `--max-list-bytes` of records read.
 
 use std::ops::Bound;
 use std::sync::Arc;
@@ -68,16 +69,24 @@ pub async fn keys(
     let start = q
         .get("after")
         .map_or(Bound::Unbounded, |a| Bound::Excluded(a.as_bytes()));
-    let rows = state
+    // Keys only on the page, but the scan reads whole sets: bounded in bytes, like a
+    // listing, so a page of large values cannot take the node's memory.
+    let page = state
         .local
-        .scan(start, Bound::Unbounded, limit)
+        .scan(
+            start,
+            Bound::Unbounded,
+            limit,
+            state.config.limits.max_list_bytes,
+        )
         .map_err(CoordError::from)?;
-    let next_after = if rows.len() == limit {
-        rows.last().map(|(k, _)| k.as_str().to_owned())
+    let next_after = if page.more {
+        page.rows.last().map(|(k, _)| k.as_str().to_owned())
     } else {
         None
     };
-    let keys = rows
+    let keys = page
+        .rows
         .into_iter()
         .map(|(key, set)| StoredKeyJson {
             key: key.as_str().to_owned(),

@@ -143,6 +143,7 @@ pub async fn list(
             &list_range,
             limit,
             limit.saturating_mul(SCAN_PER_ITEM),
+            state.config.limits.max_list_bytes,
             opts.timeout,
         )
         .await?;

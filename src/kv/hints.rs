@@ -114,7 +114,16 @@ impl HintLedger {
                 Some(k) => std::ops::Bound::Excluded(k.as_slice()),
                 None => std::ops::Bound::Unbounded,
             };
-            let rows = store.scan(Table::Hints, start, std::ops::Bound::Unbounded, 1024)?;
+            // Bounded in bytes too: a hint holds a whole sibling set.
+            let rows = store
+                .scan_bounded(
+                    Table::Hints,
+                    start,
+                    std::ops::Bound::Unbounded,
+                    1024,
+                    super::SCAN_BYTES,
+                )?
+                .rows;
             let Some((last, _)) = rows.last() else { break };
             after = Some(last.clone());
             for (k, v) in &rows {

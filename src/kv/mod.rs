@@ -62,8 +62,19 @@ impl From<StoreError> for KvError {
     }
 }
 
+/// Bytes of records a background scan (scrub, the hint ledger's load) reads at once: a
+/// count of rows alone would let a page of large sets take gigabytes.
+pub const SCAN_BYTES: usize = 8 * 1024 * 1024;
+
 /// One key and its set, as a scan returns them.
 pub type KeyedSet = (Key, SiblingSet);
+
+/// A scan's keys in order, and whether the range holds more past the last.
+#[derive(Debug, Default)]
+pub struct KeyedPage {
+    pub rows: Vec<KeyedSet>,
+    pub more: bool,
+}
 
 /// One stored hint, as the handoff worker reads it.
 #[derive(Debug, Clone)]
@@ -293,12 +304,14 @@ impl LocalKv {
             .collect::<Result<_, StoreError>>()?)
     }
 
-    /// Up to `limit` hints for `target`, after key `after`.
+    /// Up to `limit` hints for `target`, after key `after`, stopping once the hints read
+    /// reach `max_bytes` (at least one): a hint holds a whole sibling set.
     pub fn scan_hints(
         &self,
         target: u64,
         after: Option<&Key>,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<StoredHint>, KvError> {
         let (start, end) = hints::target_range(target);
         let after_key = after.map(|k| hints::hint_key(target, k));
@@ -307,7 +320,10 @@ impl LocalKv {
             None => Bound::Included(start.as_slice()),
         };
         let upper = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-        let rows = self.store.scan(Table::Hints, lower, upper, limit)?;
+        let rows = self
+            .store
+            .scan_bounded(Table::Hints, lower, upper, limit, max_bytes)?
+            .rows;
         let mut out = Vec::with_capacity(rows.len());
         for (k, raw) in rows {
             let (_, key) = hints::split_hint_key(&k)?;
@@ -368,7 +384,8 @@ impl LocalKv {
         }
     }
 
-    /// Checks the records of up to `limit` keys after `after`, as a read would: a corrupt
+    /// Checks the records of up to `limit` keys after `after` (and at most [`SCAN_BYTES`]
+    /// of them), as a read would: a corrupt
     /// one is counted and dropped (see [`LocalKv::checked`]), so anti-entropy restores
     /// even keys nobody reads. Returns where to go on from (`None` at the end of the table)
     /// and how many were corrupt.
@@ -378,9 +395,10 @@ impl LocalKv {
         limit: usize,
     ) -> Result<(Option<Vec<u8>>, usize), KvError> {
         let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let rows = self
-            .store
-            .scan(Table::Data, lower, Bound::Unbounded, limit)?;
+        let page =
+            self.store
+                .scan_bounded(Table::Data, lower, Bound::Unbounded, limit, SCAN_BYTES)?;
+        let rows = page.rows;
         let mut corrupt = 0;
         for (k, v) in &rows {
             let Some(key) = std::str::from_utf8(k).ok().and_then(|s| Key::new(s).ok()) else {
@@ -390,31 +408,39 @@ impl LocalKv {
                 corrupt += 1;
             }
         }
-        let next = if rows.len() < limit {
-            None
-        } else {
+        let next = if page.more {
             rows.last().map(|(k, _)| k.clone())
+        } else {
+            None
         };
         Ok((next, corrupt))
     }
 
-    /// Up to `limit` stored keys in `(start, end)`, in key order, tombstoned ones included.
+    /// Up to `limit` stored keys in `(start, end)`, in key order, tombstoned ones included,
+    /// stopping once the records read reach `max_bytes` (at least one key when the range
+    /// has one), and whether the range holds more past the last key returned.
     pub fn scan(
         &self,
         start: Bound<&[u8]>,
         end: Bound<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<KeyedSet>, KvError> {
+        max_bytes: usize,
+    ) -> Result<KeyedPage, KvError> {
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         let mut after: Option<Vec<u8>> = None;
-        // A corrupt record is missing here, as on a read; the scan goes on past it so that
-        // a short page still means the range is done (callers page on `len() == limit`).
-        while out.len() < limit {
-            let want = limit - out.len();
+        // A corrupt record is missing here, as on a read; the scan goes on past it, so that
+        // a page is empty only at the end of the range (a page of only corrupt records
+        // would give its caller no key to resume after).
+        loop {
+            let want = limit.saturating_sub(out.len());
+            let budget = max_bytes.saturating_sub(bytes).max(1);
             let lower = after.as_deref().map_or(start, Bound::Excluded);
-            let rows = self.store.scan(Table::Data, lower, end, want)?;
-            let done = rows.len() < want;
-            for (k, v) in rows {
+            let page = self
+                .store
+                .scan_bounded(Table::Data, lower, end, want, budget)?;
+            for (k, v) in page.rows {
+                bytes = bytes.saturating_add(k.len().saturating_add(v.len()));
                 let key = std::str::from_utf8(&k)
                     .ok()
                     .and_then(|s| Key::new(s).ok())
@@ -424,10 +450,13 @@ impl LocalKv {
                 }
                 after = Some(k);
             }
-            if done {
-                break;
+            let full = out.len() >= limit || (!out.is_empty() && bytes >= max_bytes);
+            if !page.more || full {
+                return Ok(KeyedPage {
+                    rows: out,
+                    more: page.more,
+                });
             }
         }
-        Ok(out)
     }
 }

@@ -330,13 +330,16 @@ mod tests {
             .store_hint(7, key.clone(), set_of("new"), 2)
             .await
             .unwrap());
-        let held = local.scan_hints(7, None, 10).unwrap();
+        let held = local.scan_hints(7, None, 10, usize::MAX).unwrap();
         assert_eq!(held.len(), 1);
         assert_eq!(held[0].record.set, set_of("new"));
         assert_eq!(handle.stats().corrupt_records.get(), 1);
 
         damage_hint();
-        assert!(local.scan_hints(7, None, 10).unwrap().is_empty());
+        assert!(local
+            .scan_hints(7, None, 10, usize::MAX)
+            .unwrap()
+            .is_empty());
         assert_eq!(handle.stats().corrupt_records.get(), 2);
         for _ in 0..200 {
             if local.hint_ledger().pending(7).count == 0 {

@@ -31,6 +31,9 @@ pub const MAX_PEER_TIMEOUT: Duration = Duration::from_secs(60);
 pub const MAX_FORWARD_TIMEOUT_MS: u64 = 3_600_000;
 /// Rows one `Scan` or `Digests` call may ask for (the reply is also cut by bytes).
 pub const MAX_SCAN_ROWS: usize = 10_000;
+/// Bytes of sets one `Scan` reply may carry: a bulk call's budget, which stays well under
+/// any frame a node accepts (`rpc::batch`).
+pub const MAX_SCAN_BYTES: usize = super::batch::TARGET_BATCH_BYTES;
 /// Intervals one `Summaries` call may ask about.
 pub const MAX_INTERVALS: usize = 4096;
 /// Items in one `Merge`, `ReadMany` or `DropIfDigest`: what a sender's batcher emits at
@@ -97,6 +100,7 @@ pub fn admit(request: Request) -> Result<Request, RemoteError> {
     Ok(match request {
         Request::Scan(mut range) => {
             range.limit = range.limit.clamp(1, MAX_SCAN_ROWS);
+            range.max_bytes = range.max_bytes.clamp(1, MAX_SCAN_BYTES);
             Request::Scan(range)
         }
         Request::Digests {
@@ -446,6 +450,7 @@ mod tests {
             start_exclusive: false,
             end: None,
             limit: 1,
+            max_bytes: 1,
         };
         assert!(refused(Request::Scan(scan)).contains("scan bound"));
     }
@@ -457,11 +462,28 @@ mod tests {
             start_exclusive: false,
             end: None,
             limit: usize::MAX,
+            max_bytes: usize::MAX,
         };
         assert!(matches!(
             admit(Request::Scan(scan)),
             Ok(Request::Scan(ScanRange {
                 limit: MAX_SCAN_ROWS,
+                max_bytes: MAX_SCAN_BYTES,
+                ..
+            }))
+        ));
+        let zero = ScanRange {
+            start: None,
+            start_exclusive: false,
+            end: None,
+            limit: 0,
+            max_bytes: 0,
+        };
+        assert!(matches!(
+            admit(Request::Scan(zero)),
+            Ok(Request::Scan(ScanRange {
+                limit: 1,
+                max_bytes: 1,
                 ..
             }))
         ));

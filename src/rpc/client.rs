@@ -626,12 +626,14 @@ mod tests {
             start_exclusive: true,
             end: Some("z".into()),
             limit: 1,
+            max_bytes: 1,
         }));
         requests.push(Request::Scan(ScanRange {
             start: None,
             start_exclusive: false,
             end: None,
             limit: 100,
+            max_bytes: 1 << 20,
         }));
         for key in [
             "some",

@@ -65,6 +65,14 @@ pub struct ScanRange {
     pub start_exclusive: bool,
     pub end: Option<String>,
     pub limit: usize,
+    /// Bytes of sets the reply carries at most (at least one set; clamped by
+    /// `rpc::bounds`). Absent from older peers' requests: they get the batch budget.
+    #[serde(default = "default_scan_bytes")]
+    pub max_bytes: usize,
+}
+
+fn default_scan_bytes() -> usize {
+    super::bounds::MAX_SCAN_BYTES
 }
 
 /// A client write, forwarded to a replica that can coordinate it.
@@ -120,4 +128,33 @@ pub enum Response {
     Dropped(usize),
     Departed(bool),
     Error(RemoteError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `ScanRange` as peers before the byte budget sent it.
+    #[derive(Serialize)]
+    struct OldScanRange {
+        start: Option<String>,
+        start_exclusive: bool,
+        end: Option<String>,
+        limit: usize,
+    }
+
+    #[test]
+    fn a_scan_from_an_older_peer_gets_the_default_byte_budget() {
+        let old = OldScanRange {
+            start: Some("a".into()),
+            start_exclusive: true,
+            end: None,
+            limit: 7,
+        };
+        let mut bytes = Vec::new();
+        rmp_serde::encode::write(&mut bytes, &old).unwrap();
+        let range: ScanRange = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(range.limit, 7);
+        assert_eq!(range.max_bytes, super::super::bounds::MAX_SCAN_BYTES);
+    }
 }

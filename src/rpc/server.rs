@@ -742,6 +742,7 @@ mod tests {
             start_exclusive: false,
             end: None,
             limit: usize::MAX,
+            max_bytes: usize::MAX,
         });
         client.call(server.addr, scan, CALL).await.expect("call");
         let seen = server.handler.seen.lock().expect("lock").clone();

@@ -4,7 +4,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::{Mutex, RwLock};
 
-use super::{Entry, Store, StoreError, Table, TxnBody, WriteTxn};
+use super::scan_page::take_bounded;
+use super::{Entry, ScanPage, Store, StoreError, Table, TxnBody, WriteTxn};
 
 type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -77,6 +78,27 @@ impl Store for MemoryStore {
             .take(limit)
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect())
+    }
+
+    fn scan_bounded(
+        &self,
+        table: Table,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<ScanPage, StoreError> {
+        let tables = self.tables.read().map_err(poisoned)?;
+        let Some(map) = tables.get(&table) else {
+            return Ok(ScanPage::default());
+        };
+        if crate::store::redb::empty_range(start, end) {
+            return Ok(ScanPage::default());
+        }
+        let rows = map
+            .range::<[u8], _>((start, end))
+            .map(|(k, v)| Ok((k.clone(), v.clone())));
+        take_bounded(rows, limit, max_bytes)
     }
 
     fn write(&self, _durable: bool, body: TxnBody<'_>) -> Result<(), StoreError> {

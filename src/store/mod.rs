@@ -3,19 +3,22 @@
 //! The node never talks to redb directly; it talks to [`Store`]. There are two
 //! implementations: [`RedbStore`] (the default, on disk) and [`MemoryStore`] (for tests and
 //! for fast simulations), and [`WalStore`], redb behind a write-ahead log (`wal`), so
-//! that a durable write costs one append and fdatasync of a log. Writes go through one transaction at a time — the group-commit
+//! that a durable write costs one append and fdatasync of a log. Writes go through one
+//! transaction at a time — the group-commit
 //! writer in `kv::writer` is the only writer — so an implementation needs no write-write
-//! conflict handling.
+//! conflict handling. [`scan_page`] bounds scans in bytes as well as rows.
 
 pub mod cache_size;
 mod memory;
 mod redb;
+pub mod scan_page;
 pub mod wal;
 
 use std::ops::Bound;
 
 pub use self::memory::MemoryStore;
 pub use self::redb::RedbStore;
+pub use self::scan_page::ScanPage;
 pub use self::wal::{WalSettings, WalStore};
 
 /// The tables a node keeps. Each is an ordered map from bytes to bytes.
@@ -141,6 +144,22 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError>;
 
+    /// Up to `limit` entries in the range, in key order, stopping once the entries read
+    /// reach `max_bytes` (keys and values; at least one entry), and whether the range
+    /// holds more (see [`scan_page`]). The default reads through [`Store::scan`], so a
+    /// wrapper keeps its behaviour; the stores override it to read no more than the cut.
+    fn scan_bounded(
+        &self,
+        table: Table,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<ScanPage, StoreError> {
+        let rows = self.scan(table, start, end, limit.saturating_add(1))?;
+        scan_page::take_bounded(rows.into_iter().map(Ok), limit, max_bytes)
+    }
+
     /// Runs `body` in one transaction and commits it. When `durable`, the commit (and every
     /// commit before it) is on stable storage when this returns.
     fn write(&self, durable: bool, body: TxnBody<'_>) -> Result<(), StoreError>;
@@ -207,6 +226,17 @@ mod tests {
             .scan(Table::Data, Bound::Unbounded, Bound::Excluded(b"c"), 10)
             .unwrap();
         assert_eq!(limited.len(), 1);
+        // A byte cut stops after the entry that reaches the budget, and says more.
+        let cut = store
+            .scan_bounded(Table::Data, Bound::Unbounded, Bound::Unbounded, 10, 1)
+            .unwrap();
+        assert_eq!(cut.rows, vec![(b"a".to_vec(), b"1".to_vec())]);
+        assert!(cut.more);
+        let rest = store
+            .scan_bounded(Table::Data, Bound::Excluded(b"a"), Bound::Unbounded, 10, 1)
+            .unwrap();
+        assert_eq!(rest.rows.len(), 1);
+        assert!(!rest.more);
         store.sync().unwrap();
     }
 

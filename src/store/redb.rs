@@ -20,7 +20,8 @@ use redb::{
     TableDefinition,
 };
 
-use super::{Entry, Store, StoreError, Table, TxnBody, WriteTxn};
+use super::scan_page::take_bounded;
+use super::{Entry, ScanPage, Store, StoreError, Table, TxnBody, WriteTxn};
 
 const FILE_NAME: &str = "ringkv.redb";
 
@@ -331,6 +332,30 @@ impl Store for RedbStore {
                 out.push((k.value().to_vec(), v.value().to_vec()));
             }
             Ok(out)
+        })
+    }
+
+    fn scan_bounded(
+        &self,
+        table: Table,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<ScanPage, StoreError> {
+        if empty_range(start, end) {
+            return Ok(ScanPage::default());
+        }
+        self.read_table("scan", table, |t| {
+            // Lazy: rows past the cut (but the one that tells `more`) are never copied.
+            let rows = t
+                .range::<&[u8]>((start, end))
+                .map_err(redb::Error::from)?
+                .map(|item| {
+                    let (k, v) = item.map_err(redb::Error::from)?;
+                    Ok((k.value().to_vec(), v.value().to_vec()))
+                });
+            take_bounded(rows, limit, max_bytes)
         })
     }
 

@@ -68,6 +68,7 @@ fn requests(set: &SiblingSet) -> Vec<Request> {
             start_exclusive: true,
             end: None,
             limit: 100,
+            max_bytes: 1 << 20,
         }),
         Request::Summaries {
             intervals: vec![Interval::FULL, Interval { lo: 5, hi: 9 }],

@@ -215,6 +215,18 @@ impl Store for WalStore {
         self.db.scan(table, start, end, limit)
     }
 
+    fn scan_bounded(
+        &self,
+        table: Table,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<super::ScanPage, StoreError> {
+        // redb's own cut: the default would read `limit` whole rows first.
+        self.db.scan_bounded(table, start, end, limit, max_bytes)
+    }
+
     fn write(&self, durable: bool, body: TxnBody<'_>) -> Result<(), StoreError> {
         let mut tail = self.log.lock();
         let checkpoint = self.checkpoint_due(&tail);
