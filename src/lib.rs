@@ -22,14 +22,15 @@
 //! - [`admin`]: join, leave and remove, and the departed ids every node keeps.
 //! - [`readiness`]: why a node is not ready (`/ready`), and seeds nobody answers.
 //! - [`http`]: the axum API and its serve loop: routes, errors, limits, auth, overload,
-//!   `/metrics`, `/openapi.json`, `/debug/*`.
+//!   request ids and the access log, `/metrics`, `/openapi.json`, `/debug/*`.
 //! - [`worker`]: the `Worker` trait and the supervisor that stops workers phase by phase.
 //! - [`node`]: `Node::build` wires a node's parts and workers; `run` serves until shutdown.
 //! - [`client`]: the API's client, the `ringkv-client` crate (`client/`) re-exported: pooled
 //!   keep-alive, failover across nodes, retries of idempotent calls; the CLI and bench use it.
 //! - [`bench`]: the load generator of `ringkv bench`: workload, targets, HdrHistogram report.
 //! - [`cli`]: the `ringkv` command line: `serve`, the client commands, `bench`.
-//! - [`telemetry`]: logging to stderr, as text or JSON.
+//! - [`telemetry`]: logging to stderr, as text or JSON, naming the node on every line;
+//!   the request id that follows a request over RPC to every node it reaches.
 
 // A panic in a node is a dropped request at best: non-test code handles every error, and
 // each remaining `expect` says in a comment why it cannot fail.

@@ -64,14 +64,8 @@ fn args<'a>(secret: &'a SecretFile, extra: &[&'a str]) -> Vec<&'a str> {
 }
 
 fn frame(request: Request) -> Vec<u8> {
-    let payload = encode(
-        &Envelope {
-            id: 1,
-            body: request,
-        },
-        DEFAULT_MAX_FRAME_BYTES,
-    )
-    .expect("encode a request");
+    let payload =
+        encode(&Envelope::new(1, request), DEFAULT_MAX_FRAME_BYTES).expect("encode a request");
     let mut out = (payload.len() as u32).to_be_bytes().to_vec();
     out.extend_from_slice(&payload);
     out

@@ -112,7 +112,7 @@ impl Wire {
     async fn call(&mut self, body: Request) -> Response {
         let id = self.next_id;
         self.next_id += 1;
-        let payload = frame::encode(&Envelope { id, body }, FRAME_MAX).expect("encode");
+        let payload = frame::encode(&Envelope::new(id, body), FRAME_MAX).expect("encode");
         self.framed.send(payload).await.expect("send the frame");
         let reply = tokio::time::timeout(Duration::from_secs(20), self.framed.next())
             .await

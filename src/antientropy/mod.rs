@@ -217,11 +217,13 @@ impl AntiEntropy {
                     return failed + left;
                 }
                 let intervals: Vec<Interval> = batch.iter().flatten().copied().collect();
+                let mut moved = 0;
                 match exchange(&self.local, &self.peer(addr, shutdown), &intervals).await {
                     Ok(done) => {
                         self.stats.ae_exchanges.inc();
                         self.stats.ae_keys_pulled.add(done.pulled);
                         self.stats.ae_keys_pushed.add(done.pushed);
+                        moved = done.pulled.saturating_add(done.pushed);
                     }
                     Err(e) => {
                         tracing::debug!(peer = %peer, error = %e, "range sync failed");
@@ -232,12 +234,23 @@ impl AntiEntropy {
                 if let Some(ctl) = progress {
                     ctl.set_to_move(Some(left as u64)).await;
                 }
-                tracing::info!(
-                    ranges_done = total - left,
-                    ranges_total = total,
-                    failed,
-                    "range sync progress"
-                );
+                // Worth an info line when keys moved or ranges failed; a batch of empty
+                // ranges (a new cluster, an empty store) is one line per batch of noise.
+                if moved > 0 || failed > 0 {
+                    tracing::info!(
+                        ranges_done = total - left,
+                        ranges_total = total,
+                        moved,
+                        failed,
+                        "range sync progress"
+                    );
+                } else {
+                    tracing::debug!(
+                        ranges_done = total - left,
+                        ranges_total = total,
+                        "range sync progress"
+                    );
+                }
             }
         }
         failed

@@ -189,6 +189,10 @@ pub struct ServeArgs {
     /// Log level or filter (`RUST_LOG` wins when set).
     #[arg(long, env = "RINGKV_LOG", default_value = "info")]
     pub log: String,
+    /// One info line per HTTP request: method, route (a key shows as `{key}` and its
+    /// length), status, bytes, duration and request id.
+    #[arg(long, env = "RINGKV_ACCESS_LOG")]
+    pub access_log: bool,
 }
 
 /// Cluster authentication and RPC bounds (issue 13).
@@ -293,6 +297,14 @@ impl ServeArgs {
             None => None,
             Some(host) => Some(resolve_host(host)?),
         };
+        let seeds = match (&self.advertise_host, advertise_host) {
+            (Some(name), Some(ip)) => own_seed_by_name(
+                &self.seeds,
+                name,
+                SocketAddr::new(ip, self.gossip_addr.port()),
+            ),
+            _ => self.seeds.clone(),
+        };
         Ok(NodeConfig {
             addrs: Addrs {
                 http: self.http_addr,
@@ -302,7 +314,7 @@ impl ServeArgs {
             },
             cluster: ClusterConfig {
                 cluster_id: self.cluster_id.clone(),
-                seeds: self.seeds.clone(),
+                seeds,
                 vnodes: self.vnodes,
                 gossip_interval: self.gossip_interval,
                 phi_threshold: self.phi_threshold,
@@ -430,7 +442,11 @@ impl ServeArgs {
 
 /// Runs a node until SIGINT or SIGTERM.
 pub async fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
-    telemetry::init(args.log_format, &args.log);
+    telemetry::init(&telemetry::LogSettings {
+        format: args.log_format,
+        level: args.log.clone(),
+        access_log: args.access_log,
+    });
     let config = args.to_config()?;
     // Logged once, so that an operator sees which limit the default cache followed.
     let cgroup_limit = crate::store::cache_size::read_limit();
@@ -449,18 +465,55 @@ pub async fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
         ),
         Some(auth) => reload_tokens_on_sighup(auth)?,
     }
+    let format = args.log_format;
     node::run(config, TokioNetwork, shutdown, |started| {
         // One line on stdout, for scripts that start the node on port 0.
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(
-            out,
-            "ringkv ready http={} rpc={} gossip={} node_id={:016x}",
-            started.http_addr, started.rpc_addr, started.gossip_addr, started.node_id
-        );
+        let _ = writeln!(out, "{}", ready_line(format, started));
         let _ = out.flush();
     })
     .await?;
     Ok(())
+}
+
+/// `ringkv ready http=… rpc=… gossip=… node_id=…`, or under `--log-format json` the same
+/// as one JSON object, `{"event":"ready",…}`: a script reading JSON logs reads it too.
+fn ready_line(format: LogFormat, started: &node::Started) -> String {
+    let node_id = format!("{:016x}", started.node_id);
+    match format {
+        LogFormat::Text => format!(
+            "ringkv ready http={} rpc={} gossip={} node_id={node_id}",
+            started.http_addr, started.rpc_addr, started.gossip_addr
+        ),
+        LogFormat::Json => serde_json::json!({
+            "event": "ready",
+            "http": started.http_addr.to_string(),
+            "rpc": started.rpc_addr.to_string(),
+            "gossip": started.gossip_addr.to_string(),
+            "node_id": node_id,
+        })
+        .to_string(),
+    }
+}
+
+/// The seeds, with any that names this node by its advertised name (`name:port` with the
+/// gossip port) written as its advertised address: the node then knows it is its own
+/// seed, the first node of its cluster, without a DNS lookup that could fail. A
+/// Kubernetes StatefulSet gives every pod the same `--seed` (pod 0's stable name), and
+/// pod 0 must not wait to join itself (`deploy/k8s/`).
+fn own_seed_by_name(seeds: &[String], name: &str, me: SocketAddr) -> Vec<String> {
+    seeds
+        .iter()
+        .map(|seed| match seed.rsplit_once(':') {
+            Some((host, port))
+                if host.eq_ignore_ascii_case(name)
+                    && port.parse::<u16>().ok() == Some(me.port()) =>
+            {
+                me.to_string()
+            }
+            _ => seed.clone(),
+        })
+        .collect()
 }
 
 /// A share of reads: a number in `0.0..=1.0` (NaN and infinities refused).
@@ -527,7 +580,30 @@ fn reload_tokens_on_sighup(
 
 #[cfg(test)]
 mod tests {
-    use super::parse_chance;
+    use super::{own_seed_by_name, parse_chance};
+
+    #[test]
+    fn a_seed_naming_this_node_becomes_its_address() {
+        let me: std::net::SocketAddr = "10.1.2.3:7946".parse().unwrap();
+        let name = "ringkv-0.ringkv.db.svc.cluster.local";
+        let seeds = vec![
+            "ringkv-0.ringkv.db.svc.cluster.local:7946".to_owned(),
+            "RINGKV-0.ringkv.db.svc.cluster.local:7946".to_owned(),
+            "ringkv-0.ringkv.db.svc.cluster.local:7000".to_owned(),
+            "ringkv-1.ringkv.db.svc.cluster.local:7946".to_owned(),
+            "10.9.9.9:7946".to_owned(),
+        ];
+        assert_eq!(
+            own_seed_by_name(&seeds, name, me),
+            [
+                "10.1.2.3:7946",
+                "10.1.2.3:7946",
+                "ringkv-0.ringkv.db.svc.cluster.local:7000",
+                "ringkv-1.ringkv.db.svc.cluster.local:7946",
+                "10.9.9.9:7946",
+            ]
+        );
+    }
 
     #[test]
     fn a_chance_is_a_share_between_zero_and_one() {

@@ -162,19 +162,21 @@ pub(super) async fn quorum_read(
     if all && !in_flight.is_empty() {
         // A read that asked everyone is for repair: the slower replies are the point.
         let until = started + inner.peers.rpc_timeout + inner.config.repair_wait;
-        tokio::spawn(collect_and_repair(
+        tokio::spawn(crate::telemetry::carry(collect_and_repair(
             inner.clone(),
             view.clone(),
             key.clone(),
             in_flight,
             replies,
             until,
-        ));
+        )));
     } else if stale {
         // Calls still in flight (a speculative retry's straggler) are dropped: whatever
         // they would show, anti-entropy repairs.
         let (inner, view, key) = (inner.clone(), view.clone(), key.clone());
-        tokio::spawn(async move { repair(&inner, &view, &key, &replies).await });
+        tokio::spawn(crate::telemetry::carry(async move {
+            repair(&inner, &view, &key, &replies).await
+        }));
     }
     Ok(merged)
 }

@@ -166,7 +166,8 @@ pub(super) async fn replicated_write(
         let _ = local_tx.send(copy).await;
     });
     for target in others {
-        tokio::spawn(replicate_one(
+        // Carried: the replicas log their part under the client request's id.
+        tokio::spawn(crate::telemetry::carry(replicate_one(
             inner.clone(),
             view.clone(),
             key.clone(),
@@ -174,7 +175,7 @@ pub(super) async fn replicated_write(
             target,
             stand_ins.clone(),
             tx.clone(),
-        ));
+        )));
     }
     drop(tx);
 

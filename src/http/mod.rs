@@ -18,12 +18,12 @@ mod openapi;
 pub mod overload;
 mod params;
 mod render;
+pub mod request_id;
 pub mod serve;
 mod workers;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{StatusCode, Uri};
@@ -117,7 +117,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.config.security.auth.clone(),
             auth::require_token,
         ))
-        .layer(middleware::from_fn(log_request))
+        .layer(middleware::from_fn(request_id::tag))
         .with_state(state)
 }
 
@@ -334,20 +334,4 @@ async fn debug_local(State(state): State<Arc<AppState>>, uri: Uri) -> Result<Res
             "key {key:?} is not stored on this node"
         ))),
     }
-}
-
-/// One line per request, at debug level.
-async fn log_request(req: Request, next: Next) -> Response {
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let started = Instant::now();
-    let resp = next.run(req).await;
-    tracing::debug!(
-        %method,
-        path,
-        status = resp.status().as_u16(),
-        micros = started.elapsed().as_micros() as u64,
-        "request"
-    );
-    resp
 }

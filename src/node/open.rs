@@ -75,6 +75,8 @@ pub(super) async fn open<N: Network>(
         None => StdRng::from_entropy(),
     };
     let identity = Identity::load(store.as_ref(), || rng.gen()).map_err(&store_err)?;
+    // Every log line from here on names the node (the binary's formatter; see telemetry).
+    crate::telemetry::set_node_id(NodeId(identity.node_id()));
     if identity.recovered_from_crash {
         tracing::warn!(actor = %identity.actor, "previous run did not shut down cleanly; new epoch");
     }

@@ -305,7 +305,7 @@ mod tests {
             let mut seen = 0;
             for batch in batches {
                 seen += batch.len();
-                let env = crate::rpc::Envelope { id: u64::MAX, body: batch };
+                let env = crate::rpc::Envelope::new(u64::MAX, batch);
                 let mut buf = Vec::new();
                 rmp_serde::encode::write(&mut buf, &env).expect("encode");
                 // The frame carries the version byte, then the body.

@@ -215,10 +215,13 @@ impl RpcClient {
             return Err(RpcError::Closed);
         }
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let payload = frame::encode(
-            &Envelope { id, body: request },
-            shared.config.max_frame_bytes,
-        )?;
+        // The client request this call works for, if any: the peer logs under its id.
+        let envelope = Envelope {
+            id,
+            body: request,
+            trace: crate::telemetry::current_request_id(),
+        };
+        let payload = frame::encode(&envelope, shared.config.max_frame_bytes)?;
         let conn = shared.connection(addr).await?;
         *used = Some((conn.clone(), conn.received.load(Ordering::SeqCst)));
         let _slot = tokio::select! {
@@ -652,15 +655,9 @@ mod tests {
     async fn bytes_in_flight_to_a_peer_are_bounded() {
         let server = TestServer::any_port().await;
         // Room for one small request at a time.
-        let one = frame::encode(
-            &Envelope {
-                id: 1,
-                body: &sleep(400),
-            },
-            1024,
-        )
-        .expect("encode")
-        .len();
+        let one = frame::encode(&Envelope::new(1, &sleep(400)), 1024)
+            .expect("encode")
+            .len();
         let client = Arc::new(RpcClient::new(
             connector_for(Arc::new(TokioNetwork)),
             RpcConfig {

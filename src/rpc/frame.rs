@@ -317,10 +317,7 @@ mod tests {
 
     #[test]
     fn envelope_round_trips_through_encode_decode() {
-        let env = Envelope {
-            id: 42,
-            body: Request::Read { key: "k".into() },
-        };
+        let env = Envelope::new(42, Request::Read { key: "k".into() });
         let payload = encode(&env, DEFAULT_MAX_FRAME_BYTES).expect("encode");
         assert_eq!(payload[0], PROTOCOL_VERSION);
         let back: Envelope<Request> = decode(&payload).expect("decode");
@@ -348,12 +345,12 @@ mod tests {
 
     #[test]
     fn encode_refuses_payloads_over_the_limit() {
-        let env = Envelope {
-            id: 1,
-            body: Request::Read {
+        let env = Envelope::new(
+            1,
+            Request::Read {
                 key: "x".repeat(100),
             },
-        };
+        );
         assert!(matches!(
             encode(&env, 50),
             Err(FrameError::TooLarge { max: 50, .. })
@@ -383,12 +380,12 @@ mod tests {
         let mut wire = BytesMut::new();
         let mut codec = FrameCodec::new(1024);
         for id in 0..3u64 {
-            let env = Envelope {
+            let env = Envelope::new(
                 id,
-                body: Request::Read {
+                Request::Read {
                     key: "k".repeat(40),
                 },
-            };
+            );
             let payload = encode(&env, 1024).expect("encode");
             codec.encode(payload, &mut wire).expect("frame");
         }
@@ -434,10 +431,7 @@ mod tests {
         };
         let sender = async move {
             for id in 0..10u64 {
-                let env = Envelope {
-                    id,
-                    body: Response::Merged,
-                };
+                let env = Envelope::new(id, Response::Merged);
                 let payload = encode(&env, 1024).expect("encode");
                 tx.send(payload).await.expect("send");
             }

@@ -16,6 +16,29 @@ pub const PROTOCOL_VERSION: u8 = 3;
 pub struct Envelope<T> {
     pub id: u64,
     pub body: T,
+    /// The client request this call works for (`telemetry`), so that the replica logs
+    /// its part under the same id. Last, and left out when absent: an envelope without
+    /// one is the two-element array every peer of this protocol version reads. A peer that
+    /// predates the field cannot read a request that carries one (rmp-serde refuses the
+    /// longer array), so in a cluster mid-upgrade traced calls to older nodes fail like
+    /// calls to a down node: hints and anti-entropy cover them. Responses never carry it.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::telemetry::deserialize_peer_request_id"
+    )]
+    pub trace: Option<crate::telemetry::RequestId>,
+}
+
+impl<T> Envelope<T> {
+    /// An envelope that names no client request.
+    pub fn new(id: u64, body: T) -> Envelope<T> {
+        Envelope {
+            id,
+            body,
+            trace: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -141,6 +164,69 @@ mod tests {
         start_exclusive: bool,
         end: Option<String>,
         limit: usize,
+    }
+
+    /// An envelope as peers before the request id sent it.
+    #[derive(Serialize)]
+    struct OldEnvelope<T> {
+        id: u64,
+        body: T,
+    }
+
+    fn decode(bytes: &[u8]) -> Envelope<Request> {
+        rmp_serde::from_slice(bytes).expect("decodes")
+    }
+
+    #[test]
+    fn envelopes_with_and_without_a_request_id_decode() {
+        let old = rmp_serde::to_vec(&OldEnvelope {
+            id: 9,
+            body: Request::Ping,
+        })
+        .unwrap();
+        let untraced = rmp_serde::to_vec(&Envelope::new(9, Request::Ping)).unwrap();
+        // Untraced, the envelope is byte for byte what older peers send.
+        assert_eq!(untraced, old);
+        assert_eq!(decode(&old).trace, None);
+        let id = crate::telemetry::RequestId::parse(b"req-42").unwrap();
+        let mut traced = Envelope::new(9, Request::Ping);
+        traced.trace = Some(id.clone());
+        let back = decode(&rmp_serde::to_vec(&traced).unwrap());
+        assert_eq!((back.id, back.trace), (9, Some(id)));
+    }
+
+    #[test]
+    fn a_peers_bad_request_id_is_dropped_not_kept() {
+        #[derive(Serialize)]
+        struct Forged<'a> {
+            id: u64,
+            body: Request,
+            trace: &'a str,
+        }
+        let long = "x".repeat(64 * 1024);
+        for bad in [long.as_str(), "", "two words", "line\nbreak"] {
+            let bytes = rmp_serde::to_vec(&Forged {
+                id: 1,
+                body: Request::Ping,
+                trace: bad,
+            })
+            .unwrap();
+            assert_eq!(decode(&bytes).trace, None, "{bad:?} kept");
+        }
+        // Not a string at all: no peer builds that, and the frame is refused.
+        #[derive(Serialize)]
+        struct Wrong {
+            id: u64,
+            body: Request,
+            trace: u64,
+        }
+        let bytes = rmp_serde::to_vec(&Wrong {
+            id: 1,
+            body: Request::Ping,
+            trace: 7,
+        })
+        .unwrap();
+        assert!(rmp_serde::from_slice::<Envelope<Request>>(&bytes).is_err());
     }
 
     #[test]

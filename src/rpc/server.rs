@@ -262,21 +262,31 @@ async fn read_requests<R: AsyncRead + Unpin>(
         let tx = tx.clone();
         let stats = stats.clone();
         let max = config.max_frame_bytes;
-        handlers.spawn(async move {
-            let response = answer(handler.as_ref(), request.body).await;
-            if let Some(payload) = encode_response(request.id, response, max) {
+        let Envelope { id, body, trace } = request;
+        let work = async move {
+            let response = answer(handler.as_ref(), body).await;
+            if let Some(payload) = encode_response(id, response, max) {
                 RpcStats::add(&stats.requests_served, 1);
                 // Fails only when the connection is closing; the caller sees that.
                 let _ = tx.send(payload).await;
             }
             drop(slot);
-        });
+        };
+        match trace {
+            // A client request's call: answered in its span, with its id for any call
+            // the answer makes in turn (a forwarded write coordinates one here).
+            Some(trace) => handlers.spawn(crate::telemetry::in_request(trace, work)),
+            None => handlers.spawn(work),
+        };
     }
 }
 
 /// Clamps the request into its bounds ([`bounds::admit`]), then runs the handler; a
 /// panic becomes an error response instead of a silent timeout.
 async fn answer(handler: &dyn RpcHandler, request: Request) -> Response {
+    if crate::telemetry::current_request_id().is_some() {
+        tracing::debug!(call = call_name(&request), "peer call");
+    }
     let request = match bounds::admit(request) {
         Ok(request) => request,
         Err(e) => return Response::Error(e),
@@ -293,14 +303,31 @@ async fn answer(handler: &dyn RpcHandler, request: Request) -> Response {
     }
 }
 
+/// The request's kind, for the log line of a traced call.
+fn call_name(request: &Request) -> &'static str {
+    match request {
+        Request::Ping => "ping",
+        Request::Read { .. } => "read",
+        Request::Merge { .. } => "merge",
+        Request::Hint { .. } => "hint",
+        Request::Forward(_) => "forward",
+        Request::Scan(_) => "scan",
+        Request::Summaries { .. } => "summaries",
+        Request::Digests { .. } => "digests",
+        Request::ReadMany { .. } => "read_many",
+        Request::DropIfDigest { .. } => "drop_if_digest",
+        Request::Departed { .. } => "departed",
+    }
+}
+
 fn encode_response(id: u64, response: Response, max: usize) -> Option<Bytes> {
-    match frame::encode(&Envelope { id, body: response }, max) {
+    match frame::encode(&Envelope::new(id, response), max) {
         Ok(payload) => Some(payload),
         Err(e) => {
             // Most likely too large: tell the caller rather than leave it to time out.
             tracing::warn!(error = %e, "RPC response not sent");
             let body = Response::Error(RemoteError::Internal(format!("response not sent: {e}")));
-            frame::encode(&Envelope { id, body }, max).ok()
+            frame::encode(&Envelope::new(id, body), max).ok()
         }
     }
 }
@@ -571,11 +598,8 @@ mod tests {
 
         let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
         let random: Vec<u8> = (0..64 * 1024).map(|_| rng.gen()).collect();
-        let valid_body = rmp_serde::to_vec(&crate::rpc::Envelope {
-            id: 1,
-            body: Request::Ping,
-        })
-        .expect("encode");
+        let valid_body =
+            rmp_serde::to_vec(&crate::rpc::Envelope::new(1, Request::Ping)).expect("encode");
         let cases: Vec<(&str, Vec<u8>)> = vec![
             ("random bytes", random),
             (
@@ -589,11 +613,8 @@ mod tests {
             ),
             ("empty frame", vec![0, 0, 0, 0]),
             ("a response where a request belongs", {
-                let body = rmp_serde::to_vec(&crate::rpc::Envelope {
-                    id: 1,
-                    body: Response::Merged,
-                })
-                .expect("encode");
+                let body = rmp_serde::to_vec(&crate::rpc::Envelope::new(1, Response::Merged))
+                    .expect("encode");
                 frame(PROTOCOL_VERSION, &body)
             }),
         ];

@@ -136,7 +136,7 @@ fn frames(dir: &Path, set: &SiblingSet) -> Result<(), Box<dyn std::error::Error>
     let max = 64 * 1024;
     let mut wire = BytesMut::new();
     for (i, body) in requests(set).into_iter().enumerate() {
-        let payload = frame::encode(&Envelope { id: i as u64, body }, max)?;
+        let payload = frame::encode(&Envelope::new(i as u64, body), max)?;
         write(
             dir,
             "rpc_frame",
@@ -146,7 +146,7 @@ fn frames(dir: &Path, set: &SiblingSet) -> Result<(), Box<dyn std::error::Error>
         FrameCodec::new(max).encode(payload, &mut wire)?;
     }
     for (i, body) in responses(set).into_iter().enumerate() {
-        let payload = frame::encode(&Envelope { id: i as u64, body }, max)?;
+        let payload = frame::encode(&Envelope::new(i as u64, body), max)?;
         write(
             dir,
             "rpc_frame",
