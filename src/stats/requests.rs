@@ -283,21 +283,23 @@ impl RequestStats {
 
     /// Records one answered request: its operation, its status code, and how long it took.
     pub fn record(&self, op: Op, status: u16, latency: Duration) {
-        self.record_at(Instant::now(), op, status, latency);
+        self.record_at(None, op, status, latency);
     }
 
-    fn record_at(&self, now: Instant, op: Op, status: u16, latency: Duration) {
+    /// `now` is read under the lock unless given (tests): so seconds reach the window in
+    /// order, and a second is summarised only once every request in it is recorded.
+    fn record_at(&self, now: Option<Instant>, op: Op, status: u16, latency: Duration) {
         let class = StatusClass::of(status);
         // Relaxed: independent counters, read only for reporting.
         self.totals[op.index()][class.index()].fetch_add(1, Ordering::Relaxed);
         if !op.is_kv() {
             return;
         }
-        let second = self.second_of(now);
         let micros = u64::try_from(latency.as_micros())
             .unwrap_or(MAX_MICROS)
             .clamp(1, MAX_MICROS);
         let mut window = self.lock();
+        let second = self.second_of(now.unwrap_or_else(Instant::now));
         window.close_until(second);
         let slot = &mut window.slots[slot_index(second)];
         if slot.second != second {
@@ -327,12 +329,13 @@ impl RequestStats {
 
     /// The last [`WINDOW_SECS`] complete seconds of KV requests, and the history.
     pub fn window(&self) -> RequestWindow {
-        self.window_at(Instant::now())
+        self.window_at(None)
     }
 
-    fn window_at(&self, now: Instant) -> RequestWindow {
-        let now = self.second_of(now);
+    fn window_at(&self, now: Option<Instant>) -> RequestWindow {
+        // The time under the lock, as in `record_at`.
         let mut window = self.lock();
+        let now = self.second_of(now.unwrap_or_else(Instant::now));
         window.close_until(now);
         let from = now.saturating_sub(WINDOW_SECS);
         let covered = now - from;
@@ -461,16 +464,18 @@ mod tests {
         // Seconds 0..4: 10 gets a second at 1 ms, and one put at 100 ms in second 2.
         for s in 0..4 {
             for i in 0..10 {
-                stats.record_at(at(s, i), Op::Get, 200, MS);
+                stats.record_at(Some(at(s, i)), Op::Get, 200, MS);
+            }
+            if s == 2 {
+                stats.record_at(Some(at(2, 500)), Op::Put, 500, 100 * MS);
             }
         }
-        stats.record_at(at(2, 500), Op::Put, 500, 100 * MS);
         // The dashboard's own polling is not load.
-        stats.record_at(at(3, 0), Op::Other, 200, MS);
+        stats.record_at(Some(at(3, 0)), Op::Other, 200, MS);
         // Second 4 is not complete: left out.
-        stats.record_at(at(4, 0), Op::Get, 200, MS);
+        stats.record_at(Some(at(4, 0)), Op::Get, 200, MS);
 
-        let w = stats.window_at(at(4, 500));
+        let w = stats.window_at(Some(at(4, 500)));
         assert_eq!(w.window_secs, 4);
         assert!((w.ops_per_sec - 41.0 / 4.0).abs() < 1e-9, "{w:?}");
         assert!((w.errors_per_sec - 0.25).abs() < 1e-9, "{w:?}");
@@ -488,7 +493,7 @@ mod tests {
 
         // 30 s later, with nothing in between: the window is empty, the history holds
         // the quiet seconds as zeros and still the old ones within its length.
-        let w = stats.window_at(at(34, 0));
+        let w = stats.window_at(Some(at(34, 0)));
         assert_eq!(w.window_secs, WINDOW_SECS);
         assert_eq!(w.ops_per_sec, 0.0);
         assert_eq!(w.p50_ms, None);
@@ -504,25 +509,25 @@ mod tests {
         // Two requests a second for 10 minutes, then a gap of an hour.
         for s in 0..600 {
             let now = t0 + Duration::from_secs(s);
-            stats.record_at(now, Op::Get, 200, MS);
-            stats.record_at(now, Op::Head, 200, 2 * MS);
+            stats.record_at(Some(now), Op::Get, 200, MS);
+            stats.record_at(Some(now), Op::Head, 200, 2 * MS);
         }
-        let w = stats.window_at(t0 + Duration::from_secs(600));
+        let w = stats.window_at(Some(t0 + Duration::from_secs(600)));
         assert_eq!(w.history.len(), HISTORY_SECS);
         assert!((w.ops_per_sec - 2.0).abs() < 1e-9, "{w:?}");
         assert!(w.history.iter().all(|s| s.count == 2));
         assert_eq!(stats.lock().slots.len(), WINDOW_SECS as usize);
-        let w = stats.window_at(t0 + Duration::from_secs(4200));
+        let w = stats.window_at(Some(t0 + Duration::from_secs(4200)));
         assert_eq!(w.history.len(), HISTORY_SECS);
         assert!(w.history.iter().all(|s| s.count == 0));
         // A latency past the histogram's range is recorded at its top, not dropped.
         stats.record_at(
-            t0 + Duration::from_secs(4200),
+            Some(t0 + Duration::from_secs(4200)),
             Op::Get,
             200,
             Duration::from_secs(3600),
         );
-        let w = stats.window_at(t0 + Duration::from_secs(4201));
+        let w = stats.window_at(Some(t0 + Duration::from_secs(4201)));
         assert_eq!(w.history.last().map(|s| s.count), Some(1));
         near(w.p99_ms, 60_000.0, 600.0);
     }
