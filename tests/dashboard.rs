@@ -38,11 +38,20 @@ async fn the_page_is_self_contained_html() {
         assert!(!page.contains(external), "the page names {external:?}");
     }
     // The hooks the browser test reads.
-    for hook in ["id=\"ring-banner\"", "id=\"ring-hash-count\"", "id=\"members\""] {
+    for hook in [
+        "id=\"ring-banner\"",
+        "id=\"ring-hash-count\"",
+        "id=\"members\"",
+    ] {
         assert!(page.contains(hook), "the page has no {hook}");
     }
     // HEAD answers like GET, without the body; a query is refused (never a token there).
-    let head = node.client.head(node.url("/")).send().await.expect("HEAD /");
+    let head = node
+        .client
+        .head(node.url("/"))
+        .send()
+        .await
+        .expect("HEAD /");
     assert_eq!(head.status(), StatusCode::OK);
     let query = node
         .client
@@ -51,7 +60,12 @@ async fn the_page_is_self_contained_html() {
         .await
         .expect("GET /?token=x");
     assert_error(query, StatusCode::BAD_REQUEST, "bad_param", "GET /?token=x").await;
-    let post = node.client.post(node.url("/")).send().await.expect("POST /");
+    let post = node
+        .client
+        .post(node.url("/"))
+        .send()
+        .await
+        .expect("POST /");
     assert_error(
         post,
         StatusCode::METHOD_NOT_ALLOWED,
@@ -101,7 +115,11 @@ async fn the_data_route_draws_the_ring_and_counts_kv_requests() {
     assert_eq!(d["node_id"], node.node_id.as_str());
     let ring = &d["ring"];
     let cluster = json_body(
-        node.client.get(node.url("/cluster")).send().await.expect("GET /cluster"),
+        node.client
+            .get(node.url("/cluster"))
+            .send()
+            .await
+            .expect("GET /cluster"),
         "GET /cluster",
     )
     .await;

@@ -366,7 +366,10 @@ mod tests {
         assert_eq!(open.check("/health", None), Verdict::Allowed);
         assert_eq!(open.check("/ready", None), Verdict::Allowed);
         assert_eq!(open.check("/", None), Verdict::Allowed);
-        assert_eq!(open.check("/debug/dashboard", None), Verdict::Unauthenticated);
+        assert_eq!(
+            open.check("/debug/dashboard", None),
+            Verdict::Unauthenticated
+        );
         assert_eq!(open.check("/kv/x", None), Verdict::Unauthenticated);
         assert_eq!(open.check("/kv/x", Some(&header(A))), Verdict::Allowed);
         assert_eq!(open.check("/kv/x", Some(&header(B))), Verdict::Allowed);

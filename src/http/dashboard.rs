@@ -82,7 +82,10 @@ pub async fn page(RawQuery(query): RawQuery) -> Result<Response, ApiError> {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     // Revalidated on every load: a node upgraded under an open tab serves its own page.
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Ok((headers, PAGE).into_response())
@@ -215,7 +218,10 @@ mod tests {
         assert_eq!(r.arcs[r.arcs.len() - 1].1, 1.0);
         for pair in r.arcs.windows(2) {
             assert_eq!(pair[0].1, pair[1].0, "arcs are contiguous");
-            assert_ne!(pair[0].2, pair[1].2, "adjacent arcs of one member are merged");
+            assert_ne!(
+                pair[0].2, pair[1].2,
+                "adjacent arcs of one member are merged"
+            );
         }
         for &(start, end, member) in &r.arcs {
             assert!(start <= end, "{start} > {end}");
@@ -294,7 +300,10 @@ mod tests {
         assert!(script.len() > 1000, "the script is the page's code");
         assert_eq!(PAGE.matches("<script").count(), 1, "one script only");
         let hash = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(script));
-        assert!(csp.contains(&format!("script-src 'sha256-{hash}'")), "{csp}");
+        assert!(
+            csp.contains(&format!("script-src 'sha256-{hash}'")),
+            "{csp}"
+        );
         assert!(csp.contains("connect-src 'self'"), "{csp}");
         for external in ["http://", "https://", "//cdn", "src=\"//"] {
             assert!(!PAGE.contains(external), "the page names {external}");

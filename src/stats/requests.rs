@@ -77,15 +77,14 @@ impl Op {
         match (method, path) {
             ("GET", "/kv") => Op::List,
             ("POST", "/batch") => Op::Batch,
-            (method, path) if path.starts_with("/kv/") && path.len() > "/kv/".len() => {
-                match method {
-                    "GET" => Op::Get,
-                    "PUT" => Op::Put,
-                    "DELETE" => Op::Delete,
-                    "HEAD" => Op::Head,
-                    _ => Op::Other,
-                }
-            }
+            (method, path) if path.starts_with("/kv/") && path.len() > "/kv/".len() => match method
+            {
+                "GET" => Op::Get,
+                "PUT" => Op::Put,
+                "DELETE" => Op::Delete,
+                "HEAD" => Op::Head,
+                _ => Op::Other,
+            },
             _ => Op::Other,
         }
     }
@@ -411,7 +410,10 @@ mod tests {
     /// Within the histogram's precision (two significant digits).
     fn near(got: Option<f64>, want: f64, tolerance: f64) {
         let got = got.expect("a percentile");
-        assert!((got - want).abs() <= tolerance, "{got} is not {want} ± {tolerance}");
+        assert!(
+            (got - want).abs() <= tolerance,
+            "{got} is not {want} ± {tolerance}"
+        );
     }
 
     #[test]
@@ -499,7 +501,9 @@ mod tests {
         assert_eq!(w.p50_ms, None);
         assert_eq!(w.history.len(), 34);
         assert_eq!(w.history[4].count, 1, "second 4's request");
-        assert!(w.history[5..].iter().all(|s| s.count == 0 && s.p50_ms.is_none()));
+        assert!(w.history[5..]
+            .iter()
+            .all(|s| s.count == 0 && s.p50_ms.is_none()));
     }
 
     #[test]
