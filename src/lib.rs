@@ -10,7 +10,8 @@
 //!   the default page cache from the cgroup memory limit (`store::cache_size`).
 //! - [`identity`]: the node id and actor epoch kept in the data dir, and its life marks.
 //! - [`kv`]: this node's replica: records, reads, hints, the tree, the group-commit writer.
-//! - [`stats`]: counters of what replication did (`/debug/replication`, `/metrics`).
+//! - [`stats`]: counters of what replication did (`/debug/replication`, `/metrics`), and
+//!   request latencies by operation, a rolling window of them (`stats::requests`).
 //! - [`net`]: the network seam (listeners, gossip sockets, the clock): tokio or turmoil.
 //! - [`rpc`]: internode calls: frames, messages, bounds, byte-cut batches, client, server.
 //! - [`cluster`]: gossip membership, the ring, the replication policy, persisted views.
@@ -22,7 +23,8 @@
 //! - [`admin`]: join, leave and remove, and the departed ids every node keeps.
 //! - [`readiness`]: why a node is not ready (`/ready`), and seeds nobody answers.
 //! - [`http`]: the axum API and its serve loop: routes, errors, limits, auth, overload,
-//!   request ids and the access log, `/metrics`, `/openapi.json`, `/debug/*`.
+//!   request ids and the access log, `/metrics`, `/openapi.json`, `/debug/*`, the
+//!   dashboard at `/`.
 //! - [`worker`]: the `Worker` trait and the supervisor that stops workers phase by phase.
 //! - [`node`]: `Node::build` wires a node's parts and workers; `run` serves until shutdown.
 //! - [`client`]: the API's client, the `ringkv-client` crate (`client/`) re-exported: pooled

@@ -1,4 +1,7 @@
-//! Counters of what the replication machinery did, shown in `/debug/replication`.
+//! Counters of what the replication machinery did, shown in `/debug/replication`, and
+//! the HTTP API's request latencies ([`requests`]).
+
+pub mod requests;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

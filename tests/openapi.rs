@@ -35,9 +35,11 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/admin/leave"),
     ("post", "/admin/remove/{id}"),
     ("get", "/openapi.json"),
+    ("get", "/"),
+    ("get", "/debug/dashboard"),
 ];
 
-const OPEN_ROUTES: &[&str] = &["/health", "/ready"];
+const OPEN_ROUTES: &[&str] = &["/health", "/ready", "/"];
 
 fn committed_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/openapi.json")

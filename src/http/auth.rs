@@ -1,7 +1,8 @@
 //! Bearer-token authentication of the HTTP API: the token files, their rotation, and the
 //! middleware that lets a request through or answers 401 / 403.
 //!
-//! Every route but `/health` and `/ready` (probes that must work without a secret) needs
+//! Every route but `/health`, `/ready` (probes that must work without a secret) and the
+//! dashboard page `/` (which holds no data) needs
 //! `Authorization: Bearer <token>`. With an admin token file, `/admin/*` needs one of its
 //! tokens: a valid client token there gets 403 `forbidden` (it authenticated, it is only
 //! not allowed), and an admin token is good for every other route too. Without one, the
@@ -34,8 +35,10 @@ pub const MAX_TOKENS: usize = 64;
 pub const MIN_TOKEN_BYTES: usize = 16;
 pub const MAX_TOKEN_BYTES: usize = 512;
 
-/// Routes open to anyone: liveness and readiness probes carry no secret.
-const OPEN_ROUTES: [&str; 2] = ["/health", "/ready"];
+/// Routes open to anyone: liveness and readiness probes carry no secret, and the
+/// dashboard page (`/`) is constant text that holds no data: its script asks for the
+/// token and sends it to the JSON routes (see `http::dashboard`).
+const OPEN_ROUTES: [&str; 3] = ["/health", "/ready", "/"];
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -362,6 +365,11 @@ mod tests {
         let open = Auth::load(&client, None).unwrap();
         assert_eq!(open.check("/health", None), Verdict::Allowed);
         assert_eq!(open.check("/ready", None), Verdict::Allowed);
+        assert_eq!(open.check("/", None), Verdict::Allowed);
+        assert_eq!(
+            open.check("/debug/dashboard", None),
+            Verdict::Unauthenticated
+        );
         assert_eq!(open.check("/kv/x", None), Verdict::Unauthenticated);
         assert_eq!(open.check("/kv/x", Some(&header(A))), Verdict::Allowed);
         assert_eq!(open.check("/kv/x", Some(&header(B))), Verdict::Allowed);

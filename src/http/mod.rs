@@ -5,6 +5,7 @@ pub mod auth;
 mod batch;
 mod batch_body;
 mod cluster;
+mod dashboard;
 mod debug_keys;
 mod error;
 // The parsers, for the fuzz targets only (`fuzz/`).
@@ -38,6 +39,7 @@ use crate::coordinator::Coordinator;
 use crate::kv::LocalKv;
 use crate::readiness::NotReady;
 use crate::rpc::RpcStats;
+use crate::stats::requests::{Op, RequestStats};
 use crate::stats::ReplicationStats;
 
 pub use cluster::{
@@ -71,6 +73,8 @@ pub struct AppState {
     pub shed: Arc<overload::ShedStats>,
     /// Failed TLS handshakes on the HTTP and RPC listeners (`/metrics`).
     pub tls: Arc<crate::net::tls::TlsStats>,
+    /// Every API request's latency by operation and status class (the dashboard's charts).
+    pub requests: Arc<RequestStats>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -79,6 +83,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     // Each body route reads its body under the node's budget, within its own limit.
     let body = |limit| middleware::from_fn_with_state(overload.body(limit), overload::read_body);
     Router::new()
+        .route("/", strict(get(dashboard::page)))
         .route("/kv", strict(get(list::list)))
         .route("/kv/", any(kv::empty_key))
         .route(
@@ -105,6 +110,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/debug/preflist/{*key}", strict(get(cluster::preflist)))
         .route("/debug/replication", strict(get(cluster::replication)))
         .route("/debug/workers", strict(get(workers::workers)))
+        .route("/debug/dashboard", strict(get(dashboard::data)))
         .route("/cluster", strict(get(cluster::cluster)))
         .route("/metrics", strict(get(metrics::metrics)))
         .route("/admin/leave", strict(post(admin_leave)))
@@ -116,6 +122,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(middleware::from_fn_with_state(
             state.config.security.auth.clone(),
             auth::require_token,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.requests.clone(),
+            record_request,
         ))
         .layer(middleware::from_fn(request_id::tag))
         .with_state(state)
@@ -334,4 +344,19 @@ async fn debug_local(State(state): State<Arc<AppState>>, uri: Uri) -> Result<Res
             "key {key:?} is not stored on this node"
         ))),
     }
+}
+
+/// Records each request's latency and status under its operation (`stats::requests`).
+/// Outside auth and load shedding, so that 401s and 503s count too; the operation comes
+/// from the method and route alone, never the key.
+async fn record_request(
+    State(requests): State<Arc<RequestStats>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let op = Op::of(req.method().as_str(), req.uri().path());
+    let started = tokio::time::Instant::now();
+    let resp = next.run(req).await;
+    requests.record(op, resp.status().as_u16(), started.elapsed());
+    resp
 }

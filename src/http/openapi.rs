@@ -22,8 +22,9 @@ use super::error::ErrorBody;
 /// The name of the security scheme every route but `/health` and `/ready` requires.
 pub const BEARER_AUTH: &str = "bearerAuth";
 
-/// Routes that take no credentials: probes must work without them.
-const OPEN_PATHS: &[&str] = &["/health", "/ready"];
+/// Routes that take no credentials: probes must work without them, and the dashboard page
+/// holds no data (its script sends the token to the routes that do).
+const OPEN_PATHS: &[&str] = &["/health", "/ready", "/"];
 
 /// Routes that never shed load: a liveness probe answers while the process runs.
 const UNSHED_PATHS: &[&str] = &["/health"];
@@ -56,6 +57,8 @@ const UNSHED_PATHS: &[&str] = &["/health"];
         super::admin_leave,
         super::admin_remove,
         serve,
+        super::dashboard::page,
+        super::dashboard::data,
     ),
     // Schemas only parameters name are not collected from the paths.
     components(schemas(ErrorBody, QuorumParam, AnyEtag)),
@@ -66,6 +69,7 @@ const UNSHED_PATHS: &[&str] = &["/health"];
         (name = "cluster", description = "Membership and the ring"),
         (name = "debug", description = "What this node stores and does; not a client API"),
         (name = "admin", description = "Membership changes"),
+        (name = "dashboard", description = "The operator's page in a browser"),
     )
 )]
 struct ApiDoc;
