@@ -10,7 +10,8 @@
 //!   the default page cache from the cgroup memory limit (`store::cache_size`).
 //! - [`identity`]: the node id and actor epoch kept in the data dir, and its life marks.
 //! - [`kv`]: this node's replica: records, reads, hints, the tree, the group-commit writer.
-//! - [`stats`]: counters of what replication did (`/debug/replication`, `/metrics`).
+//! - [`stats`]: counters of what replication did (`/debug/replication`, `/metrics`), and
+//!   the request, RPC-latency, quorum-miss and group-commit histograms `/metrics` exports.
 //! - [`net`]: the network seam (listeners, gossip sockets, the clock): tokio or turmoil.
 //! - [`rpc`]: internode calls: frames, messages, bounds, byte-cut batches, client, server.
 //! - [`cluster`]: gossip membership, the ring, the replication policy, persisted views.

@@ -71,6 +71,8 @@ pub struct AppState {
     pub shed: Arc<overload::ShedStats>,
     /// Failed TLS handshakes on the HTTP and RPC listeners (`/metrics`).
     pub tls: Arc<crate::net::tls::TlsStats>,
+    /// Requests by operation and status, with their latency (`/metrics`).
+    pub requests: Arc<crate::stats::HttpMetrics>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -118,6 +120,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             auth::require_token,
         ))
         .layer(middleware::from_fn(log_request))
+        // Outermost: requests refused by auth or shed by the overload bounds count too.
+        .layer(middleware::from_fn_with_state(
+            state.requests.clone(),
+            metrics::record_request,
+        ))
         .with_state(state)
 }
 

@@ -422,6 +422,7 @@ fn connect<N: Network>(
         workers: Registry::default(),
         shed: Default::default(),
         tls: Default::default(),
+        requests: Default::default(),
     });
     Parts {
         peers,
