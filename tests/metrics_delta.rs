@@ -475,3 +475,63 @@ async fn the_grafana_dashboard_queries_only_exported_metrics() {
         assert!(referenced.contains(key), "the dashboard shows {key}");
     }
 }
+
+/// Internode calls are timed by peer and message, and a write that misses W once its
+/// replica is down is counted as a quorum failure, under its operation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_latency_by_peer_and_quorum_failures_are_counted() {
+    use common::cluster::{put_q, try_put, Cluster, FAST_GOSSIP};
+    let mut cluster = Cluster::start(2, &FAST_GOSSIP).await;
+    let peer = cluster.nodes[1].rpc_addr.to_string();
+    let node = &cluster.nodes[0];
+    let key = format!("{KEY_MARK}/replicated");
+    try_put(node, &key, b"v", None, &[("w", "all")])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let before = samples(&scrape(node, None, OPENMETRICS_TYPE).await);
+    let merges = before
+        .iter()
+        .filter(|((n, l), _)| {
+            n == "ringkv_rpc_call_duration_seconds_count"
+                && l.get("peer") == Some(&peer)
+                && l.get("message").map(String::as_str) == Some("merge")
+        })
+        .map(|(_, v)| *v)
+        .sum::<f64>();
+    assert!(
+        merges >= 1.0,
+        "a W=all write timed its merge to {peer}: {merges}"
+    );
+    for ((name, labels), _) in &before {
+        for v in labels.values() {
+            assert!(!v.contains(KEY_MARK), "{name} has a key in a label: {v}");
+        }
+    }
+
+    cluster.nodes[1].sigkill().await;
+    let node = &cluster.nodes[0];
+    let resp = put_q(node, &key, b"w", None, &[("w", "all"), ("timeout_ms", "2000")])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let status = resp.status();
+    assert!(!status.is_success(), "a W=all write with its replica down: {status}");
+    let after = samples(&scrape(node, None, OPENMETRICS_TYPE).await);
+    let missed = |s: &BTreeMap<Series, f64>| -> f64 {
+        ["unavailable", "timeout"]
+            .iter()
+            .map(|r| value(s, "ringkv_quorum_failures_total", &[("op", "put"), ("reason", r)]))
+            .sum()
+    };
+    assert_eq!(missed(&after) - missed(&before), 1.0, "one put missed W");
+    let code = status.as_u16().to_string();
+    assert_eq!(
+        delta(
+            &before,
+            &after,
+            "ringkv_http_requests_total",
+            &[("op", "put"), ("code", code.as_str())]
+        ),
+        1.0,
+        "the failed put is counted under its status {code}"
+    );
+}
