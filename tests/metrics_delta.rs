@@ -502,7 +502,7 @@ async fn rpc_latency_by_peer_and_quorum_failures_are_counted() {
         merges >= 1.0,
         "a W=all write timed its merge to {peer}: {merges}"
     );
-    for ((name, labels), _) in &before {
+    for (name, labels) in before.keys() {
         for v in labels.values() {
             assert!(!v.contains(KEY_MARK), "{name} has a key in a label: {v}");
         }
@@ -510,16 +510,31 @@ async fn rpc_latency_by_peer_and_quorum_failures_are_counted() {
 
     cluster.nodes[1].sigkill().await;
     let node = &cluster.nodes[0];
-    let resp = put_q(node, &key, b"w", None, &[("w", "all"), ("timeout_ms", "2000")])
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let resp = put_q(
+        node,
+        &key,
+        b"w",
+        None,
+        &[("w", "all"), ("timeout_ms", "2000")],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     let status = resp.status();
-    assert!(!status.is_success(), "a W=all write with its replica down: {status}");
+    assert!(
+        !status.is_success(),
+        "a W=all write with its replica down: {status}"
+    );
     let after = samples(&scrape(node, None, OPENMETRICS_TYPE).await);
     let missed = |s: &BTreeMap<Series, f64>| -> f64 {
         ["unavailable", "timeout"]
             .iter()
-            .map(|r| value(s, "ringkv_quorum_failures_total", &[("op", "put"), ("reason", r)]))
+            .map(|r| {
+                value(
+                    s,
+                    "ringkv_quorum_failures_total",
+                    &[("op", "put"), ("reason", r)],
+                )
+            })
             .sum()
     };
     assert_eq!(missed(&after) - missed(&before), 1.0, "one put missed W");

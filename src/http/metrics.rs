@@ -631,7 +631,11 @@ fn rpc_latency(e: &mut DescriptorEncoder, state: &AppState) -> std::fmt::Result 
     })
 }
 
-fn storage_families(e: &mut DescriptorEncoder, state: &AppState, bytes: Option<u64>) -> std::fmt::Result {
+fn storage_families(
+    e: &mut DescriptorEncoder,
+    state: &AppState,
+    bytes: Option<u64>,
+) -> std::fmt::Result {
     let keys = state
         .local
         .tree()
