@@ -11,7 +11,8 @@
 //! - [`identity`]: the node id and actor epoch kept in the data dir, and its life marks.
 //! - [`kv`]: this node's replica: records, reads, hints, the tree, the group-commit writer.
 //! - [`stats`]: counters of what replication did (`/debug/replication`, `/metrics`), and
-//!   request latencies by operation, a rolling window of them (`stats::requests`).
+//!   the request, RPC-latency, quorum-miss and group-commit histograms `/metrics` exports,
+//!   and a rolling window of request latencies for the dashboard (`stats::requests`).
 //! - [`net`]: the network seam (listeners, gossip sockets, the clock): tokio or turmoil.
 //! - [`rpc`]: internode calls: frames, messages, bounds, byte-cut batches, client, server.
 //! - [`cluster`]: gossip membership, the ring, the replication policy, persisted views.

@@ -1,11 +1,21 @@
 //! Counters of what the replication machinery did, shown in `/debug/replication`, and
-//! the HTTP API's request latencies ([`requests`]).
+//! the request, RPC and storage histograms `/metrics` exports, and the rolling window
+//! of request latencies the dashboard shows ([`requests`]).
 
+pub mod histogram;
+pub mod http_requests;
+pub mod quorum;
 pub mod requests;
+pub mod rpc_latency;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
+
+pub use histogram::{LatencyHistogram, SizeHistogram};
+pub use http_requests::HttpMetrics;
+pub use quorum::QuorumFailures;
+pub use rpc_latency::RpcLatency;
 
 /// A monotonically increasing count.
 #[derive(Debug, Default, utoipa::ToSchema)]
@@ -78,6 +88,8 @@ pub struct ReplicationStats {
     /// Requests from peers refused by `rpc::bounds::check` (a value over the size limit,
     /// a malformed set, a parameter out of range): none stored anything.
     pub peer_requests_refused: Counter,
+    /// Client requests this node coordinated that missed their quorum, by operation.
+    pub quorum_failures: QuorumFailures,
 }
 
 /// What the group-commit writer did. Commits that fsynced, over acknowledged writes, is
@@ -97,6 +109,33 @@ pub struct StorageStats {
     /// Stored records found corrupt (a failed checksum or decode, or a storage engine
     /// error or panic while reading one): each was treated as missing here.
     pub corrupt_records: Counter,
+    /// Mutations per committed batch: how much group commit groups.
+    #[serde(skip)]
+    pub batch_sizes: SizeHistogram,
+    /// Time to commit one batch, its fsync included when the commit is durable by itself
+    /// (`--fsync always` without a write-ahead log and without a staged write).
+    #[serde(skip)]
+    pub commit_latency: LatencyHistogram,
+    /// Time of the fsyncs made apart from a commit: the periodic timer's, the log's, the
+    /// one after a staged commit, the final one.
+    #[serde(skip)]
+    pub sync_latency: LatencyHistogram,
+}
+
+impl StorageStats {
+    /// A batch of `mutations` committed; its commit started at `started`.
+    pub fn committed(&self, mutations: u64, started: std::time::Instant) {
+        self.commits.inc();
+        self.mutations.add(mutations);
+        self.batch_sizes.observe(mutations);
+        self.commit_latency.observe(started.elapsed());
+    }
+
+    /// An fsync apart from a commit succeeded; it started at `started`.
+    pub fn synced(&self, started: std::time::Instant) {
+        self.fsyncs.inc();
+        self.sync_latency.observe(started.elapsed());
+    }
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ use crate::peers::Peers;
 use crate::quorum::{Quorum, Replication};
 use crate::rpc::client::RpcError;
 use crate::rpc::{ForwardedWrite, RemoteError, Request, Response};
+use crate::stats::quorum::Missed;
 use crate::stats::ReplicationStats;
 use crate::version::{Dot, Payload, SiblingSet, VersionVector};
 
@@ -188,7 +189,8 @@ impl Coordinator {
             return Err(CoordError::NotJoined);
         }
         let r = self.inner.policy().read_quorum(&view, opts.r);
-        let set = read::quorum_read(&self.inner, &view, key, r, opts.timeout).await?;
+        let set = read::quorum_read(&self.inner, &view, key, r, opts.timeout).await;
+        let set = counted(&self.inner.stats.quorum_failures.get, set)?;
         self.inner.stats.reads_served.inc();
         Ok(set)
     }
@@ -241,17 +243,17 @@ impl Coordinator {
         // A replica whose storage refuses writes (a full disk) cannot issue the new
         // version's dot: another replica that takes writes coordinates instead, and this
         // one counts as down there. With none, the write is tried here and answers 507.
+        let missed = self.missed(&payload);
         let route_around_self = !self.inner.local.write_state().takes_writes()
             && prefs
                 .iter()
                 .any(|id| *id != view.self_id && view.takes_writes(*id));
         let written = if (prefs.contains(&view.self_id) && !route_around_self) || prefs.is_empty() {
-            self.coordinate_write(&view, key, seen, payload, opts)
-                .await?
+            self.coordinate_write(&view, key, seen, payload, opts).await
         } else {
-            self.forward(&view, &prefs, key, seen, payload, opts)
-                .await?
+            self.forward(&view, &prefs, key, seen, payload, opts).await
         };
+        let written = counted(missed, written)?;
         self.inner.stats.writes_acknowledged.inc();
         Ok(written)
     }
@@ -267,8 +269,21 @@ impl Coordinator {
             timeout: Duration::from_millis(fw.timeout_ms),
         };
         let view = self.view();
-        self.coordinate_write(&view, key, fw.seen, fw.payload, &opts)
-            .await
+        let missed = self.missed(&fw.payload);
+        let written = self
+            .coordinate_write(&view, key, fw.seen, fw.payload, &opts)
+            .await;
+        counted(missed, written)
+    }
+
+    /// Where a write of `payload` that misses its quorum is counted.
+    fn missed(&self, payload: &Payload) -> &Missed {
+        let failures = &self.inner.stats.quorum_failures;
+        if payload.is_tombstone() {
+            &failures.delete
+        } else {
+            &failures.put
+        }
     }
 
     async fn coordinate_write(
@@ -451,8 +466,28 @@ impl Coordinator {
             scan_rows: scan_budget,
             max_bytes,
         };
-        list::merged_page(&self.inner, &self.view(), range, bounds, timeout).await
+        let page = list::merged_page(&self.inner, &self.view(), range, bounds, timeout).await;
+        counted(&self.inner.stats.quorum_failures.list, page)
     }
+
+    /// The peers this coordinator calls: the RPC client's latencies are exported from it.
+    pub fn peers(&self) -> &Peers {
+        &self.inner.peers
+    }
+}
+
+/// Counts `result` in `missed` when it missed its quorum: too few replicas answered (for
+/// a listing: some ranges had none), or the time ran out. Other errors are not quorum
+/// failures (a bad request, a node not joined, a storage error).
+fn counted<T>(missed: &Missed, result: Result<T, CoordError>) -> Result<T, CoordError> {
+    match &result {
+        Err(CoordError::QuorumFailed { .. } | CoordError::ListingIncomplete { .. }) => {
+            missed.unavailable.inc()
+        }
+        Err(CoordError::Timeout { .. }) => missed.timeout.inc(),
+        _ => {}
+    }
+    result
 }
 
 impl CoordinatorParts {

@@ -39,7 +39,8 @@ use crate::coordinator::Coordinator;
 use crate::kv::LocalKv;
 use crate::readiness::NotReady;
 use crate::rpc::RpcStats;
-use crate::stats::requests::{Op, RequestStats};
+use crate::stats::http_requests::Op;
+use crate::stats::requests::RequestStats;
 use crate::stats::ReplicationStats;
 
 pub use cluster::{
@@ -75,6 +76,8 @@ pub struct AppState {
     pub tls: Arc<crate::net::tls::TlsStats>,
     /// Every API request's latency by operation and status class (the dashboard's charts).
     pub requests: Arc<RequestStats>,
+    /// Requests by operation and status, with their latency (`/metrics`).
+    pub http_metrics: Arc<crate::stats::HttpMetrics>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -123,8 +126,9 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.config.security.auth.clone(),
             auth::require_token,
         ))
+        // Outside auth and load shedding: requests refused or shed count too.
         .layer(middleware::from_fn_with_state(
-            state.requests.clone(),
+            state.clone(),
             record_request,
         ))
         .layer(middleware::from_fn(request_id::tag))
@@ -346,17 +350,14 @@ async fn debug_local(State(state): State<Arc<AppState>>, uri: Uri) -> Result<Res
     }
 }
 
-/// Records each request's latency and status under its operation (`stats::requests`).
-/// Outside auth and load shedding, so that 401s and 503s count too; the operation comes
-/// from the method and route alone, never the key.
-async fn record_request(
-    State(requests): State<Arc<RequestStats>>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let op = Op::of(req.method().as_str(), req.uri().path());
+/// Records each request once, under its operation (from the method and route alone,
+/// never the key): in `/metrics`' counters and histograms, and in the dashboard's window.
+async fn record_request(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let op = Op::of(req.method(), req.uri().path());
     let started = tokio::time::Instant::now();
     let resp = next.run(req).await;
-    requests.record(op, resp.status().as_u16(), started.elapsed());
+    let (status, elapsed) = (resp.status().as_u16(), started.elapsed());
+    state.http_metrics.record(op, status, elapsed);
+    state.requests.record(op, status, elapsed);
     resp
 }

@@ -423,6 +423,7 @@ fn connect<N: Network>(
         shed: Default::default(),
         tls: Default::default(),
         requests: Default::default(),
+        http_metrics: Default::default(),
     });
     Parts {
         peers,

@@ -44,6 +44,7 @@ use super::handshake::{HandshakeError, Role};
 use super::message::{Envelope, Request, Response};
 use super::reader::FrameReader;
 use crate::net::{Network, Stream};
+use crate::stats::RpcLatency;
 
 /// Dials a peer. Boxed, so that the node's network type does not leak into the client.
 pub type Connector =
@@ -106,6 +107,8 @@ struct Shared {
     connector: Connector,
     config: RpcConfig,
     stats: Arc<RpcStats>,
+    /// How long answered calls took, by peer and message (`/metrics`).
+    latency: RpcLatency,
     /// One entry per peer ever called; the cluster's members bound it. A std mutex: it is
     /// only held to look up or insert, never across an await.
     peers: Mutex<HashMap<SocketAddr, Arc<Peer>>>,
@@ -156,6 +159,7 @@ impl RpcClient {
                 connector,
                 config,
                 stats,
+                latency: RpcLatency::default(),
                 peers: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
                 closed: CancellationToken::new(),
@@ -166,6 +170,11 @@ impl RpcClient {
 
     pub fn stats(&self) -> &Arc<RpcStats> {
         &self.shared.stats
+    }
+
+    /// How long the calls that got a reply took, by peer and message.
+    pub fn latency(&self) -> &RpcLatency {
+        &self.shared.latency
     }
 
     /// How many pooled connections are open.
@@ -185,6 +194,7 @@ impl RpcClient {
         let stats = &self.shared.stats;
         RpcStats::add(&stats.calls, 1);
         let mut used = None;
+        let started = tokio::time::Instant::now();
         let result = tokio::time::timeout(timeout, self.exchange(addr, &request, &mut used)).await;
         let result = match result {
             Ok(result) => result,
@@ -196,8 +206,12 @@ impl RpcClient {
                 Err(RpcError::Timeout)
             }
         };
-        if result.is_err() {
-            RpcStats::add(&stats.failures, 1);
+        match &result {
+            Ok(_) => self
+                .shared
+                .latency
+                .observe(addr, &request, started.elapsed()),
+            Err(_) => RpcStats::add(&stats.failures, 1),
         }
         result
     }

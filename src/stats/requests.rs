@@ -1,14 +1,11 @@
 //! Request latencies of this node's HTTP API, by operation and status class.
 //!
-//! Two views of the same requests:
-//! - [`RequestStats::totals`]: counts since the node started, per ([`Op`], [`StatusClass`]),
-//!   for an exporter (`/metrics`) to publish as counters;
-//! - [`RequestStats::window`]: the last [`WINDOW_SECS`] complete seconds of the KV
+//! [`RequestStats::window`] gives the last [`WINDOW_SECS`] complete seconds of the KV
 //!   operations (ops/s, p50, p99, per operation) and a per-second history of the last
 //!   [`HISTORY_SECS`], for the dashboard's charts (`/debug/dashboard`).
 //!
-//! Labels are a closed set ([`Op::ALL`] × [`StatusClass::ALL`]): a key name never becomes a
-//! label or a map key here. Memory is fixed: [`WINDOW_SECS`] histograms and
+//! Operations are a closed set ([`Op::ALL`], shared with `/metrics`' `stats::http_requests`,
+//! which counts every request since start): a key name never becomes a map key here. Memory is fixed: [`WINDOW_SECS`] histograms and
 //! [`HISTORY_SECS`] summaries, whatever the request rate.
 //!
 //! Time is `tokio::time`, which the simulation controls. The latency recorded is until
@@ -16,7 +13,6 @@
 //! listing) is sent.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -34,71 +30,7 @@ const MAX_MICROS: u64 = 60_000_000;
 /// histogram is about 10 KiB.
 const SIGFIG: u8 = 2;
 
-/// What a request did, from its method and route; never from its key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Op {
-    Get,
-    Put,
-    Delete,
-    Head,
-    List,
-    Batch,
-    /// Everything but the KV API: probes, `/cluster`, `/debug/*`, `/metrics`, `/admin/*`,
-    /// the dashboard, unknown routes, a KV route with a method it does not take.
-    Other,
-}
-
-impl Op {
-    pub const ALL: [Op; 7] = [
-        Op::Get,
-        Op::Put,
-        Op::Delete,
-        Op::Head,
-        Op::List,
-        Op::Batch,
-        Op::Other,
-    ];
-
-    /// The label an exporter uses, lower case.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Op::Get => "get",
-            Op::Put => "put",
-            Op::Delete => "delete",
-            Op::Head => "head",
-            Op::List => "list",
-            Op::Batch => "batch",
-            Op::Other => "other",
-        }
-    }
-
-    /// The operation of a request, from its method and path as the router matches them.
-    pub fn of(method: &str, path: &str) -> Op {
-        match (method, path) {
-            ("GET", "/kv") => Op::List,
-            ("POST", "/batch") => Op::Batch,
-            (method, path) if path.starts_with("/kv/") && path.len() > "/kv/".len() => match method
-            {
-                "GET" => Op::Get,
-                "PUT" => Op::Put,
-                "DELETE" => Op::Delete,
-                "HEAD" => Op::Head,
-                _ => Op::Other,
-            },
-            _ => Op::Other,
-        }
-    }
-
-    /// A KV API operation: what the window's ops/s and percentiles count. The rest is
-    /// left out so that the dashboard's own polling does not show as load.
-    pub fn is_kv(self) -> bool {
-        self != Op::Other
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
+pub use super::http_requests::Op;
 
 /// A response status, in three classes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -133,10 +65,6 @@ impl StatusClass {
             StatusClass::ClientError => "4xx",
             StatusClass::ServerError => "5xx",
         }
-    }
-
-    fn index(self) -> usize {
-        self as usize
     }
 }
 
@@ -245,8 +173,6 @@ impl Window {
 /// short critical section (one histogram record).
 pub struct RequestStats {
     started: Instant,
-    /// Since start, by `[op][status class]`.
-    totals: [[AtomicU64; StatusClass::ALL.len()]; Op::ALL.len()],
     window: Mutex<Window>,
 }
 
@@ -271,7 +197,6 @@ impl RequestStats {
     fn starting_at(started: Instant) -> RequestStats {
         RequestStats {
             started,
-            totals: Default::default(),
             window: Mutex::new(Window {
                 slots: (0..WINDOW_SECS).map(|_| Slot::new()).collect(),
                 closed_until: 0,
@@ -289,8 +214,6 @@ impl RequestStats {
     /// order, and a second is summarised only once every request in it is recorded.
     fn record_at(&self, now: Option<Instant>, op: Op, status: u16, latency: Duration) {
         let class = StatusClass::of(status);
-        // Relaxed: independent counters, read only for reporting.
-        self.totals[op.index()][class.index()].fetch_add(1, Ordering::Relaxed);
         if !op.is_kv() {
             return;
         }
@@ -310,20 +233,6 @@ impl RequestStats {
         if class == StatusClass::ServerError {
             slot.errors += 1;
         }
-    }
-
-    /// Requests since the node started, for every (operation, status class), zeros
-    /// included: an exporter publishes each as a counter.
-    pub fn totals(&self) -> Vec<(Op, StatusClass, u64)> {
-        Op::ALL
-            .iter()
-            .flat_map(|&op| {
-                StatusClass::ALL.iter().map(move |&class| {
-                    let n = self.totals[op.index()][class.index()].load(Ordering::Relaxed);
-                    (op, class, n)
-                })
-            })
-            .collect()
     }
 
     /// The last [`WINDOW_SECS`] complete seconds of KV requests, and the history.
@@ -369,7 +278,7 @@ impl RequestStats {
             by_op: Op::ALL
                 .iter()
                 .filter(|op| op.is_kv())
-                .map(|&op| (op.as_str().to_owned(), rate(by_op[op.index()])))
+                .map(|&op| (op.name().to_owned(), rate(by_op[op.index()])))
                 .collect(),
             history: window.history.iter().cloned().collect(),
         }
@@ -417,45 +326,11 @@ mod tests {
     }
 
     #[test]
-    fn operations_come_from_method_and_route_only() {
-        assert_eq!(Op::of("GET", "/kv"), Op::List);
-        assert_eq!(Op::of("GET", "/kv/a/b"), Op::Get);
-        assert_eq!(Op::of("PUT", "/kv/a"), Op::Put);
-        assert_eq!(Op::of("DELETE", "/kv/a"), Op::Delete);
-        assert_eq!(Op::of("HEAD", "/kv/a"), Op::Head);
-        assert_eq!(Op::of("POST", "/batch"), Op::Batch);
-        assert_eq!(Op::of("POST", "/kv/a"), Op::Other);
-        assert_eq!(Op::of("GET", "/kv/"), Op::Other);
-        assert_eq!(Op::of("GET", "/batch"), Op::Other);
-        assert_eq!(Op::of("GET", "/cluster"), Op::Other);
-        assert_eq!(Op::of("GET", "/"), Op::Other);
+    fn statuses_fall_in_three_classes() {
         assert_eq!(StatusClass::of(200), StatusClass::Ok);
         assert_eq!(StatusClass::of(304), StatusClass::Ok);
         assert_eq!(StatusClass::of(404), StatusClass::ClientError);
         assert_eq!(StatusClass::of(503), StatusClass::ServerError);
-    }
-
-    #[test]
-    fn totals_count_every_request_by_op_and_class() {
-        let stats = RequestStats::new();
-        stats.record(Op::Get, 200, MS);
-        stats.record(Op::Get, 404, MS);
-        stats.record(Op::Put, 503, MS);
-        stats.record(Op::Other, 200, MS);
-        let totals = stats.totals();
-        assert_eq!(totals.len(), Op::ALL.len() * StatusClass::ALL.len());
-        let get = |op, class| {
-            totals
-                .iter()
-                .find(|(o, c, _)| *o == op && *c == class)
-                .map(|t| t.2)
-        };
-        assert_eq!(get(Op::Get, StatusClass::Ok), Some(1));
-        assert_eq!(get(Op::Get, StatusClass::ClientError), Some(1));
-        assert_eq!(get(Op::Put, StatusClass::ServerError), Some(1));
-        assert_eq!(get(Op::Other, StatusClass::Ok), Some(1));
-        assert_eq!(get(Op::Batch, StatusClass::Ok), Some(0));
-        assert_eq!(totals.iter().map(|t| t.2).sum::<u64>(), 4);
     }
 
     #[test]

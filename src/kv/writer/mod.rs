@@ -10,7 +10,7 @@ mod pipeline;
 mod refusal;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -374,8 +374,9 @@ async fn run(
             }
             _ = sync_timer.tick(), if settings.fsync == FsyncMode::Periodic && unsynced
                 && refusal.error().is_none() => {
+                let started = Instant::now();
                 match blocking(settings.blocking, store.clone(), |s| s.sync()).await {
-                    Ok(()) => stats.fsyncs.inc(),
+                    Ok(()) => stats.synced(started),
                     Err(e) => refusal.note("periodic", &Arc::new(e), true),
                 }
                 unsynced = false;
@@ -439,6 +440,7 @@ async fn run(
         let split = durable && batch.iter().any(Job::is_staged);
         let s = settings.clone();
         let mutations = batch.len() as u64;
+        let started = Instant::now();
         let (mut jobs, result, floor) = blocking(settings.blocking, store.clone(), {
             let stats = stats.clone();
             move |store| commit(store, &s, &stats, dot_floor, batch, durable && !split)
@@ -450,8 +452,7 @@ async fn run(
             refusal.note("commit", e, false);
         }
         if committed {
-            stats.commits.inc();
-            stats.mutations.add(mutations);
+            stats.committed(mutations, started);
             if durable && !split {
                 stats.fsyncs.inc();
             }
@@ -461,9 +462,10 @@ async fn run(
             job.committed(&settings, &stats);
         }
         let synced = if split && committed {
+            let started = Instant::now();
             match blocking(settings.blocking, store.clone(), |s| s.sync()).await {
                 Ok(()) => {
-                    stats.fsyncs.inc();
+                    stats.synced(started);
                     Ok(())
                 }
                 Err(e) => {
@@ -490,8 +492,9 @@ async fn run(
         // Nothing to sync: the storage refuses it.
         return;
     }
+    let started = Instant::now();
     match blocking(settings.blocking, store, |s| s.sync()).await {
-        Ok(()) => stats.fsyncs.inc(),
+        Ok(()) => stats.synced(started),
         Err(e) => tracing::error!(error = %e, "final fsync failed"),
     }
     tracing::debug!("writer stopped");
@@ -519,6 +522,7 @@ async fn pipelined(
     let Syncs { inflight, waiting } = syncs;
     let s = settings.clone();
     let mutations = batch.len() as u64;
+    let started = Instant::now();
     let (mut jobs, result, floor) = blocking(settings.blocking, store.clone(), {
         let stats = stats.clone();
         move |store| commit(store, &s, &stats, dot_floor, batch, false)
@@ -527,8 +531,7 @@ async fn pipelined(
     if let Err(e) = &result {
         refusal.note("commit", e, false);
     } else {
-        stats.commits.inc();
-        stats.mutations.add(mutations);
+        stats.committed(mutations, started);
     }
     for job in &mut jobs {
         job.committed(settings, stats);

@@ -18,6 +18,8 @@ use crate::store::{Store, StoreError};
 pub(super) struct InFlight {
     sync: JoinHandle<Result<(), StoreError>>,
     jobs: Vec<Job>,
+    /// When the sync started, for `StorageStats::sync_latency`.
+    started: std::time::Instant,
 }
 
 impl InFlight {
@@ -27,6 +29,7 @@ impl InFlight {
         InFlight {
             sync: tokio::task::spawn_blocking(move || store.sync()),
             jobs,
+            started: std::time::Instant::now(),
         }
     }
 }
@@ -57,7 +60,7 @@ pub(super) fn answer(
     };
     let synced = match result {
         Ok(()) => {
-            stats.fsyncs.inc();
+            stats.synced(f.started);
             Ok(())
         }
         Err(e) => {
