@@ -989,3 +989,36 @@ async fn leave_waits_with_progress_lines_until_the_node_is_gone() {
         assert_eq!(cluster.nodes[0].get_single(&format!("lw{i}")).await.0, b"v");
     }
 }
+
+/// `bench` off a terminal: one plain line per interval on stderr, no redrawn bar.
+#[tokio::test]
+async fn bench_prints_plain_progress_lines_off_a_terminal() {
+    let node = TestNode::start().await;
+    let url = node.base_url();
+    let args = [
+        "bench",
+        "--url",
+        &url,
+        "--duration",
+        "3s",
+        "--concurrency",
+        "2",
+        "--value-size",
+        "1KiB",
+        "--keys",
+        "100",
+    ];
+    let out = run_plain(&args, &[]).await;
+    assert!(out.status.success(), "{}", describe(&args, &out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains('\r'), "{stderr:?}");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("bench: "))
+        .collect();
+    assert!(
+        (2..=4).contains(&lines.len()) && lines[0].contains("of 3s") && lines[0].contains("ops/s"),
+        "a line a second: {stderr:?}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1024 B values"));
+}
