@@ -31,7 +31,8 @@
 //! - [`client`]: the API's client, the `ringkv-client` crate (`client/`) re-exported: pooled
 //!   keep-alive, failover across nodes, retries of idempotent calls; the CLI and bench use it.
 //! - [`bench`]: the load generator of `ringkv bench`: workload, targets, HdrHistogram report.
-//! - [`cli`]: the `ringkv` command line: `serve`, the client commands, `bench`.
+//! - [`cli`]: the `ringkv` command line: `serve` (and its `--config` file), the client
+//!   commands, `bench`, `completions`; byte sizes in flags.
 //! - [`telemetry`]: logging to stderr, as text or JSON, naming the node on every line;
 //!   the request id that follows a request over RPC to every node it reaches.
 

@@ -2,12 +2,35 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use ringkv::cli::{error_line, run_bench, run_client, run_serve, Cli, Command, ExitStatus};
+use ringkv::cli::{
+    error_line, parse, run_bench, run_client, run_serve, Command, ExitStatus, ParseError,
+};
 
 fn main() -> ExitCode {
-    // A usage error exits 2 here (clap's own code, `ExitStatus::Usage`).
-    let cli = Cli::parse();
+    // A usage error exits 2 here (clap's own code, `ExitStatus::Usage`), and so does a
+    // `serve --config` file that names no flag or gives one a bad value.
+    let parsed = match parse(std::env::args_os().collect()) {
+        Ok(parsed) => parsed,
+        Err(ParseError::Clap(e)) => e.exit(),
+        Err(ParseError::File(e)) => {
+            eprintln!("error: {}", error_line(&e));
+            return ExitCode::from(ExitStatus::Usage as u8);
+        }
+    };
+    let cli = parsed.cli;
+    // `serve --check-config`: the settings, checked as a start would check them, and exit.
+    if let (Command::Serve(args), Some(effective)) = (&cli.command, &parsed.effective) {
+        return match args.to_config() {
+            Ok(_) => {
+                print!("{effective}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {}", error_line(&e));
+                ExitCode::from(ExitStatus::Error as u8)
+            }
+        };
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -40,7 +40,29 @@ pub struct BenchConfig {
     /// Nodes whose `/metrics` give internode bytes and fsyncs (ringkv targets).
     pub metrics_urls: Vec<String>,
     pub seed: u64,
-    pub progress: bool,
+    pub progress: Progress,
+}
+
+/// How a run shows it is alive, on stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    Off,
+    /// A bar, redrawn in place: for a terminal.
+    Bar,
+    /// One plain line per interval (a twentieth of the run, at least a second): for a
+    /// log or a CI job, where a redrawn bar is a mess of `\r`.
+    Lines,
+}
+
+impl Progress {
+    /// A bar on a terminal, lines otherwise.
+    pub fn for_stderr() -> Progress {
+        if stderr_is_terminal() {
+            Progress::Bar
+        } else {
+            Progress::Lines
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -225,7 +247,7 @@ async fn measure(
     let ready = Arc::new(tokio::sync::Barrier::new(config.concurrency + 1));
     let duration = config.duration;
 
-    let progress = config.progress.then(|| progress_bar(config));
+    let progress = (config.progress == Progress::Bar).then(|| progress_bar(config));
     let mut workers = tokio::task::JoinSet::new();
     for worker in 0..config.concurrency {
         let (target, tickets, done, stop, ready) = (
@@ -272,20 +294,44 @@ async fn measure(
     ready.wait().await;
     let started = Instant::now();
 
-    let ticker = progress.as_ref().map(|bar| {
-        let (bar, done, stop) = (bar.clone(), done.clone(), stop.clone());
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let mut every = tokio::time::interval(Duration::from_millis(250));
-            while !stop.load(Ordering::Relaxed) {
-                every.tick().await;
-                let n = done.load(Ordering::Relaxed);
-                bar.set_position(started.elapsed().as_millis() as u64);
-                let rate = n as f64 / started.elapsed().as_secs_f64().max(1e-3);
-                bar.set_message(format!("{n} ops, {rate:.0} ops/s"));
-            }
-        })
-    });
+    let ticker = match (&progress, config.progress) {
+        (Some(bar), _) => {
+            let (bar, done, stop) = (bar.clone(), done.clone(), stop.clone());
+            Some(tokio::spawn(async move {
+                let started = Instant::now();
+                let mut every = tokio::time::interval(Duration::from_millis(250));
+                while !stop.load(Ordering::Relaxed) {
+                    every.tick().await;
+                    let n = done.load(Ordering::Relaxed);
+                    bar.set_position(started.elapsed().as_millis() as u64);
+                    let rate = n as f64 / started.elapsed().as_secs_f64().max(1e-3);
+                    bar.set_message(format!("{n} ops, {rate:.0} ops/s"));
+                }
+            }))
+        }
+        (None, Progress::Lines) => {
+            let done = done.clone();
+            let every = (duration / 20).max(Duration::from_secs(1));
+            Some(tokio::spawn(async move {
+                let started = Instant::now();
+                let mut ticks =
+                    tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                let mut before = 0;
+                loop {
+                    ticks.tick().await;
+                    let n = done.load(Ordering::Relaxed);
+                    let rate = (n - before.min(n)) as f64 / every.as_secs_f64();
+                    before = n;
+                    eprintln!(
+                        "bench: {:.0}s of {}: {n} ops, {rate:.0} ops/s",
+                        started.elapsed().as_secs_f64(),
+                        humantime::format_duration(duration),
+                    );
+                }
+            }))
+        }
+        (None, _) => None,
+    };
 
     let mut tally = Tally::new();
     let mut failed = None;
@@ -299,6 +345,8 @@ async fn measure(
     let elapsed = started.elapsed();
     stop.store(true, Ordering::Relaxed);
     if let Some(t) = ticker {
+        // The lines ticker sleeps up to an interval between checks: it is not waited out.
+        t.abort();
         let _ = t.await;
     }
     if let Some(bar) = progress {

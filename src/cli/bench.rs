@@ -45,7 +45,8 @@ pub struct BenchOptions {
     /// Share of reads, 0 to 1.
     #[arg(long, default_value_t = 0.5)]
     pub read_ratio: f64,
-    #[arg(long, default_value_t = 100)]
+    /// Bytes per value written (`100`, `4KiB`, `1MiB`).
+    #[arg(long, default_value = "100", value_parser = super::size::any_usize())]
     pub value_size: usize,
     /// Distinct keys the workload touches.
     #[arg(long, default_value_t = 10_000)]
@@ -170,7 +171,12 @@ impl BenchOptions {
             },
             metrics_urls,
             seed: self.seed,
-            progress: !self.json && bench::stderr_is_terminal(),
+            // `--json` is for machines: stdout is the report, stderr stays quiet.
+            progress: if self.json {
+                bench::Progress::Off
+            } else {
+                bench::Progress::for_stderr()
+            },
         }
     }
 }

@@ -1,10 +1,8 @@
 //! The client commands: `put`, `get`, `delete`, `list`, `status`, `health`, `leave`,
-//! `remove`.
+//! `remove`, `completions` (`list` and `leave` in files of their own).
 
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use bytes::Bytes;
 
 use super::{Command, KvArgs, NodeArg};
@@ -28,6 +26,11 @@ pub enum CommandError {
     },
     #[error("{node} is not ready: {reason}")]
     NotReady { node: String, reason: String },
+    /// A combination of flags clap cannot refuse by itself.
+    #[error("{0}")]
+    Usage(String),
+    #[error("{node} did not leave: {reason}")]
+    LeaveFailed { node: String, reason: String },
     #[error("reading stdin: {0}")]
     Stdin(std::io::Error),
     #[error("writing stdout: {0}")]
@@ -71,6 +74,7 @@ impl CommandError {
         match self {
             CommandError::NotFound(_) => ExitStatus::NotFound,
             CommandError::Siblings { .. } => ExitStatus::Siblings,
+            CommandError::Usage(_) => ExitStatus::Usage,
             CommandError::Unreachable { .. } | CommandError::NotReady { .. } => {
                 ExitStatus::Unavailable
             }
@@ -132,7 +136,7 @@ pub fn error_line(e: &dyn std::error::Error) -> String {
     with_causes(e)
 }
 
-fn client(node: &NodeArg) -> Result<Client, ClientError> {
+pub(super) fn client(node: &NodeArg) -> Result<Client, ClientError> {
     client_with(node, ClientOptions::default())
 }
 
@@ -153,10 +157,10 @@ fn node_of(command: &Command) -> Option<&NodeArg> {
         | Command::Delete { node, .. }
         | Command::Status { node, .. }
         | Command::Health { node, .. }
-        | Command::Leave { node }
+        | Command::Leave { node, .. }
         | Command::Remove { node, .. }
         | Command::List { node, .. } => Some(node),
-        Command::Serve(_) | Command::Bench(_) => None,
+        Command::Serve(_) | Command::Bench(_) | Command::Completions { .. } => None,
     }
 }
 
@@ -172,14 +176,21 @@ async fn run(command: Command) -> Result<(), CommandError> {
         Command::Bench(_) => {
             unreachable!("the benchmark runs through run_bench")
         }
+        Command::Completions { shell } => {
+            let mut out = std::io::stdout().lock();
+            super::write_completions(shell, &mut out);
+            out.flush().map_err(CommandError::Stdout)?;
+        }
         Command::Put {
             key,
             value,
             token,
             content_type,
+            out,
             kv,
             node,
         } => {
+            let quiet = out.quiet;
             let value = if value == "-" {
                 let mut buf = Vec::new();
                 std::io::stdin()
@@ -193,30 +204,39 @@ async fn run(command: Command) -> Result<(), CommandError> {
             let token = client
                 .put(&key, value, content_type.as_deref(), token.as_deref())
                 .await?;
-            eprintln!("{token}");
+            if !quiet {
+                eprintln!("{token}");
+            }
         }
         Command::Get {
             key,
             fail_on_siblings,
+            out,
             kv,
             node,
         } => {
             let client = kv_client(&node, &kv)?;
+            let quiet = out.quiet;
+            let terminal = std::io::stdout().is_terminal();
             let mut out = std::io::stdout().lock();
+            let token = |t: &str| {
+                if !quiet {
+                    eprintln!("{t}");
+                }
+            };
             match client.get(&key).await? {
                 ReadResult::NotFound { .. } => return Err(CommandError::NotFound(key)),
-                ReadResult::Value { data, token, .. } => {
-                    out.write_all(&data).map_err(CommandError::Stdout)?;
-                    eprintln!("{token}");
+                ReadResult::Value { data, token: t, .. } => {
+                    write_value(&mut out, &data, terminal)?;
+                    token(&t);
                 }
                 ReadResult::Siblings {
                     raw,
-                    token,
+                    token: t,
                     siblings,
                 } => {
-                    writeln!(out, "{raw}").map_err(CommandError::Stdout)?;
-                    out.flush().map_err(CommandError::Stdout)?;
-                    eprintln!("{token}");
+                    write_value(&mut out, raw.as_bytes(), terminal)?;
+                    token(&t);
                     if fail_on_siblings {
                         return Err(CommandError::Siblings {
                             key,
@@ -225,17 +245,21 @@ async fn run(command: Command) -> Result<(), CommandError> {
                     }
                 }
             }
-            out.flush().map_err(CommandError::Stdout)?;
         }
         Command::Delete {
             key,
             token,
+            out,
             kv,
             node,
         } => {
             let client = kv_client(&node, &kv)?;
-            if !client.delete(&key, token.as_deref()).await?.found {
+            let deleted = client.delete(&key, token.as_deref()).await?;
+            if !deleted.found {
                 return Err(CommandError::NotFound(key));
+            }
+            if !out.quiet && !deleted.token.is_empty() {
+                eprintln!("{}", deleted.token);
             }
         }
         Command::Status { node, json } => {
@@ -282,58 +306,56 @@ async fn run(command: Command) -> Result<(), CommandError> {
             }
             println!("ready");
         }
-        Command::Leave { node } => {
-            let answer = client(&node)?.admin("/admin/leave").await?;
-            println!("{}", answer["status"].as_str().unwrap_or("leaving"));
-        }
+        Command::Leave {
+            wait,
+            wait_timeout,
+            node,
+        } => super::leave::leave(&node, wait.then_some(wait_timeout)).await?,
         Command::Remove { id, force, node } => {
             let answer = client(&node)?.remove(&id, force).await?;
             println!("{} {}", answer["status"].as_str().unwrap_or("removed"), id);
         }
         Command::List {
             prefix,
+            start,
+            end,
             limit,
+            keys_only,
+            json,
             kv,
             node,
         } => {
             let client = kv_client(&node, &kv)?;
-            let mut out = std::io::stdout().lock();
-            let mut cursor: Option<String> = None;
-            let mut printed = 0;
-            let mut query = ListQuery::new();
-            query.prefix = prefix;
-            while printed < limit {
-                let room = u32::try_from(limit - printed).unwrap_or(u32::MAX);
-                let page = client
-                    .list_page(&query.clone().page_size(room), cursor.as_deref())
-                    .await?;
-                for item in &page.items {
-                    // As the node's JSON has them: text as is, other bytes as base64.
-                    let values: Vec<String> = item
-                        .siblings
-                        .iter()
-                        .map(|s| match std::str::from_utf8(&s.value) {
-                            Ok(text) => text.to_owned(),
-                            Err(_) => STANDARD.encode(&s.value),
-                        })
-                        .collect();
-                    writeln!(out, "{}\t{}", item.key, values.join("\t"))
-                        .map_err(CommandError::Stdout)?;
-                }
-                printed += page.items.len();
-                match page.next_cursor {
-                    Some(c) => cursor = Some(c),
-                    None => break,
-                }
-            }
+            let query = ListQuery {
+                prefix,
+                start,
+                end,
+                page_size: None,
+            };
+            let format = match (json, keys_only) {
+                (true, keys_only) => super::list::Format::Json { keys_only },
+                (false, true) => super::list::Format::Keys,
+                (false, false) => super::list::Format::Lines,
+            };
+            super::list::list(&client, query, limit, format).await?;
         }
     }
     Ok(())
 }
 
+/// Writes a value as it is; on a terminal, ends it with a newline if it has none, so the
+/// prompt does not land after it. A pipe gets the bytes exactly.
+fn write_value(out: &mut impl Write, data: &[u8], terminal: bool) -> Result<(), CommandError> {
+    out.write_all(data).map_err(CommandError::Stdout)?;
+    if terminal && !data.ends_with(b"\n") {
+        out.write_all(b"\n").map_err(CommandError::Stdout)?;
+    }
+    out.flush().map_err(CommandError::Stdout)
+}
+
 /// An error and its causes on one line: reqwest's own message names the URL, while the
 /// cause (connection refused, timed out) is what a health check's reader needs.
-fn with_causes(e: &dyn std::error::Error) -> String {
+pub(super) fn with_causes(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {

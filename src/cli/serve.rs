@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::size;
 use crate::config::{
     Addrs, BlockingMode, ClusterConfig, FsyncMode, HttpLimits, Limits, NodeConfig, StorageKind,
 };
@@ -18,6 +19,15 @@ use crate::telemetry::{self, LogFormat};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
+    /// A TOML file of serve flags, keys named like the long flags
+    /// (`max-hint-bytes = "256MiB"`, `seed = ["10.0.0.1:7946"]`). Flags and `RINGKV_*`
+    /// variables override it; a key that is no flag is an error.
+    #[arg(long, env = "RINGKV_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the settings the node would run with (flags over environment over
+    /// --config over defaults) as TOML, each with where it came from, and exit.
+    #[arg(long)]
+    pub check_config: bool,
     /// Where the node keeps its data and its node id.
     #[arg(long, env = "RINGKV_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
@@ -64,7 +74,7 @@ pub struct ServeArgs {
     #[arg(long, env = "RINGKV_READ_REPAIR_CHANCE", default_value_t = crate::config::DEFAULT_READ_REPAIR_CHANCE, value_parser = parse_chance)]
     pub read_repair_chance: f64,
     /// Bytes of hints kept for one down node; past this, hints are refused and counted.
-    #[arg(long, env = "RINGKV_MAX_HINT_BYTES", default_value_t = 256 * 1024 * 1024)]
+    #[arg(long, env = "RINGKV_MAX_HINT_BYTES", default_value = "256MiB", value_parser = size::any_u64())]
     pub max_hint_bytes: u64,
     /// Hints older than this are dropped (anti-entropy repairs what they held). Capped at
     /// --tombstone-grace.
@@ -92,7 +102,7 @@ pub struct ServeArgs {
     #[arg(long, env = "RINGKV_WAL")]
     pub wal: bool,
     /// Log bytes after which redb is checkpointed durably and the log starts over.
-    #[arg(long, env = "RINGKV_WAL_MAX_BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(4096..))]
+    #[arg(long, env = "RINGKV_WAL_MAX_BYTES", default_value = "64MiB", value_parser = size::u64_between(4096, u64::MAX))]
     pub wal_max_bytes: u64,
     /// Longest time between two checkpoints of redb under `--wal` (bounds the replay).
     #[arg(long, env = "RINGKV_WAL_CHECKPOINT_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
@@ -109,14 +119,14 @@ pub struct ServeArgs {
     /// Time a request may take when it gives no `timeout_ms`.
     #[arg(long, env = "RINGKV_REQUEST_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
-    #[arg(long, env = "RINGKV_MAX_VALUE_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "RINGKV_MAX_VALUE_BYTES", default_value = "1MiB", value_parser = size::any_usize())]
     pub max_value_bytes: usize,
     /// Versions one key may hold before writes get 409.
     #[arg(long, env = "RINGKV_MAX_SIBLINGS", default_value_t = 64)]
     pub max_siblings: usize,
     #[arg(long, env = "RINGKV_MAX_BATCH_OPS", default_value_t = 1000)]
     pub max_batch_ops: usize,
-    #[arg(long, env = "RINGKV_MAX_BATCH_BYTES", default_value_t = 16 * 1024 * 1024)]
+    #[arg(long, env = "RINGKV_MAX_BATCH_BYTES", default_value = "16MiB", value_parser = size::any_usize())]
     pub max_batch_bytes: usize,
     /// Open HTTP connections at most; more wait to be accepted.
     #[arg(long, env = "RINGKV_MAX_CONNECTIONS", default_value_t = 1024)]
@@ -124,7 +134,7 @@ pub struct ServeArgs {
     /// The largest internode frame. Must carry --max-value-bytes x --max-siblings plus
     /// overhead; the node refuses to start otherwise. Hidden: for tests that need large
     /// batches to overflow a frame without writing gigabytes.
-    #[arg(long, env = "RINGKV_MAX_FRAME_BYTES", default_value_t = crate::rpc::frame::DEFAULT_MAX_FRAME_BYTES, hide = true)]
+    #[arg(long, env = "RINGKV_MAX_FRAME_BYTES", default_value_t = crate::rpc::frame::DEFAULT_MAX_FRAME_BYTES, value_parser = size::any_usize(), hide = true)]
     pub max_frame_bytes: usize,
     /// A request's head must arrive within this of its first byte.
     #[arg(long, env = "RINGKV_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -141,7 +151,7 @@ pub struct ServeArgs {
     pub max_in_flight: usize,
     /// Request-body bytes held at once; past it, 503 overloaded. At least
     /// --max-value-bytes and --max-batch-bytes.
-    #[arg(long, env = "RINGKV_MAX_BODY_BYTES_IN_FLIGHT", default_value_t = 256 * 1024 * 1024)]
+    #[arg(long, env = "RINGKV_MAX_BODY_BYTES_IN_FLIGHT", default_value = "256MiB", value_parser = size::any_usize())]
     pub max_body_bytes_in_flight: usize,
     /// Connections beyond --max-connections that answer only /health and /ready.
     #[arg(long, env = "RINGKV_RESERVED_CONNECTIONS", default_value_t = 16)]
@@ -152,12 +162,13 @@ pub struct ServeArgs {
     #[arg(
         long = "cache-size",
         visible_alias = "cache-bytes",
-        env = "RINGKV_CACHE_SIZE"
+        env = "RINGKV_CACHE_SIZE",
+        value_parser = size::any_usize()
     )]
     pub cache_bytes: Option<usize>,
     /// Bytes of values one listing page holds at most (a single larger key still comes,
     /// alone), and that the scans behind it read.
-    #[arg(long, env = "RINGKV_MAX_LIST_BYTES", default_value_t = crate::config::DEFAULT_MAX_LIST_BYTES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=(1u64 << 30)))]
+    #[arg(long, env = "RINGKV_MAX_LIST_BYTES", default_value_t = crate::config::DEFAULT_MAX_LIST_BYTES, value_parser = size::usize_between(1, 1 << 30))]
     pub max_list_bytes: usize,
     /// Bearer tokens of the HTTP API, one a line (blank lines and `#` comments skipped),
     /// reread on SIGHUP. Every route but /health and /ready then needs
@@ -217,7 +228,7 @@ pub struct SecurityArgs {
     pub rpc_idle_timeout: Duration,
     /// Bytes of internode frames being read at once, over all connections. At least
     /// --max-frame-bytes.
-    #[arg(long, env = "RINGKV_RPC_READ_BUDGET_BYTES", default_value_t = 256 * 1024 * 1024)]
+    #[arg(long, env = "RINGKV_RPC_READ_BUDGET_BYTES", default_value = "256MiB", value_parser = size::any_usize())]
     pub rpc_read_budget_bytes: usize,
 }
 
