@@ -27,6 +27,9 @@ if ! cargo afl --version >/dev/null 2>&1; then
 fi
 
 export CARGO_TARGET_DIR=${FUZZ_TARGET_DIR:-target/afl}
+# No debug info in the instrumented build (the release profile keeps line tables for perf):
+# it is the longest build of CI, and a crash replays from its input, not from a core.
+export CARGO_PROFILE_RELEASE_DEBUG=${CARGO_PROFILE_RELEASE_DEBUG:-0}
 cargo afl build --release -p ringkv-fuzz --features afl --bin ringkv-afl
 bin=$CARGO_TARGET_DIR/release/ringkv-afl
 out=${FUZZ_OUT:-target/fuzz-out}
