@@ -28,7 +28,7 @@ dead_secs=${DASH_DEAD_SECS:-60}
 screenshot=${DASH_SCREENSHOT:-target/dashboard.png}
 started=$SECONDS
 
-log() { echo "dashboard-test: $*" >&2; }
+log() { echo "dashboard-test: [$((SECONDS - started))s] $*" >&2; }
 fail() { log "FAILED: $*"; exit 1; }
 
 if [ -z "${RINGKV_BIN:-}" ]; then
