@@ -122,9 +122,9 @@ pub const MAX_REQUEST_ID_BYTES: usize = 128;
 pub struct RequestId(String);
 
 impl RequestId {
-    /// 16 random hex digits.
-    pub fn fresh() -> RequestId {
-        RequestId(format!("{:016x}", rand::random::<u64>()))
+    /// A fresh id: `bits` as 16 hex digits (`http::request_id::RequestIds` draws them).
+    pub fn from_bits(bits: u64) -> RequestId {
+        RequestId(format!("{bits:016x}"))
     }
 
     /// `raw` if it is a valid id; `None` otherwise (too long, empty, a space, a control
@@ -241,7 +241,8 @@ mod tests {
         ] {
             assert!(RequestId::parse(bad).is_none(), "{bad:?} accepted");
         }
-        let fresh = RequestId::fresh();
+        let fresh = RequestId::from_bits(0x00c0_ffee);
+        assert_eq!(fresh.as_str(), "0000000000c0ffee");
         assert_eq!(fresh.as_str().len(), 16);
         assert!(RequestId::parse(fresh.as_str().as_bytes()).is_some());
     }

@@ -78,6 +78,8 @@ pub struct AppState {
     pub requests: Arc<RequestStats>,
     /// Requests by operation and status, with their latency (`/metrics`).
     pub http_metrics: Arc<crate::stats::HttpMetrics>,
+    /// Fresh `X-Request-Id`s, seeded like the node's other generators.
+    pub request_ids: Arc<request_id::RequestIds>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -131,7 +133,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.clone(),
             record_request,
         ))
-        .layer(middleware::from_fn(request_id::tag))
+        .layer(middleware::from_fn_with_state(
+            state.request_ids.clone(),
+            request_id::tag,
+        ))
         .with_state(state)
 }
 

@@ -9,13 +9,17 @@
 //! One line per request: at info with `--access-log`, at debug otherwise. It names the
 //! route, not the path: keys can be sensitive, so a key shows as `{key}` and its length.
 
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::body::HttpBody;
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
+
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
 
 use crate::telemetry::{self, RequestId};
 
@@ -62,13 +66,34 @@ pub fn route(path: &str) -> (&'static str, Option<usize>) {
     ("(no route)", None)
 }
 
+/// Where a node's fresh ids come from. Seeded from the node's `rng_seed` when it has one:
+/// ids travel in RPC frames, and the simulation replays a seed bit for bit only if every
+/// byte on its network is a function of the seed. From entropy otherwise.
+#[derive(Debug)]
+pub struct RequestIds(Mutex<StdRng>);
+
+impl RequestIds {
+    pub fn new(seed: Option<u64>) -> RequestIds {
+        RequestIds(Mutex::new(match seed {
+            Some(seed) => StdRng::seed_from_u64(seed ^ 0x7265_7175_6573_7469),
+            None => StdRng::from_entropy(),
+        }))
+    }
+
+    pub fn fresh(&self) -> RequestId {
+        // A poisoned lock still holds a usable generator.
+        let bits = self.0.lock().unwrap_or_else(|p| p.into_inner()).next_u64();
+        RequestId::from_bits(bits)
+    }
+}
+
 /// The layer: takes or makes the id, serves the request in its span, echoes the id, logs.
-pub async fn tag(req: Request, next: Next) -> Response {
+pub async fn tag(State(ids): State<Arc<RequestIds>>, req: Request, next: Next) -> Response {
     let id = req
         .headers()
         .get(REQUEST_ID_HEADER)
         .and_then(|v| RequestId::parse(v.as_bytes()))
-        .unwrap_or_else(RequestId::fresh);
+        .unwrap_or_else(|| ids.fresh());
     let method = req.method().clone();
     let (route, key_bytes) = route(req.uri().path());
     let started = Instant::now();
@@ -95,7 +120,19 @@ pub async fn tag(req: Request, next: Next) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::route;
+    use super::{route, RequestIds};
+
+    #[test]
+    fn seeded_ids_repeat_with_their_seed() {
+        let draw = |seed| {
+            let ids = RequestIds::new(Some(seed));
+            [ids.fresh(), ids.fresh()]
+        };
+        assert_eq!(draw(5), draw(5));
+        assert_ne!(draw(5), draw(6));
+        let [a, b] = draw(5);
+        assert_ne!(a, b);
+    }
 
     /// The route list is kept by hand: every path the OpenAPI document (generated from the
     /// handlers) describes must have a template here, or a new route logs as `(no route)`.

@@ -424,6 +424,7 @@ fn connect<N: Network>(
         tls: Default::default(),
         requests: Default::default(),
         http_metrics: Default::default(),
+        request_ids: Arc::new(crate::http::request_id::RequestIds::new(config.rng_seed)),
     });
     Parts {
         peers,
