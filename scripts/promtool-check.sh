@@ -17,6 +17,7 @@
 #   RINGKV_BIN  the ringkv binary (default target/release/ringkv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/node-lib.sh
 keep=0
 case ${1:-} in
   --keep) keep=1 ;;
@@ -38,12 +39,7 @@ promtool check config deploy/prometheus.yml
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/ringkv-promtool.XXXXXX")
 node_pid=
 cleanup() {
-  if [ -n "$node_pid" ] && kill -0 "$node_pid" 2>/dev/null; then
-    kill -TERM "$node_pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$node_pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$node_pid" 2>/dev/null || true
-    wait "$node_pid" 2>/dev/null || true
-  fi
+  node_stop "$node_pid"
   if [ "$keep" = 1 ]; then echo "promtool-check.sh: kept $tmp"; else rm -rf "$tmp"; fi
 }
 trap cleanup EXIT
@@ -51,23 +47,7 @@ trap cleanup EXIT
   --http-addr 127.0.0.1:0 --rpc-addr 127.0.0.1:0 --gossip-addr 127.0.0.1:0 \
   >"$tmp/node.out" 2>"$tmp/node.log" &
 node_pid=$!
-http=
-for _ in $(seq 200); do
-  http=$(awk '$1=="ringkv" && $2=="ready" { for (i=3;i<=NF;i++) if ($i ~ /^http=/) { sub(/^http=/,"",$i); print $i } }' "$tmp/node.out")
-  [ -n "$http" ] && break
-  kill -0 "$node_pid" 2>/dev/null || { tail -20 "$tmp/node.log" >&2; die "the node exited before its ready line"; }
-  sleep 0.1
-done
-[ -n "$http" ] || { tail -20 "$tmp/node.log" >&2; die "no ready line within 20 s"; }
-base="http://$http"
-ready=0
-for _ in $(seq 100); do
-  if [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$base/ready")" = 200 ]; then
-    ready=1; break
-  fi
-  sleep 0.2
-done
-[ "$ready" = 1 ] || { tail -20 "$tmp/node.log" >&2; die "$base/ready never answered 200"; }
+node_wait_ready "$tmp/node.out" "$tmp/node.log" "$node_pid"
 
 # A few requests, so that the request, latency and group-commit series have samples.
 code() { curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@"; }

@@ -25,6 +25,7 @@
 #   RINGKV_BIN  the ringkv binary (default target/release/ringkv, else target/debug/ringkv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/node-lib.sh
 
 keep=0
 file=README.md
@@ -52,12 +53,7 @@ bin=$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/ringkv-readme.XXXXXX")
 node_pid=
 cleanup() {
-  if [ -n "$node_pid" ] && kill -0 "$node_pid" 2>/dev/null; then
-    kill -TERM "$node_pid" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$node_pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$node_pid" 2>/dev/null || true
-    wait "$node_pid" 2>/dev/null || true
-  fi
+  node_stop "$node_pid"
   if [ "$keep" = 1 ]; then echo "readme-test.sh: kept $tmp"; else rm -rf "$tmp"; fi
 }
 trap cleanup EXIT
